@@ -1,0 +1,45 @@
+"""One settings object for the whole service, read from the environment (api.md names)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The repository root; relative defaults (``var/...``) are resolved from here.
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+VAR = PROJECT_ROOT / "var"
+
+
+class Settings(BaseSettings):
+    """Service configuration. Environment variable names are the contract in api.md."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    port: int = Field(8000, description="Port `make run` serves on (127.0.0.1).")
+    database_url: str = Field(
+        f"sqlite:///{VAR / 'p2law.sqlite3'}", description="SQLAlchemy URL."
+    )
+    redis_url: str | None = Field(None, description="Broker URL; unset = embedded broker.")
+    broker_dir: Path = Field(VAR / "broker", description="Folder of the embedded broker.")
+    model_root: Path = Field(VAR / "models", description="Job model paths resolve inside it.")
+    data_root: Path = Field(VAR / "data", description="Job dataset paths resolve inside it.")
+    artifact_root: Path = Field(VAR / "artifacts", description="Pruned models are saved here.")
+    api_key: str | None = Field(None, description="When set, write routes need X-API-Key.")
+
+    max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted request body.")
+    max_points: int = Field(100_000, description="Most points in one /predict request.")
+    max_observations_per_upload: int = Field(200_000)
+
+    job_lease_s: float = Field(120.0, description="A running job's lease; renewed at heartbeats.")
+    job_max_attempts: int = Field(3, description="Attempts before a job is failed for good.")
+    job_time_limit_s: int = Field(24 * 3600, description="Hard time limit of one job attempt.")
+    reaper_interval_s: float = Field(30.0, description="How often expired leases are reaped.")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (cached; tests clear the cache after changing the env)."""
+    return Settings()

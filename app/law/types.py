@@ -1,0 +1,136 @@
+"""Plain data types of the law engine (numpy only).
+
+Every array is float64 and every count is raw (parameters, tokens); the forms convert to their
+own units (billions for `p2`, see p2-law.md §1). These types are what services hand to the law
+and get back: they never mention the database or HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+Params = Mapping[str, float]
+
+Rule = Literal["marginal", "gap", "target"]
+Protocol = Literal["D", "N0", "rho"]
+
+
+@dataclass(frozen=True)
+class Features:
+    """The law's inputs, columnar, raw units: n0 in parameters, tokens in tokens."""
+
+    n0: FloatArray
+    rho: FloatArray
+    l0: FloatArray
+    tokens: FloatArray
+
+    def __len__(self) -> int:
+        return int(self.n0.shape[0])
+
+    def take(self, index: npt.NDArray[np.bool_] | IntArray) -> Features:
+        """The rows selected by a boolean mask or an index array."""
+        return Features(self.n0[index], self.rho[index], self.l0[index], self.tokens[index])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Observed losses with their features and the run each point belongs to.
+
+    `run` holds a small integer per point (0..n_runs-1); `run_ids` maps it back to names.
+    `family` and `method` are per point so that ranges and the N0/ρ protocols can use them.
+    """
+
+    x: Features
+    loss: FloatArray
+    run: IntArray
+    run_ids: tuple[str, ...]
+    family: tuple[str, ...] = ()
+    method: tuple[str, ...] = ()
+    protocol: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.loss.shape[0])
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.run_ids)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Goodness of fit (p2-law.md §5)."""
+
+    r2: float
+    rmse: float
+    mape: float
+    huber: float
+    asd: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "r2": self.r2,
+            "rmse": self.rmse,
+            "mape": self.mape,
+            "huber": self.huber,
+            "asd": self.asd,
+        }
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """The data a fit saw: a prediction outside it carries a warning."""
+
+    n0: tuple[float, float]
+    rho: tuple[float, float]
+    l0: tuple[float, float]
+    tokens: tuple[float, float]
+    families: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    protocols: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "n0": list(self.n0),
+            "rho": list(self.rho),
+            "l0": list(self.l0),
+            "tokens": list(self.tokens),
+            "families": list(self.families),
+            "methods": list(self.methods),
+            "protocols": list(self.protocols),
+        }
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted law: the optimiser's outcome, kept whole (lmfit-style) and JSON-serialisable."""
+
+    form: str
+    params: dict[str, float]
+    objective: float
+    converged: bool
+    message: str
+    n_starts: int
+    n_observations: int
+    n_runs: int
+    metrics: Metrics
+    ranges: Ranges
+    holdout_metrics: Metrics | None = None
+    bootstrap: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """How many tokens a rule asks for, and what the law predicts there."""
+
+    tokens: float
+    predicted_loss: float
+    floor_loss: float
+    capped: bool
+    tokens_interval: tuple[float, float] | None = None
