@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     data_root: Path = Field(VAR / "data", description="Job dataset paths resolve inside it.")
     artifact_root: Path = Field(VAR / "artifacts", description="Pruned models are saved here.")
     api_key: str | None = Field(None, description="When set, write routes need X-API-Key.")
+    allow_hub_models: bool = Field(
+        False, description="Accept hub ids (org/name) as job models; off: no hub is reachable."
+    )
 
     max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest accepted request body.")
     max_points: int = Field(100_000, description="Most points in one /predict request.")
