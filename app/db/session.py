@@ -1,0 +1,136 @@
+"""Engines and sessions: the one place that knows how to talk to the database.
+
+SQLite (the default) is tuned for several writer processes (API, workers, CLI) sharing one file:
+WAL lets readers run beside a writer, ``busy_timeout`` makes a blocked writer wait instead of
+failing, and every transaction starts with ``BEGIN IMMEDIATE`` so the write lock is taken up
+front. With a plain (deferred) ``BEGIN`` a read-then-write transaction has to upgrade its lock
+and SQLite answers "database is locked" at once, busy timeout or not (reliability.md). The cost:
+transactions, read-only ones included, run one at a time against the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.core.config import get_settings
+
+#: How long a SQLite writer waits for the lock before giving up (milliseconds).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _prepare_sqlite_file(url: str) -> None:
+    """Create the folder of a file-backed SQLite database (SQLite does not)."""
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    """Pragmas on every new connection and ``BEGIN IMMEDIATE`` for every transaction."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy: pysqlite's own implicit BEGIN is deferred
+        # and skipped for SELECT, which is exactly the lock-upgrade trap described above.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            # WAL is stored in the file; setting it again on later connections is a no-op.
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine_for(url: str) -> Engine:
+    """A new engine for ``url`` with the project's settings (not cached; see ``get_engine``)."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        _prepare_sqlite_file(url)
+        engine = create_engine(
+            url,
+            connect_args={
+                "check_same_thread": False,
+                "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            },
+        )
+        _install_sqlite_hooks(engine)
+        return engine
+    # pool_pre_ping costs one round trip per checkout and saves a 500 after a server restart.
+    return create_engine(url, pool_pre_ping=True)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for ``url`` (default: ``DATABASE_URL``), created once per URL."""
+    key = url if url is not None else get_settings().database_url
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = create_engine_for(key)
+            _engines[key] = engine
+        return engine
+
+
+def reset_engines() -> None:
+    """Dispose and forget every cached engine (tests call it after changing the settings)."""
+    with _lock:
+        engines = list(_engines.values())
+        _engines.clear()
+    for engine in engines:
+        engine.dispose()
+
+
+def _forget_engines_after_fork() -> None:
+    # A forked child (Celery prefork, multiprocessing) must not reuse the parent's pooled
+    # connections: drop them without closing them, so the parent's stay valid.
+    for engine in _engines.values():
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+os.register_at_fork(after_in_child=_forget_engines_after_fork)
+
+
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """A session factory bound to ``engine``; objects stay readable after commit."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+    """One transaction for a worker or CLI step: commit on success, roll back on error, close."""
+    session = make_sessionmaker(engine if engine is not None else get_engine())()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_db() -> Iterator[Session]:
+    """FastAPI dependency: a session for one request. Services commit; this only closes."""
+    session = make_sessionmaker(get_engine())()
+    try:
+        yield session
+    finally:
+        session.close()

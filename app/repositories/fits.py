@@ -1,0 +1,78 @@
+"""Queries on fits. Functions take a session, flush when they write, never commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models.fit import Fit
+
+
+def add(session: Session, fit: Fit) -> Fit:
+    """Store a new fit (its id and created_at are filled in by the flush)."""
+    session.add(fit)
+    session.flush()
+    return fit
+
+
+def get(session: Session, fit_id: str) -> Fit | None:
+    """The fit with id ``fit_id``, or None."""
+    return session.get(Fit, fit_id)
+
+
+def _same_group(family: str | None, method: str | None) -> list[Any]:
+    # NULL means "any family" / "any method" fit; it forms its own group, matched with IS NULL.
+    return [
+        Fit.family.is_(None) if family is None else Fit.family == family,
+        Fit.method.is_(None) if method is None else Fit.method == method,
+    ]
+
+
+def list_page(
+    session: Session,
+    *,
+    family: str | None = None,
+    method: str | None = None,
+    offset: int = 0,
+    limit: int = 100,
+) -> tuple[list[Fit], int]:
+    """One page of fits, newest first, and the total matching count (filters are optional)."""
+    conditions: list[Any] = []
+    if family is not None:
+        conditions.append(Fit.family == family)
+    if method is not None:
+        conditions.append(Fit.method == method)
+    total = session.scalar(select(func.count()).select_from(Fit).where(*conditions))
+    page = session.scalars(
+        select(Fit)
+        .where(*conditions)
+        .order_by(Fit.created_at.desc(), Fit.id.desc())
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return list(page), int(total or 0)
+
+
+def get_default(session: Session, family: str | None, method: str | None) -> Fit | None:
+    """The default fit of (family, method); None matches fits stored without one."""
+    return session.scalars(
+        select(Fit)
+        .where(*_same_group(family, method), Fit.is_default.is_(True))
+        .order_by(Fit.created_at.desc())
+        .limit(1)
+    ).first()
+
+
+def set_default(session: Session, fit: Fit) -> None:
+    """Make ``fit`` the default of its (family, method), clearing the flag on the others."""
+    session.flush()
+    session.execute(
+        update(Fit)
+        .where(*_same_group(fit.family, fit.method), Fit.id != fit.id, Fit.is_default.is_(True))
+        .values(is_default=False)
+        .execution_options(synchronize_session="fetch")
+    )
+    fit.is_default = True
+    session.flush()
