@@ -23,7 +23,9 @@ class PathOutsideRoot(Unprocessable):
     """A user path resolves outside its root, or names nothing that exists (422)."""
 
 
-def resolve_inside(root: Path, user_path: str, *, what: str = "path", must_exist: bool = True) -> Path:
+def resolve_inside(
+    root: Path, user_path: str, *, what: str = "path", must_exist: bool = True
+) -> Path:
     """Resolve ``user_path`` against ``root`` and return it only if it stays inside ``root``.
 
     Relative paths are joined to ``root``; absolute ones must already point inside it. Symlinks
@@ -48,7 +50,9 @@ def resolve_inside(root: Path, user_path: str, *, what: str = "path", must_exist
             raise PathOutsideRoot(
                 f"{what} {user_path!r} is outside {root_resolved} (the configured root)"
             ) from None
-        raise PathOutsideRoot(f"{what} {user_path!r} does not exist under {root_resolved}") from None
+        raise PathOutsideRoot(
+            f"{what} {user_path!r} does not exist under {root_resolved}"
+        ) from None
     except (OSError, RuntimeError) as exc:  # symlink loops, permission errors
         raise PathOutsideRoot(f"{what} {user_path!r} cannot be resolved: {exc}") from None
     if not resolved.is_relative_to(root_resolved):

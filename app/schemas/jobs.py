@@ -1,0 +1,180 @@
+"""Requests and responses of the job routes (api.md, Jobs).
+
+Every float is finite (`allow_inf_nan=False`) and bounded; a 2:4 request above the pattern's
+reach is refused here (422) before anything is queued.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.common import Page
+from app.schemas.observations import ObservationOut
+
+Method = Literal["depth", "width", "2:4", "unstructured"]
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+
+#: 2:4 zeroes half of each chosen linear layer and only the attention and MLP projections are
+#: eligible (embeddings, norms and the head are not), so the reachable ρ is below one half.
+SEMI_STRUCTURED_MAX_RHO = 0.5
+
+EXAMPLE_JOB: dict[str, Any] = {
+    "model": "tiny-llama",
+    "method": "depth",
+    "rho": 0.25,
+    "tokens": 300_000,
+    "dataset": {"path": "corpus.txt"},
+    "checkpoints": 12,
+    "family": "tiny-llama",
+    "refit": True,
+    "stop_rule": {"kind": "marginal", "threshold": 0.5, "min_checkpoints": 4},
+}
+
+
+class DatasetIn(BaseModel):
+    """Training text inside ``DATA_ROOT``: a text file, JSONL or a saved HF dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(..., min_length=1, max_length=1024, description="Inside DATA_ROOT.")
+    text_field: str = Field("text", min_length=1, max_length=128, description="JSONL/HF field.")
+    eval_path: str | None = Field(
+        None, min_length=1, max_length=1024, description="Held-out text inside DATA_ROOT."
+    )
+    eval_tokens: int | None = Field(
+        None, ge=64, le=100_000_000, description="Size of the held-out evaluation set (tokens)."
+    )
+
+
+class StopRuleIn(BaseModel):
+    """Law-guided early stop: stop when the predicted −dL/dD falls below ``threshold``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["marginal"] = Field("marginal", description="The rule (p2-law.md §7).")
+    threshold: float = Field(
+        ...,
+        gt=0,
+        le=1e9,
+        allow_inf_nan=False,
+        description="Loss per billion tokens (nats / 1e9 tokens) below which training stops.",
+    )
+    min_checkpoints: int = Field(4, ge=3, le=64, description="Checkpoints before the rule acts.")
+
+
+class JobRequest(BaseModel):
+    """A prune → post-train job (api.md). ``rho`` is the target; the measured ρ is reported."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB]})
+
+    model: str = Field(
+        ..., min_length=1, max_length=1024, description="HF model directory inside MODEL_ROOT."
+    )
+    method: Method
+    rho: float = Field(
+        ..., gt=0, lt=1, allow_inf_nan=False, description="Target pruning rate (fraction of N0)."
+    )
+    tokens: float = Field(
+        ..., gt=0, le=1e13, allow_inf_nan=False, description="Post-training tokens (raw count)."
+    )
+    dataset: DatasetIn
+    checkpoints: int = Field(12, ge=2, le=64, description="Log-spaced evaluation points.")
+    seq_len: int = Field(128, ge=8, le=32_768)
+    batch_size: int = Field(8, ge=1, le=4096, description="Sequences per micro-batch.")
+    grad_accum: int = Field(1, ge=1, le=1024)
+    lr: float = Field(3e-4, gt=0, le=1.0, allow_inf_nan=False)
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_frac: float = Field(0.02, ge=0, lt=1, allow_inf_nan=False)
+    weight_decay: float = Field(0.0, ge=0, le=10.0, allow_inf_nan=False)
+    calib_samples: int = Field(32, ge=1, le=4096)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda if present.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="auto: bfloat16 on cuda, float32 on cpu."
+    )
+    family: str | None = Field(
+        None, min_length=1, max_length=64, description="Family label of the observations."
+    )
+    refit: bool = Field(False, description="Refit the family/method's law when the job succeeds.")
+    stop_rule: StopRuleIn | None = None
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="A repeated submission with the same key returns the same job.",
+    )
+
+    @model_validator(mode="after")
+    def _reachable(self) -> JobRequest:
+        if self.method == "2:4" and self.rho >= SEMI_STRUCTURED_MAX_RHO:
+            raise ValueError(
+                f"2:4 sparsity zeroes half of the attention and MLP weights only, so rho must be "
+                f"below {SEMI_STRUCTURED_MAX_RHO} (the maximum is the attention+MLP share of "
+                f"the model divided by 2; the worker reports the exact value)"
+            )
+        if int(self.tokens) < self.checkpoints:
+            raise ValueError("tokens must be at least the number of checkpoints")
+        return self
+
+
+class JobAccepted(BaseModel):
+    """A queued job."""
+
+    id: str
+    status: JobStatus
+
+
+class Progress(BaseModel):
+    """Post-training progress in tokens; ``eta_s`` once the rate is known."""
+
+    tokens_done: int
+    tokens_total: int
+    fraction: float
+    eta_s: float | None
+
+
+class MeasuredOut(BaseModel):
+    """What the worker measured: dense size, pruned size, measured ρ, L0, loss after pruning."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n0: float
+    n_after: float
+    rho: float
+    l0: float
+    loss_after_prune: float
+
+
+class JobOut(BaseModel):
+    """A job (api.md's fields, plus the early-stop record and warnings)."""
+
+    id: str
+    status: JobStatus
+    method: str
+    family: str
+    progress: Progress
+    measured: MeasuredOut | None
+    artifact: str | None
+    error: str | None
+    attempts: int
+    max_attempts: int
+    stopped_early: bool
+    stop_reason: str | None
+    stopped_at_tokens: int | None
+    resumed_from_tokens: int | None
+    warnings: list[str]
+    request: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobPage(Page[JobOut]):
+    """A page of jobs, newest first."""
+
+
+class JobObservationPage(Page[ObservationOut]):
+    """The observations a job recorded (run_id = the job id), by tokens."""

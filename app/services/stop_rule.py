@@ -1,0 +1,125 @@
+"""Law-guided early stop: end post-training when the law says more tokens barely help.
+
+Rule ``marginal`` (p2-law.md §7): after ``min_checkpoints`` checkpoints, fit the law to this run's
+points and stop once the predicted marginal gain −dL/dD, in nats per **billion** tokens at the
+current D, is below ``threshold``. With earlier runs of the same family and method in the store
+the cross-run P² law is fitted to them plus this run (it has seen where such curves flatten);
+for a lone run the per-run power law ``curve`` (L = E + B·D^−β) is fitted instead, since P²'s
+seven constants are not identifiable from one curve. The derivative is taken numerically on the
+fitted form (a central difference in log D), so any registered form works the same way.
+
+Uses ``app.law`` only (numpy + scipy); the caller hands in the points.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.law.errors import LawError
+from app.law.fitting import fit
+from app.law.forms import get_form
+from app.law.types import Dataset, Features
+
+#: Relative step of the central difference in D (1 %: well above float noise, well below the
+#: scale on which a power law bends).
+_REL_STEP = 0.01
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """A validated ``stop_rule``: ``{"kind": "marginal", "threshold", "min_checkpoints"}``."""
+
+    kind: str
+    threshold: float
+    min_checkpoints: int = 4
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """One observed checkpoint (raw counts: n0 parameters, tokens)."""
+
+    run_id: str
+    n0: float
+    rho: float
+    l0: float
+    tokens: float
+    loss: float
+
+
+@dataclass(frozen=True)
+class StopDecision:
+    """Whether to stop, the marginal gain the law predicts now, and a sentence saying why."""
+
+    stop: bool
+    marginal_per_billion: float | None
+    form: str | None
+    reason: str
+
+
+def _dataset(points: Sequence[RunPoint]) -> Dataset:
+    run_index: dict[str, int] = {}
+    run = np.array([run_index.setdefault(p.run_id, len(run_index)) for p in points], np.int64)
+    return Dataset(
+        x=Features(
+            np.array([p.n0 for p in points], np.float64),
+            np.array([p.rho for p in points], np.float64),
+            np.array([p.l0 for p in points], np.float64),
+            np.array([p.tokens for p in points], np.float64),
+        ),
+        loss=np.array([p.loss for p in points], np.float64),
+        run=run,
+        run_ids=tuple(run_index),
+    )
+
+
+def marginal_gain(form: str, params: dict[str, float], point: RunPoint) -> float:
+    """−dL/dD in nats per billion tokens predicted by ``form`` at ``point``'s D."""
+    law = get_form(form)
+    tokens = np.array([point.tokens * (1 - _REL_STEP), point.tokens * (1 + _REL_STEP)])
+    x = Features(
+        np.full(2, point.n0), np.full(2, point.rho), np.full(2, point.l0), tokens.astype(np.float64)
+    )
+    low, high = law.predict(params, x)
+    step_billions = (tokens[1] - tokens[0]) / 1e9
+    return float(-(high - low) / step_billions)
+
+
+def evaluate(
+    rule: StopRule, run: Sequence[RunPoint], earlier: Sequence[RunPoint] = ()
+) -> StopDecision:
+    """Apply ``rule`` to a run's points so far (``earlier``: other runs of its family/method)."""
+    if rule.kind != "marginal":
+        return StopDecision(False, None, None, f"unknown stop rule {rule.kind!r}: not applied")
+    if len(run) < rule.min_checkpoints:
+        return StopDecision(
+            False, None, None, f"{len(run)} of {rule.min_checkpoints} checkpoints before the rule"
+        )
+    current = max(run, key=lambda p: p.tokens)
+    attempts: list[tuple[str, Sequence[RunPoint]]] = []
+    if earlier:
+        attempts.append(("p2", [*earlier, *run]))
+    attempts.append(("curve", run))
+    problems: list[str] = []
+    for form, points in attempts:
+        try:
+            with np.errstate(all="ignore"):
+                result = fit(form, _dataset(points))
+                gain = marginal_gain(form, result.params, current)
+        except LawError as exc:
+            problems.append(f"{form}: {exc}")
+            continue
+        if not np.isfinite(gain):
+            problems.append(f"{form}: non-finite marginal gain")
+            continue
+        stop = gain < rule.threshold
+        verdict = "below" if stop else "above"
+        reason = (
+            f"law-guided stop ({form} fit to {len(points)} points): predicted marginal gain "
+            f"{gain:.4g} nats per billion tokens at {current.tokens:.0f} tokens is {verdict} "
+            f"the threshold {rule.threshold:.4g}"
+        )
+        return StopDecision(stop, gain, form, reason)
+    return StopDecision(False, None, None, "no law could be fitted: " + "; ".join(problems))
