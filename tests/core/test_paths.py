@@ -1,0 +1,97 @@
+"""Job paths stay inside their roots: `..`, absolute paths elsewhere and symlinks out are 422."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.core.paths import PathOutsideRoot, resolve_inside, resolve_model
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    base = tmp_path / "root"
+    (base / "models" / "tiny").mkdir(parents=True)
+    (base / "models" / "tiny" / "config.json").write_text("{}")
+    (base / "corpus.txt").write_text("hello")
+    return base
+
+
+def test_relative_path_is_taken_from_the_root(root: Path) -> None:
+    assert resolve_inside(root, "corpus.txt") == (root / "corpus.txt").resolve()
+
+
+def test_absolute_path_inside_the_root_is_accepted(root: Path) -> None:
+    target = (root / "corpus.txt").resolve()
+    assert resolve_inside(root, str(target)) == target
+
+
+def test_dot_dot_escape_is_refused_even_when_the_target_exists(root: Path, tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("secret")
+    with pytest.raises(PathOutsideRoot, match="outside"):
+        resolve_inside(root, "../secret.txt")
+
+
+def test_dot_dot_escape_to_a_missing_file_is_reported_as_an_escape(root: Path) -> None:
+    with pytest.raises(PathOutsideRoot, match="outside"):
+        resolve_inside(root, "../../nope/nothing.txt")
+
+
+def test_absolute_path_elsewhere_is_refused(root: Path) -> None:
+    with pytest.raises(PathOutsideRoot, match="outside"):
+        resolve_inside(root, "/etc/passwd")
+
+
+def test_symlink_pointing_out_of_the_root_is_refused(root: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    (root / "link.txt").symlink_to(outside)
+    with pytest.raises(PathOutsideRoot, match="outside"):
+        resolve_inside(root, "link.txt")
+
+
+def test_symlink_inside_the_root_is_followed(root: Path) -> None:
+    (root / "alias.txt").symlink_to(root / "corpus.txt")
+    assert resolve_inside(root, "alias.txt") == (root / "corpus.txt").resolve()
+
+
+def test_missing_file_inside_the_root_is_refused(root: Path) -> None:
+    with pytest.raises(PathOutsideRoot, match="does not exist"):
+        resolve_inside(root, "missing.txt")
+
+
+@pytest.mark.parametrize("bad", ["", "a\x00b"])
+def test_empty_or_nul_path_is_refused(root: Path, bad: str) -> None:
+    with pytest.raises(PathOutsideRoot):
+        resolve_inside(root, bad)
+
+
+def test_model_directory_inside_the_root_resolves(root: Path) -> None:
+    models = root / "models"
+    assert resolve_model(models, "tiny", allow_hub=False) == str((models / "tiny").resolve())
+
+
+def test_model_must_be_a_directory(root: Path) -> None:
+    with pytest.raises(PathOutsideRoot, match="not a directory"):
+        resolve_model(root, "corpus.txt", allow_hub=False)
+
+
+def test_hub_id_is_refused_unless_hub_models_are_allowed(root: Path) -> None:
+    with pytest.raises(PathOutsideRoot, match="hub models are disabled"):
+        resolve_model(root / "models", "meta-llama/Llama-3.2-1B", allow_hub=False)
+    assert resolve_model(root / "models", "meta-llama/Llama-3.2-1B", allow_hub=True) == (
+        "meta-llama/Llama-3.2-1B"
+    )
+
+
+def test_local_directory_that_looks_like_a_hub_id_is_local(root: Path) -> None:
+    (root / "models" / "org" / "name").mkdir(parents=True)
+    resolved = resolve_model(root / "models", "org/name", allow_hub=False)
+    assert resolved == str((root / "models" / "org" / "name").resolve())
+
+
+def test_paths_error_is_a_422(root: Path) -> None:
+    with pytest.raises(PathOutsideRoot) as info:
+        resolve_inside(root, "../x")
+    assert info.value.status_code == 422
