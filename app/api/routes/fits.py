@@ -1,0 +1,96 @@
+"""`POST /fits`, `GET /fits`, `GET /fits/{id}`, `GET /fits/{id}/plot.png`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi.responses import Response
+
+from app.api.deps import SessionDep, require_api_key
+from app.schemas.common import ERRORS, NOT_FOUND, UNAUTHORIZED
+from app.schemas.fits import FitCreate, FitOut, FitPage
+from app.services import fits as service
+from app.services.convert import fit_out
+
+router = APIRouter(tags=["fits"], responses=ERRORS)
+
+FitId = Annotated[str, Path(max_length=64, description="A fit's id.")]
+
+_EXAMPLES: dict[str, Any] = {
+    "default fit with bootstrap": {
+        "summary": "P² on one family and method, 50 bootstrap refits, D hold-out",
+        "value": {
+            "form": "p2",
+            "family": "llama-3",
+            "method": "depth",
+            "bootstrap": 50,
+            "holdout": {"protocol": "D"},
+            "make_default": True,
+        },
+    },
+    "chosen runs": {
+        "summary": "Only some runs, the curve baseline",
+        "value": {"form": "curve", "run_ids": ["llama-1b-depth-0.25"]},
+    },
+}
+
+
+@router.post(
+    "/fits",
+    status_code=201,
+    response_model=FitOut,
+    dependencies=[Depends(require_api_key)],
+    responses=UNAUTHORIZED,
+)
+def create_fit(
+    session: SessionDep, body: FitCreate = Body(..., openapi_examples=_EXAMPLES)
+) -> dict[str, Any]:
+    """Fit a law to stored observations (one evaluation protocol; a mix is a 422)."""
+    fit = service.create_fit(
+        session,
+        form=body.form,
+        family=body.family,
+        method=body.method,
+        run_ids=body.run_ids,
+        bootstrap=body.bootstrap,
+        holdout=body.holdout.protocol if body.holdout is not None else None,
+        make_default=body.make_default,
+        include_excluded=body.include_excluded,
+        seed=body.seed,
+    )
+    return fit_out(fit)
+
+
+@router.get("/fits", response_model=FitPage)
+def list_fits(
+    session: SessionDep,
+    family: Annotated[str | None, Query(max_length=64)] = None,
+    method: Annotated[str | None, Query(max_length=32)] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    """List fits, newest first, filtered and paged."""
+    fits, total = service.list_fits(
+        session, family=family, method=method, offset=offset, limit=limit
+    )
+    return {"items": [fit_out(f) for f in fits], "total": total, "offset": offset, "limit": limit}
+
+
+@router.get("/fits/{fit_id}", response_model=FitOut, responses=NOT_FOUND)
+def read_fit(session: SessionDep, fit_id: FitId) -> dict[str, Any]:
+    """Read one fit."""
+    return fit_out(service.get_fit(session, fit_id))
+
+
+@router.get(
+    "/fits/{fit_id}/plot.png",
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"image/png": {}}, "description": "Observed points and fitted curves."},
+    },
+)
+def plot_fit(session: SessionDep, fit_id: FitId) -> Response:
+    """Plot a fit: observed points and the fitted curve of every run."""
+    return Response(content=service.plot_fit_png(session, fit_id), media_type="image/png")

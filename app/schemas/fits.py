@@ -1,0 +1,159 @@
+"""Fits of a law to stored observations (api.md)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.schemas.common import Page
+
+
+class Holdout(BaseModel):
+    """A generalisation protocol (p2-law.md §6) whose held-out metrics are reported."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    protocol: Literal["D", "N0", "rho"]
+
+
+class FitCreate(BaseModel):
+    """Fit a form to the observations selected by family, method and run ids.
+
+    The selection must hold one evaluation protocol: a mix is refused with a 422 naming the
+    protocols (p2-law.md §3: a fit never mixes protocols silently)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "form": "p2",
+                    "family": "llama-3",
+                    "method": "depth",
+                    "bootstrap": 50,
+                    "holdout": {"protocol": "D"},
+                    "make_default": True,
+                }
+            ]
+        },
+    )
+
+    form: str = Field("p2", description="A registered form: p2, frantar, compression, curve.")
+    family: str | None = Field(
+        None, min_length=1, max_length=64, description="Only observations of this family."
+    )
+    method: str | None = Field(
+        None, min_length=1, max_length=32, description="Only observations of this method."
+    )
+    run_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, min_length=1, max_length=10_000, description="Only these runs."
+    )
+    bootstrap: int = Field(
+        0, ge=0, le=1000, description="Refits on runs resampled with replacement."
+    )
+    holdout: Holdout | None = Field(None, description="Also report held-out metrics.")
+    make_default: bool = Field(
+        False,
+        description="Make this the default fit of its family and method (the first fit of a "
+        "pair becomes its default anyway).",
+    )
+    include_excluded: bool = Field(False, description="Also use observations marked excluded.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the bootstrap resampling.")
+
+    @field_validator("form")
+    @classmethod
+    def _known_form(cls, value: str) -> str:
+        from app.law.forms import FORMS
+
+        if value not in FORMS:
+            raise ValueError(f"unknown form {value!r}; choose one of {sorted(FORMS)}")
+        return value
+
+
+class MetricsOut(BaseModel):
+    """Goodness of fit (p2-law.md §5); null where undefined (e.g. ASD with one point per run)."""
+
+    r2: float | None
+    rmse: float | None
+    mape: float | None
+    huber: float | None
+    asd: float | None
+
+
+EXAMPLE_FIT: dict[str, Any] = {
+    "id": "3f2a9c0e6b1d4e7f8a9b0c1d2e3f4a5b",
+    "form": "p2",
+    "family": "llama-3",
+    "method": "depth",
+    "protocol": "eval-4f2a",
+    "run_ids": ["llama-1b-depth-0.25"],
+    "params": {
+        "N_C": 0.5,
+        "D_C": 0.02,
+        "E": 0.05,
+        "alpha": 0.3,
+        "beta": 0.5,
+        "gamma": -0.8,
+        "delta": 0.1,
+    },
+    "objective": 1.2e-4,
+    "converged": True,
+    "message": "CONVERGENCE: RELATIVE REDUCTION OF F <= FACTR*EPSMCH",
+    "n_starts": 64,
+    "n_observations": 135,
+    "n_runs": 9,
+    "metrics": {"r2": 0.998, "rmse": 0.004, "mape": 0.12, "huber": 1.2e-4, "asd": 0.01},
+    "holdout_protocol": "D",
+    "holdout_metrics": {"r2": 0.99, "rmse": 0.006, "mape": 0.2, "huber": 3e-5, "asd": 0.02},
+    "ranges": {
+        "n0": [5.0e8, 8.0e9],
+        "rho": [0.15, 0.35],
+        "l0": [2.1, 3.0],
+        "tokens": [1.0e7, 3.0e9],
+        "families": ["llama-3"],
+        "methods": ["depth"],
+        "protocols": ["eval-4f2a"],
+    },
+    "bootstrap": 50,
+    "is_default": True,
+    "created_at": "2026-01-01T00:00:00Z",
+}
+
+
+class FitOut(BaseModel):
+    """A stored fit."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_FIT]})
+
+    id: str
+    form: str
+    family: str | None
+    method: str | None
+    protocol: str | None
+    run_ids: list[str]
+    params: dict[str, float]
+    objective: float | None
+    converged: bool
+    message: str
+    n_starts: int
+    n_observations: int
+    n_runs: int
+    metrics: MetricsOut
+    holdout_protocol: str | None
+    holdout_metrics: MetricsOut | None
+    ranges: dict[str, Any]
+    bootstrap: int = Field(..., description="Number of bootstrap refits stored with the fit.")
+    is_default: bool
+    created_at: datetime
+
+
+class FitPage(Page[FitOut]):
+    """A page of fits, newest first."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": [EXAMPLE_FIT], "total": 1, "offset": 0, "limit": 50}]
+        }
+    )

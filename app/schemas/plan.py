@@ -1,0 +1,123 @@
+"""Request and response of `POST /plan`: joint choice of method, ρ and tokens (p2-law.md §7)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.common import L0, N0, Label, Level, Rho, Tokens
+
+
+class PlanRequest(BaseModel):
+    """Given a dense model, the methods with default fits, a size limit and a token budget,
+    rank (method, ρ, tokens) options by predicted loss."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "family": "llama-3",
+                    "n0": 8.03e9,
+                    "l0": 2.1,
+                    "rho_min": 0.2,
+                    "token_budget": 5.0e9,
+                    "interval": 0.8,
+                },
+                {
+                    "family": "llama-3",
+                    "methods": ["depth", "width"],
+                    "n0": 8.03e9,
+                    "l0": 2.1,
+                    "rho_min": 0.25,
+                    "token_budget": 2.0e9,
+                    "rho_grid": [0.25, 0.3, 0.35],
+                    "token_grid": [5.0e8, 1.0e9, 2.0e9],
+                    "max_options": 10,
+                },
+            ]
+        },
+    )
+
+    family: Label = Field(..., description="Model family whose default fits are used.")
+    methods: list[Label] | None = Field(
+        None,
+        max_length=32,
+        description="Methods to compare; default: every method with a default fit for the family.",
+    )
+    n0: N0
+    l0: L0
+    rho_min: Rho = Field(
+        ..., description="Least pruning rate acceptable (size limit): ρ ≥ rho_min."
+    )
+    token_budget: Tokens = Field(..., description="Most post-training tokens affordable.")
+    rho_grid: list[Rho] | None = Field(
+        None, min_length=1, max_length=200, description="ρ values to try (default: a grid)."
+    )
+    token_grid: list[Tokens] | None = Field(
+        None, min_length=1, max_length=200, description="Token counts to try (default: a grid)."
+    )
+    interval: Level | None = Field(None, description="Interval level (needs bootstrap refits).")
+    max_options: int = Field(50, ge=1, le=1000, description="How many ranked options to return.")
+
+    @model_validator(mode="after")
+    def _grids_within_limits(self) -> PlanRequest:
+        if self.rho_grid is not None and not any(r >= self.rho_min for r in self.rho_grid):
+            raise ValueError("rho_grid has no value >= rho_min")
+        if self.token_grid is not None and not any(t <= self.token_budget for t in self.token_grid):
+            raise ValueError("token_grid has no value <= token_budget")
+        return self
+
+
+class PlanOptionOut(BaseModel):
+    """One (method, ρ, tokens) choice and what the law predicts for it."""
+
+    method: str
+    fit_id: str | None = Field(None, description="The default fit that predicted this option.")
+    rho: float
+    tokens: float
+    predicted_loss: float
+    lower: float | None
+    upper: float | None
+    n_after: float = Field(..., description="Parameters left after pruning: n0 · (1 − ρ).")
+
+
+class PlanResponse(BaseModel):
+    """Options ranked by predicted loss (best first) and the best one."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "options": [
+                        {
+                            "method": "width",
+                            "fit_id": "3f2a9c0e6b1d4e7f8a9b0c1d2e3f4a5b",
+                            "rho": 0.2,
+                            "tokens": 5.0e9,
+                            "predicted_loss": 2.31,
+                            "lower": 2.29,
+                            "upper": 2.34,
+                            "n_after": 6.424e9,
+                        }
+                    ],
+                    "best": {
+                        "method": "width",
+                        "fit_id": "3f2a9c0e6b1d4e7f8a9b0c1d2e3f4a5b",
+                        "rho": 0.2,
+                        "tokens": 5.0e9,
+                        "predicted_loss": 2.31,
+                        "lower": 2.29,
+                        "upper": 2.34,
+                        "n_after": 6.424e9,
+                    },
+                    "methods": ["depth", "width"],
+                    "warnings": [],
+                }
+            ]
+        }
+    )
+
+    options: list[PlanOptionOut]
+    best: PlanOptionOut | None
+    methods: list[str] = Field(..., description="Methods that had a default fit and were compared.")
+    warnings: list[str]

@@ -1,0 +1,102 @@
+"""Request and response of `POST /recommend` (api.md, p2-law.md §7)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.common import EXAMPLE_LAW, L0, N0, Level, Loss, PositiveFloat, Rho, Tokens
+from app.schemas.predict import LawChoice
+
+
+class RecommendRequest(LawChoice):
+    """How many post-training tokens one pruned model needs, by a rule."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "law": EXAMPLE_LAW,
+                    "n0": 1.0e9,
+                    "rho": 0.25,
+                    "l0": 2.5,
+                    "rule": "gap",
+                    "threshold": 0.01,
+                },
+                {
+                    "family": "llama-3",
+                    "method": "depth",
+                    "n0": 1.0e9,
+                    "rho": 0.25,
+                    "l0": 2.5,
+                    "rule": "target",
+                    "target_loss": 2.7,
+                    "max_tokens": 5.0e10,
+                    "interval": 0.8,
+                },
+            ]
+        },
+    )
+
+    n0: N0
+    rho: Rho
+    l0: L0
+    rule: Literal["marginal", "gap", "target"] = Field(
+        ...,
+        description="marginal: -dL/dD <= threshold (nats per billion tokens); "
+        "gap: L - floor <= threshold (nats); target: L <= target_loss.",
+    )
+    threshold: PositiveFloat | None = Field(None, description="For `marginal` and `gap`.")
+    target_loss: Loss | None = Field(None, description="For `target`.")
+    max_tokens: Tokens | None = Field(None, description="Cap on the answer (then capped=true).")
+    interval: Level | None = Field(None, description="Interval level (needs bootstrap refits).")
+
+    @model_validator(mode="after")
+    def _rule_arguments(self) -> RecommendRequest:
+        if self.rule in ("marginal", "gap") and self.threshold is None:
+            raise ValueError(f"rule {self.rule!r} needs `threshold`")
+        if self.rule == "target" and self.target_loss is None:
+            raise ValueError("rule 'target' needs `target_loss`")
+        return self
+
+
+class CurvePoint(BaseModel):
+    """The law's loss at some token count, with its interval when available."""
+
+    tokens: float
+    loss: float
+    lower: float | None
+    upper: float | None
+
+
+class RecommendResponse(BaseModel):
+    """The recommended tokens, the loss the law predicts there, and the curve around it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tokens": 1.52e9,
+                    "predicted_loss": 2.6351,
+                    "floor_loss": 2.6251,
+                    "capped": False,
+                    "tokens_interval": None,
+                    "curve": [
+                        {"tokens": 1.52e8, "loss": 2.6567, "lower": None, "upper": None},
+                        {"tokens": 1.52e9, "loss": 2.6351, "lower": None, "upper": None},
+                    ],
+                    "warnings": [],
+                }
+            ]
+        }
+    )
+
+    tokens: float
+    predicted_loss: float
+    floor_loss: float
+    capped: bool
+    tokens_interval: tuple[float, float] | None
+    curve: list[CurvePoint]
+    warnings: list[str]

@@ -1,0 +1,140 @@
+"""Rows <-> law types: the only place that knows both the ORM models and `app.law.types`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import Unprocessable
+from app.db.models.fit import Fit
+from app.db.models.observation import Observation
+from app.law.types import Dataset, Features, FloatArray, Metrics, Ranges
+
+
+def features(
+    n0: Sequence[float], rho: Sequence[float], l0: Sequence[float], tokens: Sequence[float]
+) -> Features:
+    """Columns of raw counts as float64 law features."""
+    return Features(
+        np.asarray(n0, dtype=np.float64),
+        np.asarray(rho, dtype=np.float64),
+        np.asarray(l0, dtype=np.float64),
+        np.asarray(tokens, dtype=np.float64),
+    )
+
+
+def points_to_features(points: Sequence[Mapping[str, Any]]) -> Features:
+    """Point objects ({n0, rho, l0, tokens}) as columns, in input order."""
+    table = np.array(
+        [(p["n0"], p["rho"], p["l0"], p["tokens"]) for p in points], dtype=np.float64
+    ).reshape(-1, 4)
+    return Features(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy(), table[:, 3].copy())
+
+
+def dataset_from_rows(rows: Sequence[Observation]) -> Dataset:
+    """Stored observations as a law `Dataset`, runs numbered in order of first appearance."""
+    run_index: dict[str, int] = {}
+    run = np.empty(len(rows), dtype=np.int64)
+    for i, row in enumerate(rows):
+        run[i] = run_index.setdefault(row.run_id, len(run_index))
+    return Dataset(
+        x=features(
+            [r.n0 for r in rows],
+            [r.rho for r in rows],
+            [r.l0 for r in rows],
+            [r.tokens for r in rows],
+        ),
+        loss=np.asarray([r.loss for r in rows], dtype=np.float64),
+        run=run,
+        run_ids=tuple(run_index),
+        family=tuple(r.family for r in rows),
+        method=tuple(r.method for r in rows),
+        protocol=tuple(r.protocol or "" for r in rows),
+    )
+
+
+def ranges_from_dict(data: Mapping[str, Any]) -> Ranges:
+    """A stored ranges dict (`Ranges.as_dict`) back as `Ranges`."""
+
+    def pair(name: str) -> tuple[float, float]:
+        low, high = data[name]
+        return float(low), float(high)
+
+    return Ranges(
+        n0=pair("n0"),
+        rho=pair("rho"),
+        l0=pair("l0"),
+        tokens=pair("tokens"),
+        families=tuple(data.get("families", ())),
+        methods=tuple(data.get("methods", ())),
+        protocols=tuple(data.get("protocols", ())),
+    )
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """The value if it is a finite number, else None (JSON cannot carry NaN or inf)."""
+    if value is None:
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def metrics_dict(metrics: Metrics | None) -> dict[str, float | None] | None:
+    """Metrics for storage and responses, undefined values (NaN) as None."""
+    if metrics is None:
+        return None
+    return {k: finite_or_none(v) for k, v in metrics.as_dict().items()}
+
+
+def finite_list(values: FloatArray, what: str) -> list[float]:
+    """A float array as a list, or a 422 when the law produced a non-finite value."""
+    array = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        bad = int(np.argmax(~np.isfinite(array)))
+        raise Unprocessable(
+            f"the law gives a non-finite {what} at index {bad} (overflow: check the law's "
+            "parameters and the point's values)"
+        )
+    return array.tolist()  # type: ignore[no-any-return]
+
+
+def finite_float(value: float, what: str) -> float:
+    """A float, or a 422 when it is not finite."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise Unprocessable(f"the law gives a non-finite {what} (overflow: check the parameters)")
+    return number
+
+
+def fit_out(fit: Fit) -> dict[str, Any]:
+    """A stored fit as the API's fit object (api.md); undefined numbers become null."""
+    return {
+        "id": fit.id,
+        "form": fit.form,
+        "family": fit.family,
+        "method": fit.method,
+        "protocol": fit.protocol,
+        "run_ids": list(fit.run_ids or []),
+        "params": {k: float(v) for k, v in fit.params.items() if finite_or_none(v) is not None},
+        "objective": finite_or_none(fit.objective),
+        "converged": bool(fit.converged),
+        "message": fit.message or "",
+        "n_starts": int(fit.n_starts),
+        "n_observations": int(fit.n_observations),
+        "n_runs": int(fit.n_runs),
+        "metrics": {k: finite_or_none(fit.metrics.get(k)) for k in _METRIC_NAMES},
+        "holdout_protocol": fit.holdout_protocol,
+        "holdout_metrics": None
+        if fit.holdout_metrics is None
+        else {k: finite_or_none(fit.holdout_metrics.get(k)) for k in _METRIC_NAMES},
+        "ranges": fit.ranges,
+        "bootstrap": len(fit.bootstrap or []),
+        "is_default": bool(fit.is_default),
+        "created_at": fit.created_at,
+    }
+
+
+_METRIC_NAMES = ("r2", "rmse", "mape", "huber", "asd")

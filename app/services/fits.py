@@ -1,0 +1,159 @@
+"""Use-cases on fits: fit a form to stored observations, read fits, plot one."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from app.core.errors import NotFound, Unprocessable
+from app.db.models.fit import Fit
+from app.db.models.observation import Observation
+from app.law.bootstrap import refit_runs
+from app.law.fitting import fit as fit_law
+from app.law.forms import get_form
+from app.law.types import Protocol
+from app.repositories import fits as repo
+from app.repositories import observations as observations_repo
+from app.services.convert import dataset_from_rows, finite_or_none, metrics_dict
+
+
+def _describe(family: str | None, method: str | None, run_ids: Sequence[str] | None) -> str:
+    parts = [f"family={family!r}" if family else "any family"]
+    parts.append(f"method={method!r}" if method else "any method")
+    if run_ids:
+        shown = ", ".join(run_ids[:5]) + (" …" if len(run_ids) > 5 else "")
+        parts.append(f"runs [{shown}]")
+    return ", ".join(parts)
+
+
+def _single_protocol(rows: Sequence[Observation]) -> str:
+    """The one evaluation protocol of the selection; a mix is a 422 (p2-law.md §3)."""
+    counts = Counter(row.protocol or "" for row in rows)
+    if len(counts) > 1:
+        listed = ", ".join(f"{p or '(none)'}: {n} points" for p, n in counts.most_common())
+        raise Unprocessable(
+            "the selected observations mix evaluation protocols "
+            f"({listed}); losses measured differently cannot share a fit: "
+            "narrow the selection with run_ids (or family/method) to one protocol"
+        )
+    return next(iter(counts))
+
+
+def _only(values: Sequence[str]) -> str | None:
+    unique = set(values)
+    return next(iter(unique)) if len(unique) == 1 else None
+
+
+def create_fit(
+    session: Session,
+    *,
+    form: str = "p2",
+    family: str | None = None,
+    method: str | None = None,
+    run_ids: Sequence[str] | None = None,
+    bootstrap: int = 0,
+    holdout: Protocol | None = None,
+    make_default: bool = False,
+    include_excluded: bool = False,
+    seed: int = 0,
+) -> Fit:
+    """Fit `form` to the selected observations, store the fit and commit.
+
+    The selection is the observations of `family`, `method` and `run_ids` (each optional);
+    it must hold one evaluation protocol. `bootstrap` refits on runs resampled with replacement
+    are stored for intervals. The fit becomes the default of its (family, method) when asked,
+    or when that pair has no default yet. Raises Unprocessable when nothing or too little is
+    selected (LawError from the law for too few points per parameter).
+    """
+    law_form = get_form(form)
+    rows = observations_repo.select_for_fit(
+        session,
+        family=family,
+        method=method,
+        run_ids=run_ids,
+        include_excluded=include_excluded,
+    )
+    if not rows:
+        raise Unprocessable(
+            f"no observations match ({_describe(family, method, run_ids)}"
+            f"{'' if include_excluded else ', excluded points left out'}): "
+            "upload some with POST /observations first"
+        )
+    protocol = _single_protocol(rows)
+    data = dataset_from_rows(rows)
+    # End the read before fitting: on SQLite every transaction holds the write lock
+    # (BEGIN IMMEDIATE), and a fit with a bootstrap takes seconds.
+    session.rollback()
+    result = fit_law(law_form.name, data, holdout=holdout)
+    refits = refit_runs(law_form, data, result, bootstrap, seed=seed) if bootstrap > 0 else []
+
+    fit = Fit(
+        form=law_form.name,
+        family=family if family is not None else _only(data.family),
+        method=method if method is not None else _only(data.method),
+        protocol=protocol or None,
+        run_ids=list(data.run_ids),
+        params={k: float(v) for k, v in result.params.items()},
+        objective=float(result.objective),
+        converged=bool(result.converged),
+        message=result.message,
+        n_starts=int(result.n_starts),
+        n_observations=int(result.n_observations),
+        n_runs=int(result.n_runs),
+        metrics=metrics_dict(result.metrics) or {},
+        holdout_protocol=holdout,
+        holdout_metrics=metrics_dict(result.holdout_metrics),
+        ranges=result.ranges.as_dict(),
+        bootstrap=[
+            {k: float(v) for k, v in params.items()}
+            for params in refits
+            if all(finite_or_none(v) is not None for v in params.values())
+        ],
+        is_default=False,
+    )
+    repo.add(session, fit)
+    if make_default or (
+        fit.family is not None
+        and fit.method is not None
+        and repo.get_default(session, fit.family, fit.method) is None
+    ):
+        repo.set_default(session, fit)
+    session.commit()
+    return fit
+
+
+def get_fit(session: Session, fit_id: str) -> Fit:
+    """The stored fit `fit_id`; NotFound (404) when there is none."""
+    fit = repo.get(session, fit_id)
+    if fit is None:
+        raise NotFound(f"no fit with id {fit_id!r}")
+    return fit
+
+
+def list_fits(
+    session: Session, *, family: str | None, method: str | None, offset: int, limit: int
+) -> tuple[list[Fit], int]:
+    """One page of fits (newest first) and the total matching the filters."""
+    return repo.list_page(session, family=family, method=method, offset=offset, limit=limit)
+
+
+def plot_fit_png(session: Session, fit_id: str) -> bytes:
+    """A PNG of the fit's observations and its fitted curve per run."""
+    from app.plotting import plot_fit
+
+    fit = get_fit(session, fit_id)
+    rows = [
+        row
+        for row in observations_repo.select_for_fit(
+            session, run_ids=list(fit.run_ids), include_excluded=True
+        )
+        if (row.protocol or None) == fit.protocol
+    ]
+    if not rows:
+        raise Unprocessable(f"the observations of fit {fit_id!r} are no longer stored")
+    scope = f"{fit.family or 'any family'}, {fit.method or 'any method'}"
+    title = f"{fit.form} fit {fit.id[:8]} — {scope}"
+    png: bytes = plot_fit(get_form(fit.form), fit.params, dataset_from_rows(rows), title=title)
+    return png

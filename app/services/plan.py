@@ -1,0 +1,103 @@
+"""Use-case behind `POST /plan`: joint choice of method, ρ and tokens (p2-law.md §7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.core.errors import Unprocessable
+from app.law.plan import PlanCandidate, PlanOption
+from app.law.plan import plan as plan_options
+from app.repositories import fits as fits_repo
+from app.schemas.plan import PlanRequest
+from app.services.convert import features, finite_or_none
+from app.services.lawref import LawRef, law_from_fit
+from app.services.predict import range_warnings
+
+#: Enough fits to cover every method of a family; a family has a handful of methods.
+_MAX_FITS_SCANNED = 10_000
+
+
+def _default_laws(session: Session, family: str) -> dict[str, LawRef]:
+    """The default fit of every method of `family`, by method."""
+    fits, _ = fits_repo.list_page(session, family=family, offset=0, limit=_MAX_FITS_SCANNED)
+    laws: dict[str, LawRef] = {}
+    for fit in fits:
+        if fit.is_default and fit.method is not None and fit.method not in laws:
+            laws[fit.method] = law_from_fit(fit)
+    return laws
+
+
+def _option(option: PlanOption, fit_id: str | None) -> dict[str, Any] | None:
+    loss = finite_or_none(option.predicted_loss)
+    if loss is None:
+        return None
+    return {
+        "method": option.method,
+        "fit_id": fit_id,
+        "rho": float(option.rho),
+        "tokens": float(option.tokens),
+        "predicted_loss": loss,
+        "lower": finite_or_none(option.lower),
+        "upper": finite_or_none(option.upper),
+        "n_after": float(option.n_after),
+    }
+
+
+def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
+    """Ranked (method, ρ, tokens) options from the family's default fits, and the best one."""
+    available = _default_laws(session, request.family)
+    warnings: list[str] = []
+    if request.methods is None:
+        chosen = sorted(available)
+    else:
+        chosen = [m for m in dict.fromkeys(request.methods) if m in available]
+        missing = [m for m in dict.fromkeys(request.methods) if m not in available]
+        if missing:
+            warnings.append(
+                f"left out (no default fit for family {request.family!r}): {', '.join(missing)}"
+            )
+    if not chosen:
+        have = ", ".join(sorted(available)) or "none"
+        raise Unprocessable(
+            f"no method to plan with: family {request.family!r} has default fits for: {have}; "
+            "create fits with POST /fits (make_default=true)"
+        )
+    candidates = [
+        PlanCandidate(
+            method=m,
+            form=available[m].form,
+            params=available[m].params,
+            refits=list(available[m].refits) if request.interval is not None else None,
+        )
+        for m in chosen
+    ]
+    if request.interval is not None:
+        bare = [m for m in chosen if not available[m].refits]
+        if bare:
+            warnings.append(f"no interval for {', '.join(bare)}: those fits have no bootstrap")
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        result = plan_options(
+            candidates,
+            n0=request.n0,
+            l0=request.l0,
+            rho_min=request.rho_min,
+            token_budget=request.token_budget,
+            rho_grid=None if request.rho_grid is None else np.asarray(request.rho_grid),
+            token_grid=None if request.token_grid is None else np.asarray(request.token_grid),
+            level=request.interval,
+            max_options=request.max_options,
+        )
+    fit_ids = {m: available[m].fit_id for m in chosen}
+    options = [o for o in (_option(opt, fit_ids.get(opt.method)) for opt in result.options) if o]
+    dropped = len(result.options) - len(options)
+    if dropped:
+        warnings.append(f"{dropped} options left out: the law's prediction there is not finite")
+    best = options[0] if options else None
+    if best is not None:
+        x = features([request.n0], [best["rho"]], [request.l0], [best["tokens"]])
+        for w in range_warnings(available[best["method"]], x, family=request.family):
+            warnings.append(f"{best['method']}: {w}")
+    return {"options": options, "best": best, "methods": chosen, "warnings": warnings}

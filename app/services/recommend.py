@@ -1,0 +1,89 @@
+"""Use-case behind `POST /recommend` (p2-law.md §7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from app.law.recommend import loss_curve
+from app.law.recommend import recommend as recommend_tokens
+from app.schemas.recommend import RecommendRequest
+from app.services.convert import features, finite_float, finite_list, finite_or_none
+from app.services.lawref import resolve_law
+from app.services.predict import range_warnings
+
+#: The curve spans two decades below the answer and one above, 10 points per decade: enough
+#: to see where the loss flattens without the response growing with the law's scale.
+CURVE_DECADES_BELOW = 2
+CURVE_DECADES_ABOVE = 1
+CURVE_POINTS_PER_DECADE = 10
+
+
+def curve_tokens(tokens: float) -> np.ndarray[Any, np.dtype[np.float64]]:
+    """Log-spaced token counts around `tokens` (which is one of them)."""
+    n = (CURVE_DECADES_BELOW + CURVE_DECADES_ABOVE) * CURVE_POINTS_PER_DECADE + 1
+    return np.geomspace(tokens / 10.0**CURVE_DECADES_BELOW, tokens * 10.0**CURVE_DECADES_ABOVE, n)
+
+
+def recommend(request: RecommendRequest, session: Session | None = None) -> dict[str, Any]:
+    """Tokens by the request's rule, the loss there, the floor, and the curve around it."""
+    law = resolve_law(request, session)
+    refits = list(law.refits) if (request.interval is not None and law.refits) else None
+    warnings: list[str] = []
+    if request.interval is not None and not law.refits:
+        warnings.append(
+            "no interval: the law has no bootstrap refits (fit with bootstrap > 0 to get one)"
+        )
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        answer = recommend_tokens(
+            law.form,
+            law.params,
+            n0=request.n0,
+            rho=request.rho,
+            l0=request.l0,
+            rule=request.rule,
+            threshold=request.threshold,
+            target_loss=request.target_loss,
+            max_tokens=request.max_tokens,
+            refits=refits,
+            level=request.interval if refits else None,
+        )
+        tokens = finite_float(answer.tokens, "token count")
+        grid = curve_tokens(tokens)
+        loss, lower, upper = loss_curve(
+            law.form,
+            law.params,
+            n0=request.n0,
+            rho=request.rho,
+            l0=request.l0,
+            tokens=grid,
+            refits=refits,
+            level=request.interval if refits else None,
+        )
+    losses = finite_list(loss, "loss on the curve")
+    lows = [finite_or_none(v) for v in lower] if lower is not None else [None] * len(grid)
+    highs = [finite_or_none(v) for v in upper] if upper is not None else [None] * len(grid)
+    curve = [
+        {"tokens": float(t), "loss": lo_, "lower": a, "upper": b}
+        for t, lo_, a, b in zip(grid.tolist(), losses, lows, highs, strict=True)
+    ]
+    interval = None
+    if answer.tokens_interval is not None:
+        low, high = answer.tokens_interval
+        if finite_or_none(low) is not None and finite_or_none(high) is not None:
+            interval = (float(low), float(high))
+    x = features([request.n0], [request.rho], [request.l0], [tokens])
+    warnings += range_warnings(law, x, family=request.family, method=request.method)
+    if answer.capped:
+        warnings.append(f"the answer is capped at max_tokens={request.max_tokens:.6g}")
+    return {
+        "tokens": tokens,
+        "predicted_loss": finite_float(answer.predicted_loss, "predicted loss"),
+        "floor_loss": finite_float(answer.floor_loss, "floor loss"),
+        "capped": bool(answer.capped),
+        "tokens_interval": interval,
+        "curve": curve,
+        "warnings": warnings,
+    }

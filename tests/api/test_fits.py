@@ -1,0 +1,112 @@
+"""POST /fits, GET /fits, GET /fits/{id}, GET /fits/{id}/plot.png."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import FAMILY, synthetic_observations
+
+FIT_FIELDS = {
+    "id",
+    "form",
+    "params",
+    "objective",
+    "converged",
+    "message",
+    "n_observations",
+    "n_runs",
+    "metrics",
+    "holdout_metrics",
+    "ranges",
+    "created_at",
+}
+
+
+def test_fit_is_created_stored_and_listed(any_client: TestClient) -> None:
+    any_client.post("/observations", json={"observations": synthetic_observations()})
+    response = any_client.post(
+        "/fits",
+        json={"form": "p2", "family": FAMILY, "method": "depth", "holdout": {"protocol": "D"}},
+    )
+    assert response.status_code == 201, response.text
+    fit = response.json()
+    assert set(fit) >= FIT_FIELDS
+    # With the D hold-out the last 20% of each run's checkpoints are left out of the fit.
+    assert 50 <= fit["n_observations"] < 72 and fit["n_runs"] == 9
+    assert set(fit["params"]) == {"N_C", "D_C", "E", "alpha", "beta", "gamma", "delta"}
+    assert set(fit["metrics"]) == {"r2", "rmse", "mape", "huber", "asd"}
+    assert fit["metrics"]["r2"] > 0.99
+    assert fit["holdout_metrics"] is not None and fit["holdout_protocol"] == "D"
+    assert fit["is_default"] is True  # the first fit of (family, method)
+    assert fit["ranges"]["rho"] == [0.15, 0.35]
+    assert any_client.get(f"/fits/{fit['id']}").json() == fit
+    page = any_client.get("/fits", params={"family": FAMILY}).json()
+    assert page["total"] == 1 and page["items"][0]["id"] == fit["id"]
+
+
+def test_make_default_moves_the_default(seeded_client: TestClient, seeded: dict[str, str]) -> None:
+    second = seeded_client.post(
+        "/fits", json={"family": FAMILY, "method": "depth", "make_default": True}
+    ).json()
+    assert second["is_default"] is True
+    assert seeded_client.get(f"/fits/{seeded['depth']}").json()["is_default"] is False
+    body = seeded_client.post(
+        "/predict",
+        json={
+            "family": FAMILY,
+            "method": "depth",
+            "points": [{"n0": 1e9, "rho": 0.2, "l0": 2.2, "tokens": 1e8}],
+        },
+    ).json()
+    assert body["fit_id"] == second["id"]
+    third = seeded_client.post("/fits", json={"family": FAMILY, "method": "depth"}).json()
+    assert third["is_default"] is False
+
+
+def test_bootstrap_count_is_reported(seeded_client: TestClient, seeded: dict[str, str]) -> None:
+    fit = seeded_client.get(f"/fits/{seeded['depth']}").json()
+    assert fit["bootstrap"] == 8
+
+
+def test_no_observations_is_422(client: TestClient) -> None:
+    response = client.post("/fits", json={"family": "none", "method": "depth"})
+    assert response.status_code == 422
+    assert "POST /observations" in response.json()["detail"]
+
+
+def test_too_few_observations_is_422(client: TestClient) -> None:
+    client.post("/observations", json={"observations": synthetic_observations()[:3]})
+    response = client.post("/fits", json={"family": FAMILY})
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_mixed_protocols_are_refused(client: TestClient) -> None:
+    rows = synthetic_observations()[:40] + synthetic_observations(protocol="eval-2")[40:]
+    client.post("/observations", json={"observations": rows})
+    response = client.post("/fits", json={"family": FAMILY, "method": "depth"})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "eval-1" in detail and "eval-2" in detail
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"form": "nope"}, {"bootstrap": 1001}, {"bootstrap": -1}, {"holdout": {"protocol": "X"}}],
+    ids=["unknown-form", "bootstrap-too-big", "bootstrap-negative", "bad-holdout"],
+)
+def test_bad_fit_requests_are_422(client: TestClient, body: dict[str, object]) -> None:
+    assert client.post("/fits", json=body).status_code == 422
+
+
+def test_unknown_fit_is_404(client: TestClient) -> None:
+    assert client.get("/fits/" + "a" * 32).status_code == 404
+    assert client.get("/fits/" + "a" * 32 + "/plot.png").status_code == 404
+
+
+def test_plot_is_a_png(seeded_client: TestClient, seeded: dict[str, str]) -> None:
+    response = seeded_client.get(f"/fits/{seeded['width']}/plot.png")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    assert response.content[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,69 @@
+"""POST /plan: ranked (method, ρ, tokens) options from the family's default fits."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import FAMILY
+
+REQUEST = {"family": FAMILY, "n0": 1.0e9, "l0": 2.2, "rho_min": 0.2, "token_budget": 2.0e9}
+
+
+def test_options_are_ranked_within_the_limits_and_best_is_first(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    response = seeded_client.post("/plan", json=REQUEST)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["methods"] == ["depth", "width"]
+    options = body["options"]
+    assert options and body["best"] == options[0]
+    losses = [o["predicted_loss"] for o in options]
+    assert losses == sorted(losses)
+    for option in options:
+        assert option["rho"] >= REQUEST["rho_min"] - 1e-12
+        assert option["tokens"] <= REQUEST["token_budget"] * (1 + 1e-12)
+        assert option["n_after"] == pytest.approx(REQUEST["n0"] * (1 - option["rho"]))
+        assert option["fit_id"] == seeded[option["method"]]
+
+
+def test_explicit_grids_and_interval(seeded_client: TestClient, seeded: dict[str, str]) -> None:
+    body = seeded_client.post(
+        "/plan",
+        json={
+            **REQUEST,
+            "methods": ["depth"],
+            "rho_grid": [0.2, 0.3],
+            "token_grid": [1.0e8, 1.0e9],
+            "interval": 0.8,
+            "max_options": 3,
+        },
+    ).json()
+    assert body["methods"] == ["depth"]
+    assert len(body["options"]) == 3
+    assert {o["rho"] for o in body["options"]} <= {0.2, 0.3}
+    assert all(o["lower"] is not None and o["lower"] <= o["upper"] for o in body["options"])
+
+
+def test_a_requested_method_without_fit_is_left_out_with_a_warning(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    body = seeded_client.post("/plan", json={**REQUEST, "methods": ["depth", "2:4"]}).json()
+    assert body["methods"] == ["depth"]
+    assert any("2:4" in w for w in body["warnings"])
+
+
+def test_no_method_with_a_fit_is_422(client: TestClient) -> None:
+    response = client.post("/plan", json=REQUEST)
+    assert response.status_code == 422
+    assert "POST /fits" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"rho_min": 1.0}, {"token_budget": 0}, {"rho_grid": [0.1]}, {"token_grid": [5e9]}],
+    ids=["rho-min-one", "zero-budget", "grid-below-rho-min", "grid-above-budget"],
+)
+def test_bad_limits_are_422(client: TestClient, extra: dict[str, object]) -> None:
+    assert client.post("/plan", json={**REQUEST, **extra}).status_code == 422

@@ -1,0 +1,194 @@
+"""POST /predict: law choice, points/columns, intervals, warnings, limits (api.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.config import get_settings
+from tests.api.conftest import FAMILY, LAW
+
+#: Certified values (p2-vectors.json) for LAW: raw counts in, loss out.
+CERTIFIED = [
+    {"n0": 1000000000.0, "rho": 0.25, "l0": 2.5, "tokens": 100000000.0, "loss": 2.7022955896745358},
+    {
+        "n0": 8030000000.0,
+        "rho": 0.15,
+        "l0": 2.1,
+        "tokens": 3000000000.0,
+        "loss": 2.1585932581034935,
+    },
+    {"n0": 500000000.0, "rho": 0.35, "l0": 3.0, "tokens": 10000000.0, "loss": 3.400553690937095},
+    {"n0": 386112, "rho": 0.12, "l0": 1.34, "tokens": 2048, "loss": 9.110360104720986},
+    {
+        "n0": 72000000000.0,
+        "rho": 0.5,
+        "l0": 1.9,
+        "tokens": 10000000000.0,
+        "loss": 1.9729985613492886,
+    },
+]
+POINT = {"n0": 1.0e9, "rho": 0.25, "l0": 2.5, "tokens": 1.0e8}
+INLINE = {"form": "p2", "params": LAW}
+
+
+def test_inline_law_reproduces_the_certified_predictions(client: TestClient) -> None:
+    cases = CERTIFIED
+    points = [{k: c[k] for k in ("n0", "rho", "l0", "tokens")} for c in cases]
+    response = client.post("/predict", json={"law": INLINE, "points": points})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"form", "fit_id", "loss", "lower", "upper", "warnings"}
+    assert body["form"] == "p2" and body["fit_id"] is None
+    assert body["lower"] is None and body["upper"] is None
+    for got, case in zip(body["loss"], cases, strict=True):
+        assert got == pytest.approx(case["loss"], rel=1e-9)
+
+
+def test_columns_give_the_same_losses_as_points_in_input_order(client: TestClient) -> None:
+    points = [{**POINT, "tokens": t} for t in (3e9, 1e7, 1e8)]
+    columns = {k: [p[k] for p in points] for k in ("n0", "rho", "l0", "tokens")}
+    by_points = client.post("/predict", json={"law": INLINE, "points": points}).json()
+    by_columns = client.post("/predict", json={"law": INLINE, "columns": columns}).json()
+    assert by_points["loss"] == by_columns["loss"]
+    assert by_points["loss"][1] > by_points["loss"][2] > by_points["loss"][0]
+
+
+def test_stored_fit_by_id_and_default_fit_by_family_method(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    by_id = seeded_client.post("/predict", json={"fit_id": seeded["depth"], "points": [POINT]})
+    assert by_id.status_code == 200, by_id.text
+    by_default = seeded_client.post(
+        "/predict", json={"family": FAMILY, "method": "depth", "points": [POINT]}
+    )
+    assert by_default.json()["fit_id"] == seeded["depth"]
+    assert by_default.json()["loss"] == by_id.json()["loss"]
+    # The synthetic data came from LAW with 0.3% noise: the fit predicts inside the data within 1%.
+    inline = seeded_client.post("/predict", json={"law": INLINE, "points": [POINT]}).json()
+    assert by_id.json()["loss"][0] == pytest.approx(inline["loss"][0], rel=0.01)
+
+
+def test_interval_comes_from_bootstrap_refits(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    points = [{**POINT, "tokens": t} for t in (2e7, 2e8, 2e9)]
+    body = seeded_client.post(
+        "/predict", json={"fit_id": seeded["depth"], "points": points, "interval": 0.8}
+    ).json()
+    assert body["lower"] is not None and body["upper"] is not None
+    for low, mid, high in zip(body["lower"], body["loss"], body["upper"], strict=True):
+        assert low <= high
+        assert low <= mid * 1.01 and high >= mid * 0.99
+
+
+def test_interval_without_refits_is_null_with_a_warning(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    body = seeded_client.post(
+        "/predict", json={"fit_id": seeded["width"], "points": [POINT], "interval": 0.8}
+    ).json()
+    assert body["lower"] is None and body["upper"] is None
+    assert any("bootstrap" in w for w in body["warnings"])
+
+
+def test_extrapolation_outside_the_fit_ranges_warns(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    far = {"n0": 7.0e10, "rho": 0.6, "l0": 1.8, "tokens": 1.0e12}
+    body = seeded_client.post("/predict", json={"fit_id": seeded["depth"], "points": [far]}).json()
+    assert body["warnings"], body
+    # The synthetic runs have n0 = 1e9 with l0 = 2.0 + 0.3·log10(4).
+    seen = {"n0": 1.0e9, "rho": 0.25, "l0": 2.18, "tokens": 1.0e8}
+    inside = seeded_client.post(
+        "/predict", json={"fit_id": seeded["depth"], "points": [seen]}
+    ).json()
+    assert inside["warnings"] == []
+
+
+def test_no_law_chosen_is_a_422_that_says_how_to_choose(client: TestClient) -> None:
+    response = client.post("/predict", json={"points": [POINT]})
+    assert response.status_code == 422
+    assert "fit_id" in response.json()["detail"] and "family" in response.json()["detail"]
+
+
+def test_family_method_without_a_default_fit_is_a_422(client: TestClient) -> None:
+    response = client.post(
+        "/predict", json={"family": "nope", "method": "depth", "points": [POINT]}
+    )
+    assert response.status_code == 422
+    assert "POST /fits" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"law": INLINE},
+        {"law": INLINE, "points": [POINT], "columns": {k: [v] for k, v in POINT.items()}},
+        {"law": INLINE, "fit_id": "abc", "points": [POINT]},
+        {"law": INLINE, "columns": {"n0": [1e9, 1e9], "rho": [0.2], "l0": [2.0], "tokens": [1e8]}},
+        {"law": {"form": "nope", "params": LAW}, "points": [POINT]},
+        {"law": INLINE, "points": [{**POINT, "rho": 1.0}]},
+        {"law": INLINE, "points": [{**POINT, "rho": 0.0}]},
+        {"law": INLINE, "points": [{**POINT, "n0": 0}]},
+        {"law": INLINE, "points": [{**POINT, "tokens": -5}]},
+        {"law": INLINE, "points": [{**POINT, "l0": 0}]},
+        {"law": INLINE, "points": [POINT], "interval": 1.0},
+        {"law": {"form": "p2", "params": {"N_C": 1.0}}, "points": [POINT]},
+    ],
+    ids=[
+        "no-points",
+        "points-and-columns",
+        "fit-id-and-law",
+        "columns-unequal",
+        "unknown-form",
+        "rho-one",
+        "rho-zero",
+        "n0-zero",
+        "tokens-negative",
+        "l0-zero",
+        "interval-one",
+        "params-missing",
+    ],
+)
+def test_bad_requests_are_422_with_a_message(client: TestClient, body: dict[str, object]) -> None:
+    response = client.post("/predict", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+def test_overflowing_inline_law_is_a_422_not_a_non_finite_response(client: TestClient) -> None:
+    params = {**LAW, "gamma": 3.0, "delta": -3.0, "D_C": 1e300, "beta": 3.0}
+    point = {"n0": 1e3, "rho": 1e-300, "l0": 2.0, "tokens": 1.0}
+    response = client.post(
+        "/predict", json={"law": {"form": "p2", "params": params}, "points": [point]}
+    )
+    assert response.status_code in (200, 422)
+    json.loads(response.text, parse_constant=lambda c: pytest.fail(f"non-finite {c}"))
+
+
+def test_unknown_fit_id_is_404(client: TestClient) -> None:
+    response = client.post("/predict", json={"fit_id": "0" * 32, "points": [POINT]})
+    assert response.status_code == 404
+    assert "0" * 32 in response.json()["detail"]
+
+
+def test_too_many_points_is_413_with_the_limit(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_POINTS", "10")
+    get_settings.cache_clear()
+    response = client.post("/predict", json={"law": INLINE, "points": [POINT] * 11})
+    assert response.status_code == 413
+    assert "10" in response.json()["detail"]
+    assert client.post("/predict", json={"law": INLINE, "points": [POINT] * 10}).status_code == 200
+
+
+def test_the_default_limit_accepts_100000_points(client: TestClient) -> None:
+    n = 100_000
+    columns = {"n0": [1e9] * n, "rho": [0.25] * n, "l0": [2.5] * n, "tokens": [1e8] * n}
+    response = client.post("/predict", json={"law": INLINE, "columns": columns})
+    assert response.status_code == 200
+    assert len(response.json()["loss"]) == n

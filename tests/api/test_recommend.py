@@ -1,0 +1,116 @@
+"""POST /recommend: the three rules, the cap, the curve, intervals, unreachable targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.conftest import FAMILY, LAW
+
+BASE = {"law": {"form": "p2", "params": LAW}, "n0": 1.0e9, "rho": 0.25, "l0": 2.5}
+#: Certified answers (p2-vectors.json) for LAW at BASE: rule arguments -> tokens, predicted loss.
+CERTIFIED = [
+    ({"rule": "marginal", "threshold": 0.05}, 163275617.557301, 2.697759899487003),
+    ({"rule": "gap", "threshold": 0.01}, 435275281.648062, 2.691432337731273),
+    ({"rule": "target", "target_loss": 2.701432337731273}, 108818820.4120155, 2.701432337731273),
+]
+FLOOR = 2.6814323377312728
+
+
+@pytest.mark.parametrize(("rule", "tokens", "loss"), CERTIFIED, ids=["marginal", "gap", "target"])
+def test_rules_reproduce_the_certified_answers(
+    client: TestClient, rule: dict[str, object], tokens: float, loss: float
+) -> None:
+    response = client.post("/recommend", json={**BASE, **rule})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {
+        "tokens",
+        "predicted_loss",
+        "floor_loss",
+        "capped",
+        "tokens_interval",
+        "curve",
+        "warnings",
+    }
+    assert body["tokens"] == pytest.approx(tokens, rel=1e-6)
+    assert body["predicted_loss"] == pytest.approx(loss, rel=1e-6)
+    assert body["floor_loss"] == pytest.approx(FLOOR, rel=1e-9)
+    assert body["capped"] is False and body["tokens_interval"] is None
+
+
+def test_curve_is_log_spaced_around_the_answer_and_decreasing(client: TestClient) -> None:
+    body = client.post("/recommend", json={**BASE, "rule": "gap", "threshold": 0.01}).json()
+    tokens = np.array([p["tokens"] for p in body["curve"]])
+    losses = np.array([p["loss"] for p in body["curve"]])
+    assert tokens.min() < body["tokens"] < tokens.max()
+    assert np.allclose(np.diff(np.log(tokens)), np.log(tokens[1] / tokens[0]))
+    assert np.all(np.diff(losses) < 0)
+    assert np.all(losses > body["floor_loss"])
+    assert all(p["lower"] is None and p["upper"] is None for p in body["curve"])
+
+
+def test_max_tokens_caps_the_answer(client: TestClient) -> None:
+    body = client.post(
+        "/recommend", json={**BASE, "rule": "gap", "threshold": 0.01, "max_tokens": 1.0e8}
+    ).json()
+    assert body["capped"] is True
+    assert body["tokens"] == pytest.approx(1.0e8)
+
+
+def test_unreachable_target_is_422_with_the_floor(client: TestClient) -> None:
+    response = client.post("/recommend", json={**BASE, "rule": "target", "target_loss": 2.6})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["floor_loss"] == pytest.approx(FLOOR, rel=1e-9)
+    assert "2.68143" in body["detail"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"rule": "gap"}, {"rule": "target"}, {"rule": "marginal", "threshold": 0}, {"rule": "x"}],
+    ids=["gap-no-threshold", "target-no-loss", "zero-threshold", "unknown-rule"],
+)
+def test_missing_or_bad_rule_arguments_are_422(
+    client: TestClient, extra: dict[str, object]
+) -> None:
+    response = client.post("/recommend", json={**BASE, **extra})
+    assert response.status_code == 422
+    assert response.json()["detail"]
+
+
+def test_default_fit_with_bootstrap_gives_a_token_interval_and_curve_bands(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    request = {
+        "family": FAMILY,
+        "method": "depth",
+        "n0": 1.0e9,
+        "rho": 0.25,
+        "l0": 2.2,
+        "rule": "gap",
+        "threshold": 0.01,
+        "interval": 0.8,
+    }
+    response = seeded_client.post("/recommend", json=request)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    low, high = body["tokens_interval"]
+    assert low <= high
+    assert all(p["lower"] is not None and p["upper"] is not None for p in body["curve"])
+
+
+def test_unknown_fit_is_404(client: TestClient) -> None:
+    response = client.post(
+        "/recommend",
+        json={
+            "fit_id": "f" * 32,
+            "n0": 1e9,
+            "rho": 0.25,
+            "l0": 2.5,
+            "rule": "gap",
+            "threshold": 0.1,
+        },
+    )
+    assert response.status_code == 404
