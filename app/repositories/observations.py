@@ -5,16 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Insert, delete, func, select
+from sqlalchemy import Table, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
 from app.db.models.observation import Observation
-
-#: Rows per INSERT statement: 13 bound values a row stays far below SQLite's 32,766 and
-#: PostgreSQL's 65,535 parameter limits while keeping round trips few.
-CHUNK_ROWS = 500
 
 #: Columns a caller must give for every row.
 REQUIRED_COLUMNS = ("run_id", "family", "method", "n0", "rho", "l0", "tokens", "loss")
@@ -39,17 +35,25 @@ UPDATED_COLUMNS = (
     "note",
 )
 _KEY = ("run_id", "tokens")
+_TABLE: Table = Observation.__table__  # type: ignore[assignment]
+
+
+_FLOAT_COLUMNS = ("n0", "rho", "l0", "tokens", "loss")
+_STR_COLUMNS = ("run_id", "family", "method", "protocol", "source")
+#: Column order of a written row (everything but the generated id).
+_WRITTEN = (*REQUIRED_COLUMNS, *OPTIONAL_DEFAULTS)
+#: Rows per statement on PostgreSQL: bounds the size of the array parameters in one round trip.
+PG_CHUNK_ROWS = 50_000
 
 
 def _normalise(rows: Sequence[Mapping[str, Any]], keep: str) -> list[dict[str, Any]]:
-    """Complete rows with defaults and drop repeated (run_id, tokens) keys within the batch.
+    """Complete rows with defaults, coerce types and drop repeated (run_id, tokens) keys.
 
     ``keep="first"`` keeps the first copy (insert-ignore semantics: the stored point wins),
     ``keep="last"`` the last one (upsert semantics: the newest value wins). PostgreSQL refuses
     an upsert that touches one row twice, so the batch must be unique before it is sent.
     """
-    now = utcnow()
-    unique: dict[tuple[Any, ...], dict[str, Any]] = {}
+    unique: dict[tuple[str, float], dict[str, Any]] = {}
     for index, row in enumerate(rows):
         missing = [name for name in REQUIRED_COLUMNS if row.get(name) is None]
         if missing:
@@ -58,29 +62,82 @@ def _normalise(rows: Sequence[Mapping[str, Any]], keep: str) -> list[dict[str, A
         for name, default in OPTIONAL_DEFAULTS.items():
             value = row.get(name)
             values[name] = default if value is None else value
-        values["created_at"] = now
-        key = (values["run_id"], float(values["tokens"]))
+        for name in _FLOAT_COLUMNS:
+            values[name] = float(values[name])
+        for name in _STR_COLUMNS:
+            values[name] = str(values[name])
+        values["excluded"] = bool(values["excluded"])
+        key = (values["run_id"], values["tokens"])
         if keep == "last" or key not in unique:
             unique.pop(key, None)
             unique[key] = values
     return list(unique.values())
 
 
-def _insert_for(session: Session) -> Any:
-    """The dialect's INSERT construct, which has ``on_conflict_do_*`` (sqlite or postgresql)."""
-    name = session.get_bind().dialect.name
-    if name == "sqlite":
-        return sqlite.insert
-    if name == "postgresql":
-        return postgresql.insert
-    raise NotImplementedError(f"observations store does not support the {name} dialect")
+def _on_conflict(statement: Any, keep: str) -> Any:
+    if keep == "first":
+        return statement.on_conflict_do_nothing(index_elements=list(_KEY))
+    return statement.on_conflict_do_update(
+        index_elements=list(_KEY),
+        set_={name: statement.excluded[name] for name in UPDATED_COLUMNS},
+    )
 
 
-def _execute_chunks(session: Session, statements: Sequence[Insert]) -> int:
-    """Run each statement and count the rows it reports back through RETURNING."""
+def _write_sqlite(session: Session, values: list[dict[str, Any]], keep: str) -> int:
+    # One statement with a list of parameter sets: SQLAlchemy's "insertmanyvalues" batches it
+    # into multi-row INSERTs with one cached compiled form (~25k rows/s here).
+    now = utcnow()
+    for row in values:
+        row["created_at"] = now
+    statement = _on_conflict(sqlite.insert(_TABLE), keep).returning(_TABLE.c.id)
+    return len(session.execute(statement, values).all())
+
+
+def _write_postgresql(session: Session, values: list[dict[str, Any]], keep: str) -> int:
+    # INSERT ... SELECT FROM unnest(<one array per column>): a short, cached statement whatever
+    # the row count. Multi-row VALUES with ~13 bound values a row made psycopg re-parse a huge
+    # query text on every batch (~3k rows/s against ~20k rows/s this way).
+    table_types = {name: _TABLE.c[name].type for name in _WRITTEN}
+    arrays = func.unnest(
+        *[bindparam(name, type_=postgresql.ARRAY(table_types[name])) for name in _WRITTEN]
+    )
+    source = arrays.table_valued(*_WRITTEN).render_derived()
+    select_rows = select(
+        *[source.c[name] for name in _WRITTEN],
+        bindparam("created_at", type_=_TABLE.c.created_at.type),
+    )
+    statement = _on_conflict(
+        postgresql.insert(_TABLE).from_select([*_WRITTEN, "created_at"], select_rows), keep
+    ).returning(_TABLE.c.id)
+    now = utcnow()
     written = 0
-    for statement in statements:
-        written += len(session.execute(statement.returning(Observation.id)).all())
+    for start in range(0, len(values), PG_CHUNK_ROWS):
+        chunk = values[start : start + PG_CHUNK_ROWS]
+        parameters: dict[str, Any] = {name: [row[name] for row in chunk] for name in _WRITTEN}
+        parameters["created_at"] = now
+        written += len(session.execute(statement, parameters).all())
+    return written
+
+
+def _write(session: Session, rows: Sequence[Mapping[str, Any]], keep: str) -> int:
+    """Insert ``rows`` with the dialect's ON CONFLICT; count the rows RETURNING reports."""
+    values = _normalise(rows, keep)
+    if not values:
+        return 0
+    session.flush()
+    dialect = session.get_bind().dialect.name
+    if dialect == "sqlite":
+        written = _write_sqlite(session, values, keep)
+    elif dialect == "postgresql":
+        written = _write_postgresql(session, values, keep)
+    else:
+        raise NotImplementedError(f"observations store does not support the {dialect} dialect")
+    if keep == "last":
+        # Observations already loaded in this session would keep their old values; other
+        # objects are left alone (expiring them would break reads after the session closes).
+        for instance in list(session.identity_map.values()):
+            if isinstance(instance, Observation):
+                session.expire(instance)
     return written
 
 
@@ -89,17 +146,7 @@ def insert_ignore(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
 
     Returns how many rows were stored; ``len(rows) - inserted`` are the duplicates.
     """
-    values = _normalise(rows, keep="first")
-    insert = _insert_for(session)
-    statements = [
-        insert(Observation)
-        .values(values[start : start + CHUNK_ROWS])
-        .on_conflict_do_nothing(index_elements=list(_KEY))
-        for start in range(0, len(values), CHUNK_ROWS)
-    ]
-    inserted = _execute_chunks(session, statements)
-    session.flush()
-    return inserted
+    return _write(session, rows, keep="first")
 
 
 def upsert(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -108,25 +155,7 @@ def upsert(session: Session, rows: Sequence[Mapping[str, Any]]) -> int:
     A job resumed from a checkpoint re-records its points this way. Within ``rows`` the last
     copy of a key wins. Returns the number of rows inserted or updated.
     """
-    values = _normalise(rows, keep="last")
-    insert = _insert_for(session)
-    statements = []
-    for start in range(0, len(values), CHUNK_ROWS):
-        statement = insert(Observation).values(values[start : start + CHUNK_ROWS])
-        statements.append(
-            statement.on_conflict_do_update(
-                index_elements=list(_KEY),
-                set_={name: statement.excluded[name] for name in UPDATED_COLUMNS},
-            )
-        )
-    session.flush()
-    written = _execute_chunks(session, statements)
-    # Observations already loaded in this session would otherwise keep their old values;
-    # other objects are left alone (expiring them would break reads after the session closes).
-    for instance in list(session.identity_map.values()):
-        if isinstance(instance, Observation):
-            session.expire(instance)
-    return written
+    return _write(session, rows, keep="last")
 
 
 def delete_after(session: Session, run_id: str, tokens: float) -> int:

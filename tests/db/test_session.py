@@ -1,0 +1,140 @@
+"""Engine settings and transaction helpers, SQLite's multi-writer setup in particular."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from app.db.models import Observation
+from app.db.session import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    get_engine,
+    make_sessionmaker,
+    reset_engines,
+    session_scope,
+)
+from app.repositories import observations
+
+WRITERS = 4
+POINTS_PER_WRITER = 250
+
+
+def _row(run_id: str, tokens: float, loss: float = 2.0) -> dict[str, object]:
+    return {
+        "run_id": run_id,
+        "family": "tiny",
+        "method": "depth",
+        "n0": 1e6,
+        "rho": 0.5,
+        "l0": 3.0,
+        "tokens": tokens,
+        "loss": loss,
+    }
+
+
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(sqlite_url: str) -> None:
+    with get_engine(sqlite_url).connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_TIMEOUT_MS
+        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_sqlite_transaction_holds_the_write_lock_from_its_first_read(sqlite_url: str) -> None:
+    database = make_url(sqlite_url).database
+    assert database is not None
+    with session_scope(get_engine(sqlite_url)) as session:
+        session.execute(text("SELECT count(*) FROM observations")).scalar_one()
+        # A read-only statement already took the write lock (BEGIN IMMEDIATE): another
+        # connection that will not wait cannot start a write transaction now.
+        other = sqlite3.connect(database, timeout=0, isolation_level=None)
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        finally:
+            other.close()
+
+
+def test_get_engine_is_cached_per_url_and_creates_the_folder(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'nested' / 'deeper' / 'x.sqlite3'}"
+    engine = get_engine(url)
+    assert get_engine(url) is engine
+    assert (tmp_path / "nested" / "deeper").is_dir()
+    reset_engines()
+    assert get_engine(url) is not engine
+
+
+def test_get_engine_defaults_to_database_url(sqlite_url: str) -> None:
+    assert get_engine().url.database == make_url(sqlite_url).database
+
+
+def test_session_scope_commits_on_success_and_rolls_back_on_error(sqlite_url: str) -> None:
+    engine = get_engine(sqlite_url)
+    with session_scope(engine) as session:
+        observations.insert_ignore(session, [_row("kept", 1.0)])
+    with pytest.raises(RuntimeError), session_scope(engine) as session:
+        observations.insert_ignore(session, [_row("dropped", 1.0)])
+        raise RuntimeError("boom")
+    with make_sessionmaker(engine)() as session:
+        assert observations.count_by_run(session, "kept") == 1
+        assert observations.count_by_run(session, "dropped") == 0
+
+
+def test_created_at_reads_back_timezone_aware_utc(session: Session) -> None:
+    before = datetime.now(UTC)
+    observations.insert_ignore(session, [_row("clock", 1.0)])
+    stored = session.query(Observation).filter_by(run_id="clock").one()
+    session.refresh(stored)
+    assert stored.created_at.tzinfo is not None
+    assert stored.created_at.utcoffset() is not None
+    assert abs((stored.created_at - before).total_seconds()) < 60
+
+
+def _writer(url: str, worker: int, results: multiprocessing.Queue[tuple[int, int, str]]) -> None:
+    """Read-then-write transactions: the pattern that fails under a deferred BEGIN."""
+    errors = 0
+    first_error = ""
+    engine = get_engine(url)
+    run_id = f"writer-{worker}"
+    for step in range(POINTS_PER_WRITER):
+        try:
+            with session_scope(engine) as session:
+                seen = observations.count_by_run(session, run_id)
+                observations.insert_ignore(session, [_row(run_id, float(seen + 1))])
+        except OperationalError as error:
+            errors += 1
+            first_error = first_error or str(error)
+        del step
+    results.put((worker, errors, first_error))
+
+
+def test_four_processes_write_one_sqlite_file_without_lock_errors(sqlite_url: str) -> None:
+    # fork, as Celery's prefork pool does; the engine cache is dropped in the child.
+    context = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue[tuple[int, int, str]] = context.Queue()
+    get_engine(sqlite_url).dispose()
+    processes = [
+        context.Process(target=_writer, args=(sqlite_url, worker, results))
+        for worker in range(WRITERS)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+
+    assert [(worker, errors) for worker, errors, _ in sorted(outcomes)] == [
+        (worker, 0) for worker in range(WRITERS)
+    ], outcomes
+    with make_sessionmaker(get_engine(sqlite_url))() as session:
+        assert session.query(Observation).count() == WRITERS * POINTS_PER_WRITER
+        for worker in range(WRITERS):
+            assert observations.count_by_run(session, f"writer-{worker}") == POINTS_PER_WRITER
