@@ -62,6 +62,23 @@ class Dataset:
     def n_runs(self) -> int:
         return len(self.run_ids)
 
+    def take(self, index: npt.NDArray[np.bool_] | IntArray) -> Dataset:
+        """The points selected by a boolean mask or an index array (run ids kept whole)."""
+        idx = np.arange(len(self))[index]
+
+        def pick(values: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(values[i] for i in idx) if values else ()
+
+        return Dataset(
+            x=self.x.take(idx),
+            loss=self.loss[idx],
+            run=self.run[idx],
+            run_ids=self.run_ids,
+            family=pick(self.family),
+            method=pick(self.method),
+            protocol=pick(self.protocol),
+        )
+
 
 @dataclass(frozen=True)
 class Metrics:

@@ -1,0 +1,696 @@
+"""Law forms: pure, vectorised functions with a parameter spec, in one registry.
+
+Every form maps raw features (n0 in parameters, tokens in tokens) to a predicted loss and knows
+how to be fitted: a fit vector in log space where a constant is positive, bounds, a grid of
+starting points and the log-prediction with its analytic Jacobian, evaluated for many fit
+vectors at once (shape ``(starts, points)``). Fitting, metrics and recommendations only use this
+interface, so registering a new form with `register` touches nothing else.
+"""
+
+from __future__ import annotations
+
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from app.law.errors import LawError, UnknownForm
+from app.law.objective import huber
+from app.law.types import Dataset, Features, FloatArray, Params, Rule
+
+BoolArray = npt.NDArray[np.bool_]
+
+# exp() of anything above this overflows float64; predictions are clipped here rather than
+# returning inf (a loss of e^700 nats is already meaningless).
+_LOG_MAX = 700.0
+# Bounds of p2-law.md §4, shared by every form that has the same kind of parameter.
+LOG_CONSTANT_BOUNDS = (-25.0, 25.0)
+DECAY_BOUNDS = (0.0, 3.0)
+SIGNED_BOUNDS = (-3.0, 3.0)
+
+
+def check_features(x: Features) -> None:
+    """Raise LawError unless every feature is finite and inside the law's domain."""
+    n = len(x)
+    for name in ("n0", "rho", "l0", "tokens"):
+        values = getattr(x, name)
+        if values.shape != (n,):
+            raise LawError(f"{name} has shape {values.shape}; expected ({n},) like n0")
+        if not np.all(np.isfinite(values)):
+            raise LawError(f"{name} must be finite")
+    if np.any(x.n0 <= 0):
+        raise LawError("n0 must be positive (parameters of the dense model)")
+    if np.any((x.rho <= 0) | (x.rho >= 1)):
+        raise LawError("rho must lie strictly between 0 and 1")
+    if np.any(x.l0 <= 0):
+        raise LawError("l0 must be positive (nats per token)")
+    if np.any(x.tokens <= 0):
+        raise LawError("tokens must be positive: the law is defined for D > 0 only")
+
+
+def logsumexp_terms(terms: list[FloatArray]) -> tuple[FloatArray, list[FloatArray]]:
+    """log Σ exp(tᵢ) over broadcastable terms, and the softmax weights ∂/∂tᵢ.
+
+    Terms may be −inf (a constant that is exactly zero); when all are, the result is −inf and
+    the weights are zero, never NaN. Written term by term (no stacking): this runs thousands of
+    times per fit, on arrays of a few hundred points, where every temporary counts.
+    """
+    top = terms[0]
+    for t in terms[1:]:
+        top = np.maximum(top, t)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        finite_top = np.isfinite(top)
+        if not np.all(finite_top):
+            top = np.where(finite_top, top, 0.0)
+        expd = [np.exp(t - top) for t in terms]
+        total = expd[0]
+        for e in expd[1:]:
+            total = total + e
+        lse = np.log(total) + top
+        inv = np.where(total > 0, 1.0 / np.where(total > 0, total, 1.0), 0.0)
+    return lse, [e * inv for e in expd]
+
+
+def _col(theta: FloatArray, j: int) -> FloatArray:
+    """Column j of a (starts, p) fit matrix as a (starts, 1) array that broadcasts over points."""
+    return theta[:, j : j + 1]
+
+
+def _p(params: Params, key: str) -> float:
+    """A finite parameter value; LawError names the key otherwise."""
+    if key not in params:
+        raise LawError(f"law parameters lack {key!r}")
+    value = float(params[key])
+    if not np.isfinite(value):
+        raise LawError(f"parameter {key} must be finite, got {value!r}")
+    return value
+
+
+def _log_param(params: Params, key: str) -> float:
+    if key not in params:
+        raise LawError(f"law parameters lack {key!r}")
+    value = float(params[key])
+    if value < 0 or not np.isfinite(value):
+        raise LawError(f"parameter {key} must be finite and ≥ 0, got {value!r}")
+    with np.errstate(divide="ignore"):
+        return float(np.log(value))
+
+
+class Form(ABC):
+    """A law form. Subclasses set `name`, `param_names`, `description` and the model."""
+
+    name: str
+    param_names: tuple[str, ...]
+    description: str
+    # How many of the grid's best starts L-BFGS-B polishes (per block for separable forms).
+    n_polish: int = 4
+
+    # --- fit-vector interface (data-dependent only for forms with per-run parameters) ---
+
+    def fit_names(self, data: Dataset) -> tuple[str, ...]:
+        """Names of the entries of the fit vector (log constants prefixed with ``log_``)."""
+        return self._fit_names
+
+    _fit_names: tuple[str, ...] = ()
+    _bounds: tuple[tuple[float, float], ...] = ()
+
+    def n_parameters(self, data: Dataset) -> int:
+        """How many numbers a fit to `data` estimates."""
+        return len(self.fit_names(data))
+
+    def bounds(self, data: Dataset) -> list[tuple[float, float]]:
+        """Box bounds of the fit vector, as L-BFGS-B takes them."""
+        return list(self._bounds)
+
+    @abstractmethod
+    def start_grid(self, data: Dataset) -> FloatArray:
+        """Starting fit vectors, shape (starts, p)."""
+
+    @abstractmethod
+    def to_vector(self, params: Params, data: Dataset) -> FloatArray:
+        """Parameters (the form's own units) → fit vector (may hold −inf for a zero constant)."""
+
+    @abstractmethod
+    def from_vector(self, theta: FloatArray, data: Dataset) -> dict[str, float]:
+        """Fit vector → parameters in the form's own units."""
+
+    @abstractmethod
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """log L̂ for each fit vector (rows of `theta`) at each point: (starts, n).
+
+        With `grad`, also ∂ log L̂ / ∂θ with shape (starts, n, p).
+        """
+
+    # --- prediction ---
+
+    @abstractmethod
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        """Predicted loss at each point (raw counts in)."""
+
+    @abstractmethod
+    def floor(self, params: Params, x: Features) -> FloatArray:
+        """The loss as tokens → ∞ at each point."""
+
+    def predict_data(self, params: Params, data: Dataset) -> FloatArray:
+        """Predicted loss for the points of a dataset (forms with per-run parameters use `run`)."""
+        return self.predict(params, data.x)
+
+    def closed_form_tokens(
+        self, params: Params, x: Features, rule: Rule, value: float
+    ) -> FloatArray | None:
+        """Tokens a rule asks for, in closed form, or None when the form has none (p2-law.md §7)."""
+        return None
+
+    def blocks(self, data: Dataset) -> list[tuple[BoolArray, slice]] | None:
+        """Independent sub-problems (points, slice of the fit vector), or None for one problem."""
+        return None
+
+    def select_starts(self, data: Dataset, k: int) -> FloatArray:
+        """The k best distinct starts of the grid, the whole grid evaluated at once."""
+        grid = self.start_grid(data)
+        values = np.empty(grid.shape[0])
+        # Chunks bound the memory of the (starts, points) temporaries to a few MB each.
+        chunk = max(1, 200_000 // max(len(data), 1))
+        log_loss = np.log(data.loss)
+        for lo in range(0, grid.shape[0], chunk):
+            log_pred, _ = self.log_model(grid[lo : lo + chunk], data, grad=False)
+            values[lo : lo + chunk] = np.sum(huber(log_pred - log_loss), axis=1)
+        values = np.where(np.isfinite(values), values, np.inf)
+        order = np.argsort(values, kind="stable")
+        return grid[order[:k]]
+
+
+class P2Form(Form):
+    """P² (the paper's L1): L = L0 + (1/ρ)^γ · (1/N0)^δ · (N_C / N0^α + D_C / D^β + E).
+
+    N0 and D in billions (n0/1e9, tokens/1e9); fitted with log N_C, log D_C, log E, the gap term
+    as a log-sum-exp. Floor (D → ∞): L0 + ρ^(−γ) N0^(−δ) (N_C N0^(−α) + E).
+    """
+
+    name = "p2"
+    param_names = ("N_C", "D_C", "E", "alpha", "beta", "gamma", "delta")
+    description = "L = L0 + (1/rho)^gamma * (1/N0)^delta * (N_C/N0^alpha + D_C/D^beta + E)"
+    _fit_names = ("log_N_C", "log_D_C", "log_E", "alpha", "beta", "gamma", "delta")
+    _bounds = (
+        LOG_CONSTANT_BOUNDS,
+        LOG_CONSTANT_BOUNDS,
+        LOG_CONSTANT_BOUNDS,
+        DECAY_BOUNDS,
+        DECAY_BOUNDS,
+        SIGNED_BOUNDS,
+        SIGNED_BOUNDS,
+    )
+
+    def start_grid(self, data: Dataset) -> FloatArray:
+        # 3·4·3·3·4·4·3 = 5,184 starts spanning the regimes seen from 1M-parameter models to 70B.
+        axes = (
+            (-6.0, -2.0, 1.0),
+            (-8.0, -5.5, -3.0, -0.5),
+            (-8.0, -3.0, -0.5),
+            (0.1, 0.5, 1.0),
+            (0.15, 0.35, 0.6, 1.0),
+            (-2.0, -1.0, -0.3, 0.5),
+            (-0.5, 0.0, 0.5),
+        )
+        return np.array(list(itertools.product(*axes)), dtype=np.float64)
+
+    def to_vector(self, params: Params, data: Dataset | None = None) -> FloatArray:
+        return np.array(
+            [
+                _log_param(params, "N_C"),
+                _log_param(params, "D_C"),
+                _log_param(params, "E"),
+                _p(params, "alpha"),
+                _p(params, "beta"),
+                _p(params, "gamma"),
+                _p(params, "delta"),
+            ]
+        )
+
+    def from_vector(self, theta: FloatArray, data: Dataset | None = None) -> dict[str, float]:
+        t = np.asarray(theta, dtype=np.float64)
+        return {
+            "N_C": float(np.exp(t[0])),
+            "D_C": float(np.exp(t[1])),
+            "E": float(np.exp(t[2])),
+            "alpha": float(t[3]),
+            "beta": float(t[4]),
+            "gamma": float(t[5]),
+            "delta": float(t[6]),
+        }
+
+    def _log_gap(
+        self, theta: FloatArray, x: Features, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+        """log of the term added to L0 (clipped), log L̂, and the Jacobian of log L̂."""
+        ln_n = np.log(x.n0 / 1e9)
+        ln_d = np.log(x.tokens / 1e9)
+        ln_rho = np.log(x.rho)
+        ln_l0 = np.log(x.l0)
+        a1 = _col(theta, 0) - _col(theta, 3) * ln_n
+        a2 = _col(theta, 1) - _col(theta, 4) * ln_d
+        a3 = np.broadcast_to(_col(theta, 2), a1.shape)
+        log_g, (w1, w2, w3) = logsumexp_terms([a1, a2, a3])
+        log_k = -_col(theta, 5) * ln_rho - _col(theta, 6) * ln_n
+        u = np.minimum(log_k + log_g, _LOG_MAX)
+        log_pred = np.logaddexp(ln_l0, u)
+        if not grad:
+            return u, log_pred, None
+        with np.errstate(invalid="ignore"):
+            s = np.where(np.isfinite(u), np.exp(u - log_pred), 0.0)
+        jac = np.stack(
+            [
+                s * w1,
+                s * w2,
+                s * w3,
+                -s * w1 * ln_n,
+                -s * w2 * ln_d,
+                -s * ln_rho,
+                -s * ln_n,
+            ],
+            axis=-1,
+        )
+        return u, log_pred, jac
+
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
+        return log_pred, jac
+
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        u, _, _ = self._log_gap(self.to_vector(params)[None, :], x, grad=False)
+        return np.asarray(x.l0 + np.exp(u[0]), dtype=np.float64)
+
+    def floor(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        n = x.n0 / 1e9
+        with np.errstate(over="ignore"):
+            log_k = -_p(params, "gamma") * np.log(x.rho) - _p(params, "delta") * np.log(n)
+            rest = _p(params, "N_C") * np.exp(
+                np.minimum(-_p(params, "alpha") * np.log(n), _LOG_MAX)
+            ) + _p(params, "E")
+            gap = np.exp(np.minimum(log_k, _LOG_MAX)) * rest
+        return np.asarray(x.l0 + np.minimum(gap, np.finfo(np.float64).max / 4), dtype=np.float64)
+
+    def closed_form_tokens(
+        self, params: Params, x: Features, rule: Rule, value: float
+    ) -> FloatArray | None:
+        n = x.n0 / 1e9
+        beta = _p(params, "beta")
+        k_dc = x.rho ** (-_p(params, "gamma")) * n ** (-_p(params, "delta")) * _p(params, "D_C")
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            if rule == "marginal":
+                d_star = (beta * k_dc / value) ** (1.0 / (beta + 1.0))
+            elif rule == "gap":
+                d_star = (k_dc / value) ** (1.0 / beta)
+            else:
+                gap = value - self.floor(params, x)
+                d_star = (k_dc / gap) ** (1.0 / beta)
+        return np.asarray(d_star * 1e9, dtype=np.float64)
+
+
+class FrantarForm(Form):
+    """Frantar et al. (ICLR 2024) sparsity law adapted to recovery, no L0 term.
+
+    L = (a·(1−ρ)^b + c) · N0^(−d) + e · D^(−f) + g, N0 and D in billions; a, c, e, g ≥ 0 fitted
+    as logs. Floor (D → ∞): (a(1−ρ)^b + c) N0^(−d) + g.
+    """
+
+    name = "frantar"
+    param_names = ("a", "b", "c", "d", "e", "f", "g")
+    description = "L = (a*(1-rho)^b + c) * N0^(-d) + e * D^(-f) + g"
+    _fit_names = ("log_a", "b", "log_c", "d", "log_e", "f", "log_g")
+    _bounds = (
+        LOG_CONSTANT_BOUNDS,
+        SIGNED_BOUNDS,
+        LOG_CONSTANT_BOUNDS,
+        SIGNED_BOUNDS,
+        LOG_CONSTANT_BOUNDS,
+        DECAY_BOUNDS,
+        LOG_CONSTANT_BOUNDS,
+    )
+
+    def start_grid(self, data: Dataset) -> FloatArray:
+        axes = (
+            (-3.0, -0.5),
+            (-2.0, -0.5, 1.0),
+            (-4.0, -1.0),
+            (-0.2, 0.0, 0.2),
+            (-6.0, -3.0, -0.5),
+            (0.2, 0.5, 1.0),
+            (0.0, 0.7, 1.2),
+        )
+        return np.array(list(itertools.product(*axes)), dtype=np.float64)
+
+    def to_vector(self, params: Params, data: Dataset | None = None) -> FloatArray:
+        return np.array(
+            [
+                _log_param(params, "a"),
+                _p(params, "b"),
+                _log_param(params, "c"),
+                _p(params, "d"),
+                _log_param(params, "e"),
+                _p(params, "f"),
+                _log_param(params, "g"),
+            ]
+        )
+
+    def from_vector(self, theta: FloatArray, data: Dataset | None = None) -> dict[str, float]:
+        t = np.asarray(theta, dtype=np.float64)
+        return {
+            "a": float(np.exp(t[0])),
+            "b": float(t[1]),
+            "c": float(np.exp(t[2])),
+            "d": float(t[3]),
+            "e": float(np.exp(t[4])),
+            "f": float(t[5]),
+            "g": float(np.exp(t[6])),
+        }
+
+    def _log_pred(
+        self, theta: FloatArray, x: Features, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        ln_n = np.log(x.n0 / 1e9)
+        ln_d = np.log(x.tokens / 1e9)
+        ln_keep = np.log1p(-x.rho)
+        t1 = _col(theta, 0) + _col(theta, 1) * ln_keep - _col(theta, 3) * ln_n
+        t2 = _col(theta, 2) - _col(theta, 3) * ln_n
+        t3 = _col(theta, 4) - _col(theta, 5) * ln_d
+        t4 = np.broadcast_to(_col(theta, 6), t1.shape)
+        lse, (w1, w2, w3, w4) = logsumexp_terms([t1, t2, t3, t4])
+        lse = np.minimum(lse, _LOG_MAX)
+        if not grad:
+            return lse, None
+        jac = np.stack(
+            [w1, w1 * ln_keep, w2, -(w1 + w2) * ln_n, w3, -w3 * ln_d, w4],
+            axis=-1,
+        )
+        return lse, jac
+
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        return self._log_pred(theta, data.x, grad=grad)
+
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        log_pred, _ = self._log_pred(self.to_vector(params)[None, :], x, grad=False)
+        return np.asarray(np.exp(log_pred[0]), dtype=np.float64)
+
+    def floor(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        n = x.n0 / 1e9
+        with np.errstate(over="ignore"):
+            value = (_p(params, "a") * (1 - x.rho) ** _p(params, "b") + _p(params, "c")) * (
+                n ** (-_p(params, "d"))
+            ) + _p(params, "g")
+        return np.asarray(np.minimum(value, np.exp(_LOG_MAX)), dtype=np.float64)
+
+
+class CompressionForm(Form):
+    """Sengupta et al. (2025): L = L0^a · (1+ρ)^b · (1 + 1/(D+1))^c, D in millions of tokens.
+
+    log L is linear in (a, b, c), so the fit is convex in the quadratic Huber region.
+    Floor (D → ∞): L0^a (1+ρ)^b.
+    """
+
+    name = "compression"
+    param_names = ("a", "b", "c")
+    description = "L = L0^a * (1+rho)^b * (1 + 1/(D+1))^c, D in millions of tokens"
+    _fit_names = ("a", "b", "c")
+    _bounds = ((0.0, 3.0), (-10.0, 10.0), (-10.0, 10.0))
+
+    def start_grid(self, data: Dataset) -> FloatArray:
+        axes = ((0.5, 1.0, 1.5), (-1.0, 0.0, 1.0, 2.0), (0.0, 0.5, 1.0, 2.0, 4.0))
+        return np.array(list(itertools.product(*axes)), dtype=np.float64)
+
+    def to_vector(self, params: Params, data: Dataset | None = None) -> FloatArray:
+        return np.array([_p(params, "a"), _p(params, "b"), _p(params, "c")])
+
+    def from_vector(self, theta: FloatArray, data: Dataset | None = None) -> dict[str, float]:
+        t = np.asarray(theta, dtype=np.float64)
+        return {"a": float(t[0]), "b": float(t[1]), "c": float(t[2])}
+
+    @staticmethod
+    def _design(x: Features) -> FloatArray:
+        d_millions = x.tokens / 1e6
+        return np.stack(
+            [np.log(x.l0), np.log1p(x.rho), np.log1p(1.0 / (d_millions + 1.0))], axis=-1
+        )
+
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        design = self._design(data.x)
+        log_pred = np.minimum(theta @ design.T, _LOG_MAX)
+        if not grad:
+            return log_pred, None
+        return log_pred, np.broadcast_to(design, (theta.shape[0], *design.shape))
+
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        log_pred = np.minimum(self._design(x) @ self.to_vector(params), _LOG_MAX)
+        return np.asarray(np.exp(log_pred), dtype=np.float64)
+
+    def floor(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        log_floor = _p(params, "a") * np.log(x.l0) + _p(params, "b") * np.log1p(x.rho)
+        return np.asarray(np.exp(np.minimum(log_floor, _LOG_MAX)), dtype=np.float64)
+
+
+class CurveForm(Form):
+    """One power law per run: L = E + B · D^(−β), D in billions of tokens.
+
+    It cannot generalise across runs; it is the baseline for extrapolation in D only. Its
+    parameters are per run, keyed ``E@<run_id>``, ``B@<run_id>``, ``beta@<run_id>``, together with
+    the run's ``n0@``, ``rho@`` and ``l0@`` so that a prediction point (n0, ρ, L0) finds its run.
+    Floor (D → ∞): E of the run.
+    """
+
+    name = "curve"
+    # Three parameters per run and a dense per-run grid: the grid's best triple is the basin.
+    n_polish = 1
+    param_names = ("E", "B", "beta")
+    description = "L = E + B * D^(-beta), one (E, B, beta) per run"
+    _per_run_bounds = (LOG_CONSTANT_BOUNDS, LOG_CONSTANT_BOUNDS, DECAY_BOUNDS)
+    _match_rtol = 1e-6
+
+    @staticmethod
+    def _runs(data: Dataset) -> tuple[FloatArray, FloatArray]:
+        """Runs with data (sorted indices) and each point's position among them."""
+        present, position = np.unique(data.run, return_inverse=True)
+        return present, position
+
+    def blocks(self, data: Dataset) -> list[tuple[BoolArray, slice]] | None:
+        _, position = self._runs(data)
+        return [(position == j, slice(3 * j, 3 * j + 3)) for j in range(int(position.max()) + 1)]
+
+    def fit_names(self, data: Dataset) -> tuple[str, ...]:
+        present, _ = self._runs(data)
+        names: list[str] = []
+        for r in present:
+            rid = data.run_ids[int(r)]
+            names += [f"log_E@{rid}", f"log_B@{rid}", f"beta@{rid}"]
+        return tuple(names)
+
+    def bounds(self, data: Dataset) -> list[tuple[float, float]]:
+        present, _ = self._runs(data)
+        return list(self._per_run_bounds) * len(present)
+
+    def _triples(self) -> FloatArray:
+        axes = (
+            tuple(np.linspace(-3.0, 2.5, 12)),
+            tuple(np.linspace(-8.0, 2.0, 11)),
+            (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5),
+        )
+        return np.array(list(itertools.product(*axes)), dtype=np.float64)
+
+    def start_grid(self, data: Dataset) -> FloatArray:
+        present, _ = self._runs(data)
+        return np.tile(self._triples(), (1, len(present)))
+
+    def select_starts(self, data: Dataset, k: int) -> FloatArray:
+        # Runs are independent, so each run takes its own best triple: R small grids instead of
+        # one grid of size |grid|^R.
+        present, position = self._runs(data)
+        triples = self._triples()
+        ln_d = np.log(data.x.tokens / 1e9)
+        log_e, log_b, beta = (triples[:, j : j + 1] for j in range(3))
+        log_pred, _ = logsumexp_terms(
+            [np.broadcast_to(log_e, (len(triples), len(data))), log_b - beta * ln_d]
+        )
+        cost = huber(log_pred - np.log(data.loss))
+        per_run = np.zeros((len(triples), len(present)))
+        for j in range(len(present)):
+            per_run[:, j] = cost[:, position == j].sum(axis=1)
+        order = np.argsort(per_run, axis=0, kind="stable")
+        starts = [triples[order[min(i, len(triples) - 1)], :].reshape(-1) for i in range(k)]
+        return np.array(starts)
+
+    def to_vector(self, params: Params, data: Dataset) -> FloatArray:
+        present, _ = self._runs(data)
+        values: list[float] = []
+        for r in present:
+            rid = data.run_ids[int(r)]
+            try:
+                values += [
+                    _log_param(params, f"E@{rid}"),
+                    _log_param(params, f"B@{rid}"),
+                    float(params[f"beta@{rid}"]),
+                ]
+            except KeyError as exc:
+                raise LawError(f"curve parameters lack run {rid!r}") from exc
+        return np.array(values)
+
+    def from_vector(self, theta: FloatArray, data: Dataset) -> dict[str, float]:
+        present, position = self._runs(data)
+        t = np.asarray(theta, dtype=np.float64)
+        out: dict[str, float] = {}
+        for j, r in enumerate(present):
+            rid = data.run_ids[int(r)]
+            mine = position == j
+            out[f"E@{rid}"] = float(np.exp(t[3 * j]))
+            out[f"B@{rid}"] = float(np.exp(t[3 * j + 1]))
+            out[f"beta@{rid}"] = float(t[3 * j + 2])
+            out[f"n0@{rid}"] = float(np.median(data.x.n0[mine]))
+            out[f"rho@{rid}"] = float(np.median(data.x.rho[mine]))
+            out[f"l0@{rid}"] = float(np.median(data.x.l0[mine]))
+        return out
+
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        _, position = self._runs(data)
+        ln_d = np.log(data.x.tokens / 1e9)
+        log_e = theta[:, 3 * position]
+        log_b = theta[:, 3 * position + 1]
+        beta = theta[:, 3 * position + 2]
+        log_pred, (w1, w2) = logsumexp_terms([log_e, log_b - beta * ln_d])
+        log_pred = np.minimum(log_pred, _LOG_MAX)
+        if not grad:
+            return log_pred, None
+        n = len(data)
+        jac = np.zeros((theta.shape[0], n, theta.shape[1]))
+        rows = np.arange(n)
+        jac[:, rows, 3 * position] = w1
+        jac[:, rows, 3 * position + 1] = w2
+        jac[:, rows, 3 * position + 2] = -w2 * ln_d
+        return log_pred, jac
+
+    @staticmethod
+    def run_ids_of(params: Params) -> list[str]:
+        """Run ids that a set of curve parameters covers, in stored order."""
+        return [key[2:] for key in params if key.startswith("E@")]
+
+    def _per_point(self, params: Params, run_ids: list[str]) -> tuple[FloatArray, ...]:
+        try:
+            e = np.array([float(params[f"E@{r}"]) for r in run_ids])
+            b = np.array([float(params[f"B@{r}"]) for r in run_ids])
+            beta = np.array([float(params[f"beta@{r}"]) for r in run_ids])
+        except KeyError as exc:
+            raise LawError(f"curve parameters lack {exc.args[0]!r}") from exc
+        if not (np.all(np.isfinite(e)) and np.all(np.isfinite(b)) and np.all(np.isfinite(beta))):
+            raise LawError("curve parameters must be finite")
+        if np.any(e < 0) or np.any(b < 0):
+            raise LawError("curve parameters E and B must be ≥ 0")
+        return e, b, beta
+
+    def match_runs(self, params: Params, x: Features) -> list[str]:
+        """The run each point belongs to, by (n0, ρ, L0); LawError for none or several."""
+        runs = self.run_ids_of(params)
+        if not runs:
+            raise LawError("curve parameters hold no run")
+        try:
+            keys = np.array(
+                [
+                    [float(params[f"n0@{r}"]), float(params[f"rho@{r}"]), float(params[f"l0@{r}"])]
+                    for r in runs
+                ]
+            )
+        except KeyError as exc:
+            raise LawError(f"curve parameters lack {exc.args[0]!r}") from exc
+        points = np.stack([x.n0, x.rho, x.l0], axis=-1)
+        close = np.all(
+            np.isclose(points[:, None, :], keys[None, :, :], rtol=self._match_rtol, atol=0.0),
+            axis=-1,
+        )
+        counts = close.sum(axis=1)
+        if np.any(counts == 0):
+            i = int(np.argmax(counts == 0))
+            raise LawError(
+                f"the curve form has one power law per run and no fitted run has "
+                f"n0={x.n0[i]:.6g}, rho={x.rho[i]:.6g}, l0={x.l0[i]:.6g}; "
+                f"fitted runs: {', '.join(runs)}"
+            )
+        if np.any(counts > 1):
+            i = int(np.argmax(counts > 1))
+            names = [runs[j] for j in np.flatnonzero(close[i])]
+            raise LawError(
+                f"n0={x.n0[i]:.6g}, rho={x.rho[i]:.6g}, l0={x.l0[i]:.6g} matches several runs "
+                f"({', '.join(names)}); fit the curve form per method"
+            )
+        return [runs[int(j)] for j in np.argmax(close, axis=1)]
+
+    def _predict_runs(self, params: Params, tokens: FloatArray, run_ids: list[str]) -> FloatArray:
+        e, b, beta = self._per_point(params, run_ids)
+        with np.errstate(divide="ignore", over="ignore"):
+            # log(0) = −inf for a run whose B is exactly zero: its curve is flat at E.
+            log_term = np.minimum(np.log(b) - beta * np.log(tokens / 1e9), _LOG_MAX)
+        return np.asarray(e + np.exp(log_term), dtype=np.float64)
+
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        return self._predict_runs(params, x.tokens, self.match_runs(params, x))
+
+    def predict_data(self, params: Params, data: Dataset) -> FloatArray:
+        check_features(data.x)
+        return self._predict_runs(params, data.x.tokens, [data.run_ids[int(r)] for r in data.run])
+
+    def floor(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        e, _, _ = self._per_point(params, self.match_runs(params, x))
+        return np.asarray(e, dtype=np.float64)
+
+
+FORMS: dict[str, Form] = {}
+
+
+def register(form: Form) -> Form:
+    """Add a form to the registry (its name must be new); returns it."""
+    if form.name in FORMS:
+        raise LawError(f"form {form.name!r} is already registered")
+    FORMS[form.name] = form
+    return form
+
+
+for _form in (P2Form(), FrantarForm(), CompressionForm(), CurveForm()):
+    register(_form)
+
+DEFAULT_FORM = "p2"
+
+
+def get_form(name: str) -> Form:
+    """The registered form called `name`; UnknownForm lists the known names otherwise."""
+    try:
+        return FORMS[name]
+    except KeyError:
+        known = ", ".join(sorted(FORMS))
+        raise UnknownForm(f"unknown law form {name!r}; known forms: {known}") from None
+
+
+def params_complete(form: Form, params: Mapping[str, float]) -> None:
+    """Raise LawError when a fixed-parameter form lacks a parameter or has a non-finite one."""
+    if isinstance(form, CurveForm):
+        return
+    missing = [p for p in form.param_names if p not in params]
+    if missing:
+        raise LawError(f"form {form.name!r} needs parameters {', '.join(missing)}")
+    bad = [p for p in form.param_names if not np.isfinite(float(params[p]))]
+    if bad:
+        raise LawError(f"parameters must be finite: {', '.join(bad)}")

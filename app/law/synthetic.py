@@ -1,0 +1,117 @@
+"""Synthetic observations from known law constants (for examples, tests and benchmarks).
+
+Clearly synthetic: the losses are a law's predictions times log-normal noise, nothing measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.law.forms import get_form
+from app.law.types import Dataset, Features
+
+# Constants of the synthetic P² law (billions convention), one set per pruning method: depth
+# pruning loses more and recovers more slowly than width pruning at the same ρ.
+SYNTHETIC_P2: dict[str, dict[str, float]] = {
+    "depth": {
+        "N_C": 0.5,
+        "D_C": 0.02,
+        "E": 0.05,
+        "alpha": 0.3,
+        "beta": 0.5,
+        "gamma": -0.8,
+        "delta": 0.1,
+    },
+    "width": {
+        "N_C": 0.3,
+        "D_C": 0.015,
+        "E": 0.04,
+        "alpha": 0.25,
+        "beta": 0.45,
+        "gamma": -0.9,
+        "delta": 0.05,
+    },
+}
+# Dense models of the synthetic family: parameters and their loss before pruning.
+SYNTHETIC_SIZES: tuple[tuple[float, float], ...] = (
+    (0.5e9, 3.0),
+    (1.0e9, 2.75),
+    (3.0e9, 2.45),
+    (8.0e9, 2.2),
+)
+SYNTHETIC_RHOS: tuple[float, ...] = (0.15, 0.25, 0.35)
+
+
+@dataclass(frozen=True)
+class SyntheticRow:
+    """One observation, with the columns of the observations CSV."""
+
+    run_id: str
+    family: str
+    method: str
+    n0: float
+    rho: float
+    l0: float
+    tokens: float
+    loss: float
+    true_loss: float
+
+
+def make_rows(
+    *,
+    params_by_method: Mapping[str, Mapping[str, float]] = SYNTHETIC_P2,
+    sizes: Sequence[tuple[float, float]] = SYNTHETIC_SIZES,
+    rhos: Sequence[float] = SYNTHETIC_RHOS,
+    n_checkpoints: int = 15,
+    min_tokens: float = 1e7,
+    max_tokens: float = 5e9,
+    noise: float = 0.005,
+    family: str = "synthetic-llama",
+    seed: int = 0,
+) -> list[SyntheticRow]:
+    """Runs on a (method, size, ρ) grid, each with log-spaced checkpoints and multiplicative
+    log-normal noise of relative size `noise` on the P² law's loss."""
+    rng = np.random.default_rng(seed)
+    law = get_form("p2")
+    tokens = np.geomspace(min_tokens, max_tokens, n_checkpoints)
+    rows: list[SyntheticRow] = []
+    for method, params in params_by_method.items():
+        for n0, l0 in sizes:
+            for rho in rhos:
+                x = Features(
+                    np.full(n_checkpoints, n0),
+                    np.full(n_checkpoints, rho),
+                    np.full(n_checkpoints, l0),
+                    tokens.copy(),
+                )
+                truth = law.predict(params, x)
+                observed = truth * np.exp(noise * rng.standard_normal(n_checkpoints))
+                run_id = f"syn-{method}-{n0 / 1e9:g}b-rho{rho:g}"
+                rows += [
+                    SyntheticRow(run_id, family, method, n0, rho, l0, float(t), float(o), float(tr))
+                    for t, o, tr in zip(tokens, observed, truth, strict=True)
+                ]
+    return rows
+
+
+def to_dataset(rows: Sequence[SyntheticRow]) -> Dataset:
+    """Rows → the law's Dataset (run ids in first-seen order)."""
+    run_ids = tuple(dict.fromkeys(r.run_id for r in rows))
+    index = {rid: i for i, rid in enumerate(run_ids)}
+    return Dataset(
+        x=Features(
+            np.array([r.n0 for r in rows]),
+            np.array([r.rho for r in rows]),
+            np.array([r.l0 for r in rows]),
+            np.array([r.tokens for r in rows]),
+        ),
+        loss=np.array([r.loss for r in rows]),
+        run=np.array([index[r.run_id] for r in rows], dtype=np.int64),
+        run_ids=run_ids,
+        family=tuple(r.family for r in rows),
+        method=tuple(r.method for r in rows),
+        protocol=tuple("synthetic" for _ in rows),
+    )
