@@ -19,6 +19,7 @@ Databases are built the way production builds them: by running the Alembic migra
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,16 +38,14 @@ from app.db.session import create_engine_for, reset_engines
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
+@functools.cache
 def _pg_unreachable_reason() -> str | None:
-    """None when PostgreSQL answers, else why not (the skip reason); checked once per run."""
-    if not hasattr(_pg_unreachable_reason, "cached"):
-        try:
-            with psycopg.connect(_libpq(PG_ADMIN_URL), connect_timeout=3):
-                reason = None
-        except psycopg.Error as error:
-            reason = f"PostgreSQL unreachable at {PG_ADMIN_URL}: {error}".strip()
-        _pg_unreachable_reason.cached = reason  # type: ignore[attr-defined]
-    return _pg_unreachable_reason.cached  # type: ignore[attr-defined,no-any-return]
+    """None when PostgreSQL answers, else why not (the skip reason); asked once per run."""
+    try:
+        with psycopg.connect(_libpq(PG_ADMIN_URL), connect_timeout=3):
+            return None
+    except psycopg.Error as error:
+        return f"PostgreSQL unreachable at {PG_ADMIN_URL}: {error}".strip()
 
 
 def _libpq(url: str) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -131,7 +131,7 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
         session.close()
 
 
-def get_db() -> Iterator[Session]:
+def get_db() -> Generator[Session]:
     """FastAPI dependency: a session for one request. Services commit; this only closes."""
     session = make_sessionmaker(get_engine())()
     try:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Observation
 from app.db.session import (
     SQLITE_BUSY_TIMEOUT_MS,
+    get_db,
     get_engine,
     make_sessionmaker,
     reset_engines,
@@ -87,6 +88,15 @@ def test_session_scope_commits_on_success_and_rolls_back_on_error(sqlite_url: st
         assert observations.count_by_run(session, "dropped") == 0
 
 
+def test_get_db_yields_a_session_that_does_not_commit(sqlite_url: str) -> None:
+    requests = get_db()
+    session = next(requests)
+    observations.insert_ignore(session, [_row("uncommitted", 1.0)])
+    requests.close()  # what FastAPI does after the response
+    with make_sessionmaker(get_engine())() as fresh:
+        assert observations.count_by_run(fresh, "uncommitted") == 0
+
+
 def test_created_at_reads_back_timezone_aware_utc(session: Session) -> None:
     before = datetime.now(UTC)
     observations.insert_ignore(session, [_row("clock", 1.0)])
@@ -103,7 +113,7 @@ def _writer(url: str, worker: int, results: multiprocessing.Queue[tuple[int, int
     first_error = ""
     engine = get_engine(url)
     run_id = f"writer-{worker}"
-    for step in range(POINTS_PER_WRITER):
+    for _ in range(POINTS_PER_WRITER):
         try:
             with session_scope(engine) as session:
                 seen = observations.count_by_run(session, run_id)
@@ -111,7 +121,6 @@ def _writer(url: str, worker: int, results: multiprocessing.Queue[tuple[int, int
         except OperationalError as error:
             errors += 1
             first_error = first_error or str(error)
-        del step
     results.put((worker, errors, first_error))
 
 
