@@ -23,6 +23,9 @@ from torch import nn
 from workers.ml.models import count_nonzero, count_parameters
 from workers.ml.prune.base import PruneError, PruneOutcome, Pruner, model_device
 from workers.ml.prune.depth import DepthPruner
+from workers.ml.prune.semistructured import SemiStructuredPruner
+from workers.ml.prune.unstructured import UnstructuredPruner
+from workers.ml.prune.width import WidthPruner
 
 __all__ = [
     "PRUNERS",
@@ -36,6 +39,9 @@ __all__ = [
 
 PRUNERS: dict[str, Pruner] = {
     DepthPruner.name: DepthPruner(),
+    WidthPruner.name: WidthPruner(),
+    SemiStructuredPruner.name: SemiStructuredPruner(),
+    UnstructuredPruner.name: UnstructuredPruner(),
 }
 
 

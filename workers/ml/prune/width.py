@@ -1,0 +1,316 @@
+"""Width pruning: remove MLP channels and whole GQA groups of attention heads.
+
+Importance, from one forward pass over calibration tokens:
+- an MLP channel j scores mean over tokens of |act(gate(x))_j · up(x)_j| (the input of
+  ``down_proj``); removing it drops row j of gate/up and column j of down;
+- an attention head scores mean over tokens of the L2 norm of its output (its ``head_dim`` slice
+  of the input of ``o_proj``); a KV group (one key/value head and the query heads that share
+  it) scores the sum of its heads. Whole groups go, so the GQA ratio and ``head_dim`` stay.
+
+Allocation rule (all layers pruned alike, so the config stays homogeneous): let f = target
+parameters to remove ÷ all MLP and attention parameters of the decoder layers. The number of KV
+groups removed per layer is the allowed count closest to f × groups (allowed: at least one group
+kept and a head count the architecture's config accepts, e.g. Llama needs hidden_size divisible
+by the head count); MLP channels then make up the rest, rounded to the nearest channel, which
+gives the final adjustment to the target. Granularity: one channel in every layer, so ρ lands
+within half of ``layers × channel parameters ÷ N0`` of the target. Each layer keeps its own
+highest-scoring channels and groups.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from workers.ml.models import LayerParts, decoder_layers, layer_parts
+from workers.ml.prune.base import PruneError, PruneOutcome, Pruner, run_calibration
+
+
+@dataclass(frozen=True)
+class _Shape:
+    hidden: int
+    channels: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    channel_params: int
+    group_params: int
+
+    @property
+    def group_size(self) -> int:
+        return self.heads // self.kv_heads
+
+
+def _bias_numel(linear: nn.Linear) -> int:
+    return 0 if linear.bias is None else 1
+
+
+def _shape(parts: LayerParts, head_dim: int) -> _Shape:
+    hidden = parts.q.in_features
+    heads, rem_q = divmod(parts.q.out_features, head_dim)
+    kv_heads, rem_k = divmod(parts.k.out_features, head_dim)
+    if rem_q or rem_k or kv_heads == 0 or heads % kv_heads:
+        raise PruneError(
+            f"attention shapes q={parts.q.out_features}, k={parts.k.out_features} do not split "
+            f"into heads of head_dim={head_dim} with whole GQA groups"
+        )
+    group_size = heads // kv_heads
+    # Parameters that leave with one MLP channel: a gate row, an up row (with their bias
+    # entries) and a down column (down's bias is per output and stays).
+    channel = (
+        parts.gate.in_features
+        + _bias_numel(parts.gate)
+        + parts.up.in_features
+        + _bias_numel(parts.up)
+        + parts.down.out_features
+    )
+    # One KV group: group_size query heads, one key and one value head (rows plus bias), and
+    # the matching o_proj columns.
+    per_head_rows = head_dim * hidden
+    group = (
+        group_size * (per_head_rows + head_dim * _bias_numel(parts.q))
+        + 2 * per_head_rows
+        + head_dim * (_bias_numel(parts.k) + _bias_numel(parts.v))
+        + group_size * head_dim * parts.o.out_features
+    )
+    return _Shape(
+        hidden=hidden,
+        channels=parts.gate.out_features,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        channel_params=channel,
+        group_params=group,
+    )
+
+
+def _config_accepts(config: Any, heads: int, kv_heads: int) -> bool:
+    trial = copy.deepcopy(config)
+    trial.num_attention_heads = heads
+    trial.num_key_value_heads = kv_heads
+    validate = getattr(trial, "validate", None)
+    if not callable(validate):
+        return True
+    try:
+        validate()
+    except Exception:  # the config library raises its own error types; any failure means no
+        return False
+    return True
+
+
+def width_scores(
+    model: nn.Module,
+    calib_ids: torch.Tensor,
+    *,
+    head_dim: int,
+    device: torch.device,
+    batch_size: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer: MLP channel scores ``[channels]`` and attention head scores ``[heads]``.
+
+    Sums over tokens (mean up to a constant, which does not change the ranking), in float32.
+    """
+    layers = decoder_layers(model)
+    parts = [layer_parts(layer) for layer in layers]
+    channel_scores = [torch.zeros(p.down.in_features, device=device) for p in parts]
+    head_scores = [torch.zeros(p.o.in_features // head_dim, device=device) for p in parts]
+    handles = []
+
+    def on_down(i: int) -> Any:
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1])
+            channel_scores[i] += x.abs().sum(dim=0, dtype=torch.float32)
+
+        return hook
+
+    def on_o(i: int) -> Any:
+        def hook(_m: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].reshape(-1, args[0].shape[-1] // head_dim, head_dim)
+            head_scores[i] += torch.linalg.vector_norm(x, dim=-1, dtype=torch.float32).sum(dim=0)
+
+        return hook
+
+    for i, p in enumerate(parts):
+        handles.append(p.down.register_forward_pre_hook(on_down(i)))
+        handles.append(p.o.register_forward_pre_hook(on_o(i)))
+    try:
+        run_calibration(model, calib_ids, device=device, batch_size=batch_size)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return channel_scores, head_scores
+
+
+def _rebuilt(
+    linear: nn.Linear, *, rows: torch.Tensor | None, cols: torch.Tensor | None
+) -> nn.Linear:
+    weight = linear.weight.detach()
+    bias = None if linear.bias is None else linear.bias.detach()
+    if rows is not None:
+        weight = weight.index_select(0, rows)
+        bias = None if bias is None else bias.index_select(0, rows)
+    if cols is not None:
+        weight = weight.index_select(1, cols)
+    new = nn.Linear(
+        weight.shape[1],
+        weight.shape[0],
+        bias=bias is not None,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None and new.bias is not None:
+            new.bias.copy_(bias)
+    new.train(linear.training)
+    return new
+
+
+def _replace_child(holder: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for name, child in holder.named_children():
+        if child is old:
+            setattr(holder, name, new)
+            return
+    raise PruneError(f"{type(old).__name__} is not a direct child of {type(holder).__name__}")
+
+
+def _set_if_int(module: nn.Module, names: tuple[str, ...], value: int) -> None:
+    for name in names:
+        if isinstance(getattr(module, name, None), int):
+            setattr(module, name, value)
+
+
+def _prune_layer(
+    parts: LayerParts,
+    shape: _Shape,
+    keep_channels: torch.Tensor,
+    keep_groups: torch.Tensor,
+) -> None:
+    hd, gs = shape.head_dim, shape.group_size
+    device = parts.q.weight.device
+    offsets = torch.arange(hd, device=device)
+    kv_rows = (keep_groups[:, None] * hd + offsets[None, :]).reshape(-1)
+    heads = (keep_groups[:, None] * gs + torch.arange(gs, device=device)[None, :]).reshape(-1)
+    q_rows = (heads[:, None] * hd + offsets[None, :]).reshape(-1)
+    _replace_child(parts.attn, parts.q, _rebuilt(parts.q, rows=q_rows, cols=None))
+    _replace_child(parts.attn, parts.k, _rebuilt(parts.k, rows=kv_rows, cols=None))
+    _replace_child(parts.attn, parts.v, _rebuilt(parts.v, rows=kv_rows, cols=None))
+    _replace_child(parts.attn, parts.o, _rebuilt(parts.o, rows=None, cols=q_rows))
+    _replace_child(parts.mlp, parts.gate, _rebuilt(parts.gate, rows=keep_channels, cols=None))
+    _replace_child(parts.mlp, parts.up, _rebuilt(parts.up, rows=keep_channels, cols=None))
+    _replace_child(parts.mlp, parts.down, _rebuilt(parts.down, rows=None, cols=keep_channels))
+    n_groups = int(keep_groups.numel())
+    _set_if_int(parts.attn, ("num_heads", "num_attention_heads"), n_groups * gs)
+    _set_if_int(parts.attn, ("num_key_value_heads", "num_kv_heads"), n_groups)
+    _set_if_int(parts.mlp, ("intermediate_size",), int(keep_channels.numel()))
+
+
+def plan_width(
+    shape: _Shape, n_layers: int, n0: int, target_rho: float, allowed_groups_removed: list[int]
+) -> tuple[int, int]:
+    """(KV groups, MLP channels) to remove per layer under the module's allocation rule."""
+    want = target_rho * n0 / n_layers  # parameters to remove per layer
+    prunable = shape.channels * shape.channel_params + shape.kv_heads * shape.group_params
+    max_per_layer = (shape.channels - 1) * shape.channel_params + max(
+        allowed_groups_removed
+    ) * shape.group_params
+    if want > max_per_layer + shape.channel_params / 2:
+        max_rho = max_per_layer * n_layers / n0
+        raise PruneError(
+            f"width pruning can remove at most {max_rho:.4f} of the parameters "
+            f"(one MLP channel and the smallest allowed KV-group count kept per layer); "
+            f"requested rho={target_rho:.4f}"
+        )
+    fraction = want / prunable
+    candidates = sorted(
+        allowed_groups_removed, key=lambda g: (abs(g / shape.kv_heads - fraction), g)
+    )
+
+    def channels_for(groups: int) -> tuple[int, float]:
+        need = (want - groups * shape.group_params) / shape.channel_params
+        channels = min(max(round(need), 0), shape.channels - 1)
+        return channels, abs(need - channels)
+
+    for groups in candidates:
+        channels, miss = channels_for(groups)
+        if miss <= 0.5 and (channels or groups):
+            return groups, channels
+    # No group count lets the channels absorb the rest exactly: take the closest overall.
+    best = min(candidates, key=lambda g: channels_for(g)[1])
+    channels, _ = channels_for(best)
+    return best, max(channels, 0 if best else 1)
+
+
+class WidthPruner(Pruner):
+    """Remove MLP channels and KV groups uniformly across layers (see the module docstring)."""
+
+    name: ClassVar[str] = "width"
+    structural: ClassVar[bool] = True
+
+    def run(
+        self,
+        model: nn.Module,
+        target_rho: float,
+        calib_ids: torch.Tensor,
+        *,
+        n0: int,
+        device: torch.device,
+        batch_size: int,
+    ) -> PruneOutcome:
+        """Score channels and groups, plan the counts, rebuild the projections, update config."""
+        config = getattr(model, "config", None)
+        layers = decoder_layers(model)
+        all_parts = [layer_parts(layer) for layer in layers]
+        head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads if config is not None else None
+        )
+        if not isinstance(head_dim, int):
+            raise PruneError("width pruning needs head_dim in the model config")
+        shapes = {_shape(p, head_dim) for p in all_parts}
+        if len(shapes) != 1:
+            raise PruneError("width pruning needs every decoder layer to have the same shape")
+        shape = shapes.pop()
+        allowed = [
+            shape.kv_heads - keep
+            for keep in range(1, shape.kv_heads + 1)
+            if config is None or _config_accepts(config, keep * shape.group_size, keep)
+        ]
+        groups_removed, channels_removed = plan_width(shape, len(layers), n0, target_rho, allowed)
+        channel_scores, head_scores = width_scores(
+            model, calib_ids, head_dim=head_dim, device=device, batch_size=batch_size
+        )
+        keep_g = shape.kv_heads - groups_removed
+        keep_c = shape.channels - channels_removed
+        kept_groups: list[list[int]] = []
+        kept_channels: list[list[int]] = []
+        for parts, c_score, h_score in zip(all_parts, channel_scores, head_scores, strict=True):
+            g_score = h_score.reshape(shape.kv_heads, shape.group_size).sum(dim=1)
+            # topk then sort: the kept units stay in their original order
+            groups = torch.topk(g_score, keep_g).indices.sort().values
+            channels = torch.topk(c_score, keep_c).indices.sort().values
+            _prune_layer(
+                parts, shape, channels.to(parts.q.weight.device), groups.to(parts.q.weight.device)
+            )
+            kept_groups.append(groups.tolist())
+            kept_channels.append(channels.tolist())
+        if config is not None:
+            config.intermediate_size = keep_c
+            config.num_attention_heads = keep_g * shape.group_size
+            config.num_key_value_heads = keep_g
+            config.head_dim = head_dim
+        return PruneOutcome(
+            details={
+                "kv_groups_removed_per_layer": groups_removed,
+                "channels_removed_per_layer": channels_removed,
+                "kept_kv_groups": kept_groups,
+                "kept_channels": kept_channels,
+                "num_attention_heads": keep_g * shape.group_size,
+                "num_key_value_heads": keep_g,
+                "intermediate_size": keep_c,
+                "head_dim": head_dim,
+            }
+        )
