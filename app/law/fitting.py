@@ -94,18 +94,24 @@ def smooth(form: Form, data: Dataset, theta0: FloatArray) -> FloatArray:
     return np.asarray(res.x, dtype=np.float64)
 
 
-def polish(form: Form, data: Dataset, theta0: FloatArray) -> Polished:
+def polish(form: Form, data: Dataset, theta0: FloatArray, *, ftol: float = _FTOL) -> Polished:
     """L-BFGS-B on the summed Huber (δ = 1e-3) objective from one start, inside the bounds."""
     fun = objective_function(form, data)
     with single_thread():
-        res = _lbfgsb(fun, _clip_start(form, data, theta0), form.bounds(data), _FTOL)
+        res = _lbfgsb(fun, _clip_start(form, data, theta0), form.bounds(data), ftol)
     theta = np.asarray(res.x, dtype=np.float64)
     value, _ = fun(theta)
     return Polished(theta, value, bool(res.success), str(res.message))
 
 
 def _optimise_block(
-    law: Form, data: Dataset, warm: FloatArray | None, grid: bool, smooth_first: bool
+    law: Form,
+    data: Dataset,
+    warm: FloatArray | None,
+    *,
+    grid: bool,
+    smooth_first: bool,
+    ftol: float,
 ) -> tuple[Polished, int]:
     starts: list[FloatArray] = []
     n_starts = 0
@@ -135,7 +141,7 @@ def _optimise_block(
                 break
     best: Polished | None = None
     for theta0 in candidates:
-        candidate = polish(law, data, theta0)
+        candidate = polish(law, data, theta0, ftol=ftol)
         if best is None or candidate.objective < best.objective:
             best = candidate
     assert best is not None
@@ -149,6 +155,7 @@ def optimise(
     warm: FloatArray | None,
     grid: bool,
     smooth_first: bool = True,
+    ftol: float = _FTOL,
 ) -> tuple[Polished, int]:
     """The best polished fit vector from the grid's best starts and/or a warm start.
 
@@ -160,7 +167,7 @@ def optimise(
         raise LawError("an optimisation needs a warm start or the start grid")
     blocks = law.blocks(data)
     if blocks is None:
-        return _optimise_block(law, data, warm, grid, smooth_first)
+        return _optimise_block(law, data, warm, grid=grid, smooth_first=smooth_first, ftol=ftol)
     theta = np.empty(law.n_parameters(data))
     objective = 0.0
     messages: list[str] = []
@@ -168,7 +175,12 @@ def optimise(
     n_starts = 0
     for mask, part in blocks:
         result, n = _optimise_block(
-            law, data.take(mask), warm[part] if warm is not None else None, grid, smooth_first
+            law,
+            data.take(mask),
+            warm[part] if warm is not None else None,
+            grid=grid,
+            smooth_first=smooth_first,
+            ftol=ftol,
         )
         theta[part] = result.theta
         objective += result.objective

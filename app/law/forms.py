@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from app.law.errors import LawError, UnknownForm
 from app.law.objective import huber
-from app.law.types import Dataset, Features, FloatArray, Params, Rule
+from app.law.types import Dataset, Features, FloatArray, IntArray, Params, Rule
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -482,7 +482,7 @@ class CurveForm(Form):
     _match_rtol = 1e-6
 
     @staticmethod
-    def _runs(data: Dataset) -> tuple[FloatArray, FloatArray]:
+    def _runs(data: Dataset) -> tuple[IntArray, IntArray]:
         """Runs with data (sorted indices) and each point's position among them."""
         present, position = np.unique(data.run, return_inverse=True)
         return present, position

@@ -18,7 +18,7 @@ from app.law.types import Dataset, Features
 SYNTHETIC_P2: dict[str, dict[str, float]] = {
     "depth": {
         "N_C": 0.5,
-        "D_C": 0.02,
+        "D_C": 0.06,
         "E": 0.05,
         "alpha": 0.3,
         "beta": 0.5,
@@ -27,7 +27,7 @@ SYNTHETIC_P2: dict[str, dict[str, float]] = {
     },
     "width": {
         "N_C": 0.3,
-        "D_C": 0.015,
+        "D_C": 0.04,
         "E": 0.04,
         "alpha": 0.25,
         "beta": 0.45,

@@ -1,0 +1,219 @@
+"""How many tokens: the recommendation rules of p2-law.md §7.
+
+With K = ρ^(−γ) N0^(−δ) and D in billions, for `p2` in closed form:
+- ``marginal`` (τ, loss per billion tokens): the smallest D with −dL/dD ≤ τ,
+  D* = (β K D_C / τ)^(1/(β+1));
+- ``gap`` (ε, nats): the smallest D with L(D) − L∞ ≤ ε, D* = (K D_C / ε)^(1/β);
+- ``target`` (L_t): the smallest D with L(D) ≤ L_t, D* = (K D_C / (L_t − L∞))^(1/β),
+  unreachable (UnreachableTarget, with the floor) when L_t ≤ L∞.
+Other forms are solved numerically: the rule's condition is evaluated on a log grid of D and the
+first crossing is refined by Brent's method on log D. `max_tokens` caps any answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import brentq
+
+from app.law.bootstrap import percentile_interval, predict_interval
+from app.law.errors import LawError, UnreachableTarget
+from app.law.forms import Form, get_form
+from app.law.types import Features, FloatArray, Params, Recommendation, Rule
+
+# The search range of the numeric path: one token to 1e15 tokens (far beyond any recovery run).
+MIN_TOKENS = 1.0
+MAX_SEARCH_TOKENS = 1e15
+_GRID_POINTS = 301
+# Step in log D of the central difference for dL/dD: truncation error ~h², rounding ~1e-16/h.
+_LOG_STEP = 1e-4
+
+
+def _point(n0: float, rho: float, l0: float, tokens: FloatArray) -> Features:
+    t = np.asarray(tokens, dtype=np.float64).reshape(-1)
+    return Features(
+        np.full(t.size, float(n0)), np.full(t.size, float(rho)), np.full(t.size, float(l0)), t
+    )
+
+
+def _rule_value(rule: Rule, threshold: float | None, target_loss: float | None) -> float:
+    if rule in ("marginal", "gap"):
+        if threshold is None:
+            unit = "loss per billion tokens" if rule == "marginal" else "nats above the floor"
+            raise LawError(f"rule {rule!r} needs a threshold ({unit})")
+        if not np.isfinite(threshold) or threshold <= 0:
+            raise LawError(f"the threshold of rule {rule!r} must be positive and finite")
+        return float(threshold)
+    if rule == "target":
+        if target_loss is None:
+            raise LawError("rule 'target' needs target_loss (nats per token)")
+        if not np.isfinite(target_loss) or target_loss <= 0:
+            raise LawError("target_loss must be positive and finite")
+        return float(target_loss)
+    raise LawError(f"unknown rule {rule!r}; use marginal, gap or target")
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """One rule on one (n0, ρ, L0) under one law: g(log tokens) ≤ 0 exactly where it is met."""
+
+    law: Form
+    params: Params
+    n0: float
+    rho: float
+    l0: float
+    rule: Rule
+    value: float
+
+    def features(self, tokens: FloatArray) -> Features:
+        return _point(self.n0, self.rho, self.l0, tokens)
+
+    def floor(self) -> float:
+        return float(self.law.floor(self.params, self.features(np.ones(1)))[0])
+
+    def g(self, log_t: FloatArray, floor: float) -> FloatArray:
+        tokens = np.exp(log_t)
+        if self.rule == "marginal":
+            up = self.law.predict(self.params, self.features(tokens * np.exp(_LOG_STEP)))
+            down = self.law.predict(self.params, self.features(tokens * np.exp(-_LOG_STEP)))
+            slope_per_billion = (up - down) / (2 * _LOG_STEP) / (tokens / 1e9)
+            return np.asarray(-slope_per_billion - self.value, dtype=np.float64)
+        loss = self.law.predict(self.params, self.features(tokens))
+        if self.rule == "gap":
+            return np.asarray(loss - floor - self.value, dtype=np.float64)
+        return np.asarray(loss - self.value, dtype=np.float64)
+
+
+def solve_tokens(
+    form: str, params: Params, *, n0: float, rho: float, l0: float, rule: Rule, value: float
+) -> float:
+    """Tokens a rule asks for, uncapped: np.inf when not met below 1e15 tokens.
+
+    Closed form when the form has one, else the numeric path. UnreachableTarget for a target at
+    or below the floor.
+    """
+    problem = _Problem(get_form(form), params, float(n0), float(rho), float(l0), rule, value)
+    floor = problem.floor()
+    if rule == "target" and value <= floor:
+        raise UnreachableTarget(value, floor)
+    closed = problem.law.closed_form_tokens(params, problem.features(np.ones(1)), rule, value)
+    if closed is None:
+        return _numeric_tokens(problem, floor)
+    tokens = float(closed[0])
+    if not np.isfinite(tokens):
+        return float("inf")
+    return max(tokens, MIN_TOKENS)
+
+
+def numeric_tokens(
+    form: str, params: Params, *, n0: float, rho: float, l0: float, rule: Rule, value: float
+) -> float:
+    """The numeric path for any form (even one with a closed form, to cross-check it)."""
+    problem = _Problem(get_form(form), params, float(n0), float(rho), float(l0), rule, value)
+    floor = problem.floor()
+    if rule == "target" and value <= floor:
+        raise UnreachableTarget(value, floor)
+    return _numeric_tokens(problem, floor)
+
+
+def _numeric_tokens(problem: _Problem, floor: float) -> float:
+    """The bracketing root finder on log D; assumes the rule, once met, stays met (a law whose
+    loss and slope fall with D). MIN_TOKENS when met from the start, np.inf when never."""
+    log_t = np.linspace(np.log(MIN_TOKENS), np.log(MAX_SEARCH_TOKENS), _GRID_POINTS)
+    met = np.flatnonzero(problem.g(log_t, floor) <= 0)
+    if met.size == 0:
+        return float("inf")
+    i = int(met[0])
+    if i == 0:
+        return MIN_TOKENS
+
+    def scalar(lt: float) -> float:
+        return float(problem.g(np.array([lt]), floor)[0])
+
+    root = brentq(scalar, float(log_t[i - 1]), float(log_t[i]), xtol=1e-13, rtol=1e-14)
+    return float(np.exp(root))
+
+
+def recommend(
+    form: str,
+    params: Params,
+    *,
+    n0: float,
+    rho: float,
+    l0: float,
+    rule: Rule,
+    threshold: float | None = None,
+    target_loss: float | None = None,
+    max_tokens: float | None = None,
+    refits: Sequence[Mapping[str, float]] | None = None,
+    level: float | None = None,
+) -> Recommendation:
+    """The tokens a rule asks for (p2-law.md §7), the loss predicted there and the floor.
+
+    `max_tokens` caps the answer (``capped=True``). With `refits` and `level`, the rule is
+    applied to every refit and ``tokens_interval`` holds the percentile interval; refits for which
+    a target is unreachable, or a rule is not met below 1e15 tokens without a cap, are left out
+    (None when none remain).
+    """
+    law = get_form(form)
+    value = _rule_value(rule, threshold, target_loss)
+    if max_tokens is not None and (not np.isfinite(max_tokens) or max_tokens <= 0):
+        raise LawError("max_tokens must be positive and finite")
+    tokens = solve_tokens(form, params, n0=n0, rho=rho, l0=l0, rule=rule, value=value)
+    capped = False
+    if max_tokens is not None and tokens > max_tokens:
+        tokens, capped = float(max_tokens), True
+    if not np.isfinite(tokens):
+        raise LawError(
+            f"rule {rule!r} is not met below {MAX_SEARCH_TOKENS:.0e} tokens with this law; "
+            f"loosen the threshold or set max_tokens"
+        )
+    x = _point(n0, rho, l0, np.array([tokens]))
+    predicted = float(law.predict(params, x)[0])
+    floor = float(law.floor(params, x)[0])
+    interval = None
+    if refits and level is not None:
+        samples: list[float] = []
+        for p in refits:
+            try:
+                t = solve_tokens(form, p, n0=n0, rho=rho, l0=l0, rule=rule, value=value)
+            except UnreachableTarget:
+                continue
+            if max_tokens is not None:
+                t = min(t, float(max_tokens))
+            if np.isfinite(t):
+                samples.append(t)
+        if samples:
+            lo, hi = percentile_interval(np.array(samples)[:, None], level)
+            interval = (float(lo[0]), float(hi[0]))
+    return Recommendation(
+        tokens=float(tokens),
+        predicted_loss=predicted,
+        floor_loss=floor,
+        capped=capped,
+        tokens_interval=interval,
+    )
+
+
+def loss_curve(
+    form: str,
+    params: Params,
+    *,
+    n0: float,
+    rho: float,
+    l0: float,
+    tokens: FloatArray,
+    refits: Sequence[Mapping[str, float]] | None = None,
+    level: float | None = None,
+) -> tuple[FloatArray, FloatArray | None, FloatArray | None]:
+    """Predicted loss over `tokens` for one (n0, ρ, L0), with a percentile band when `refits`
+    and `level` are given (else None, None)."""
+    law = get_form(form)
+    x = _point(n0, rho, l0, tokens)
+    loss = law.predict(params, x)
+    if refits and level is not None:
+        lower, upper = predict_interval(form, refits, x, level)
+        return loss, lower, upper
+    return loss, None, None
