@@ -87,7 +87,7 @@ def create_fit(
     # (BEGIN IMMEDIATE), and a fit with a bootstrap takes seconds.
     session.rollback()
     result = fit_law(law_form.name, data, holdout=holdout)
-    refits = refit_runs(law_form, data, result, bootstrap, seed=seed) if bootstrap > 0 else []
+    refits = refit_runs(law_form.name, data, result, bootstrap, seed=seed) if bootstrap > 0 else []
 
     fit = Fit(
         form=law_form.name,
@@ -155,5 +155,5 @@ def plot_fit_png(session: Session, fit_id: str) -> bytes:
         raise Unprocessable(f"the observations of fit {fit_id!r} are no longer stored")
     scope = f"{fit.family or 'any family'}, {fit.method or 'any method'}"
     title = f"{fit.form} fit {fit.id[:8]} — {scope}"
-    png: bytes = plot_fit(get_form(fit.form), fit.params, dataset_from_rows(rows), title=title)
+    png: bytes = plot_fit(fit.form, fit.params, dataset_from_rows(rows), title=title)
     return png

@@ -68,7 +68,7 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
     candidates = [
         PlanCandidate(
             method=m,
-            form=available[m].form,
+            form=available[m].form.name,
             params=available[m].params,
             refits=list(available[m].refits) if request.interval is not None else None,
         )

@@ -51,7 +51,7 @@ def interval(
             "no interval: the law has no bootstrap refits (fit with bootstrap > 0 to get one)"
         )
         return None, None
-    lower, upper = predict_interval(law.form, list(law.refits), x, level)
+    lower, upper = predict_interval(law.form.name, list(law.refits), x, level)
     return finite_list(lower, "lower bound"), finite_list(upper, "upper bound")
 
 

@@ -38,7 +38,7 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
         )
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         answer = recommend_tokens(
-            law.form,
+            law.form.name,
             law.params,
             n0=request.n0,
             rho=request.rho,
@@ -53,7 +53,7 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
         tokens = finite_float(answer.tokens, "token count")
         grid = curve_tokens(tokens)
         loss, lower, upper = loss_curve(
-            law.form,
+            law.form.name,
             law.params,
             n0=request.n0,
             rho=request.rho,
