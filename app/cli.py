@@ -1,0 +1,282 @@
+"""`p2law`: the law from a shell or a notebook, without a server.
+
+    p2law fit obs.csv [--holdout D] [--bootstrap 100]   # fit table, plot, fit file
+    p2law predict --fit obs.fit.json --n0 1e9 --rho 0.25 --l0 2.5 --tokens 1e8 1e9
+    p2law recommend --fit obs.fit.json --n0 1e9 --rho 0.25 --l0 2.5 --rule marginal --threshold 0.05
+    p2law serve [--port 8000]                          # migrate, then the HTTP API
+    p2law make-model --arch llama --size tiny --out var/models/demo-llama
+
+A fit file holds the form, the parameters (billions convention, p2-law.md §1) and the bootstrap
+refits; `GET /fits/{id}` output works too (its parameters, without refits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import AppError
+from app.law.bootstrap import refit_runs
+from app.law.errors import LawError
+from app.law.fitting import fit
+from app.law.forms import FORMS
+from app.law.recommend import loss_curve, recommend
+from app.law.types import FitResult, Protocol, Rule
+
+PROTOCOLS: tuple[Protocol, ...] = ("D", "N0", "rho")
+RULES: tuple[Rule, ...] = ("marginal", "gap", "target")
+
+
+def _load_csv_dataset(path: Path, family: str | None, method: str | None) -> Any:
+    """Observations of a CSV (the upload format of POST /observations) as a law Dataset."""
+    from app.db.models.observation import Observation
+    from app.services.convert import dataset_from_rows
+    from app.services.observations import parse_csv
+
+    rows = parse_csv(path.read_text(encoding="utf-8"), max_rows=10_000_000)
+    rows = [
+        r
+        for r in rows
+        if (family is None or r["family"] == family) and (method is None or r["method"] == method)
+    ]
+    if not rows:
+        raise LawError(f"no observations in {path} for family={family!r} method={method!r}")
+    return dataset_from_rows([Observation(**r) for r in rows])
+
+
+def _table(result: FitResult, refits: Sequence[Mapping[str, float]]) -> str:
+    lines = [f"form {result.form}: {result.n_observations} observations, {result.n_runs} runs"]
+    lines.append(
+        f"objective {result.objective:.6g}  converged {result.converged}  starts "
+        f"{result.n_starts}  ({result.message})"
+    )
+    lines.append("")
+    header = f"{'parameter':<12}{'value':>14}"
+    if refits:
+        header += f"{'p10':>14}{'p90':>14}"
+    lines.append(header)
+    for name, value in result.params.items():
+        line = f"{name:<12}{value:>14.6g}"
+        if refits:
+            samples = np.array([r[name] for r in refits if name in r])
+            if samples.size:
+                lo, hi = np.percentile(samples, [10, 90])
+                line += f"{lo:>14.6g}{hi:>14.6g}"
+        lines.append(line)
+    lines.append("")
+    for label, metrics in (("fit", result.metrics), ("held-out", result.holdout_metrics)):
+        if metrics is not None:
+            values = "  ".join(f"{k} {v:.4g}" for k, v in metrics.as_dict().items())
+            lines.append(f"{label:<9} {values}")
+    return "\n".join(lines)
+
+
+def _fit_command(args: argparse.Namespace) -> int:
+    from app.plotting import plot_fit
+
+    csv_path = Path(args.csv)
+    data = _load_csv_dataset(csv_path, args.family, args.method)
+    result = fit(args.form, data, holdout=args.holdout)
+    refits = refit_runs(args.form, data, result, args.bootstrap) if args.bootstrap else []
+    print(_table(result, refits))
+
+    plot_path = Path(args.plot) if args.plot else csv_path.with_suffix(".fit.png")
+    plot_path.write_bytes(plot_fit(args.form, result.params, data, title=csv_path.name))
+    save_path = Path(args.save) if args.save else csv_path.with_suffix(".fit.json")
+    document = {
+        "form": result.form,
+        "params": result.params,
+        "objective": result.objective,
+        "converged": result.converged,
+        "message": result.message,
+        "n_starts": result.n_starts,
+        "n_observations": result.n_observations,
+        "n_runs": result.n_runs,
+        "metrics": result.metrics.as_dict(),
+        "holdout_protocol": args.holdout,
+        "holdout_metrics": None
+        if result.holdout_metrics is None
+        else result.holdout_metrics.as_dict(),
+        "ranges": result.ranges.as_dict(),
+        "refits": refits,
+    }
+    save_path.write_text(json.dumps(document, indent=2, allow_nan=False), encoding="utf-8")
+    print(f"\nplot: {plot_path}\nfit:  {save_path}")
+    return 0
+
+
+def _law_of(args: argparse.Namespace) -> tuple[str, dict[str, float], list[dict[str, float]]]:
+    """The law a predict/recommend command uses: a fit file, or inline `--param NAME=VALUE`."""
+    if args.fit:
+        document = json.loads(Path(args.fit).read_text(encoding="utf-8"))
+        refits = document.get("refits")
+        return (
+            str(document.get("form", "p2")),
+            {k: float(v) for k, v in document["params"].items()},
+            list(refits) if isinstance(refits, list) else [],
+        )
+    if not args.param:
+        raise LawError("give a law: --fit FILE (from `p2law fit`) or --param NAME=VALUE …")
+    params: dict[str, float] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise LawError(f"--param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = float(value)
+    return args.form, params, []
+
+
+def _predict_command(args: argparse.Namespace) -> int:
+    form, params, refits = _law_of(args)
+    tokens = np.asarray(args.tokens, dtype=np.float64)
+    loss, lower, upper = loss_curve(
+        form,
+        params,
+        n0=args.n0,
+        rho=args.rho,
+        l0=args.l0,
+        tokens=tokens,
+        refits=refits or None,
+        level=args.interval if refits else None,
+    )
+    print(
+        f"{'tokens':>14}{'loss':>12}" + (f"{'lower':>12}{'upper':>12}" if lower is not None else "")
+    )
+    for i, t in enumerate(tokens):
+        line = f"{t:>14.4g}{loss[i]:>12.5f}"
+        if lower is not None and upper is not None:
+            line += f"{lower[i]:>12.5f}{upper[i]:>12.5f}"
+        print(line)
+    return 0
+
+
+def _recommend_command(args: argparse.Namespace) -> int:
+    form, params, refits = _law_of(args)
+    answer = recommend(
+        form,
+        params,
+        n0=args.n0,
+        rho=args.rho,
+        l0=args.l0,
+        rule=args.rule,
+        threshold=args.threshold,
+        target_loss=args.target_loss,
+        max_tokens=args.max_tokens,
+        refits=refits or None,
+        level=args.interval if refits else None,
+    )
+    print(
+        f"tokens          {answer.tokens:.6g}"
+        + (" (capped by --max-tokens)" if answer.capped else "")
+    )
+    if answer.tokens_interval is not None:
+        lo, hi = answer.tokens_interval
+        print(f"interval        {lo:.4g} … {hi:.4g} ({args.interval:.0%})")
+    print(f"predicted loss  {answer.predicted_loss:.5f}")
+    print(f"floor loss      {answer.floor_loss:.5f}")
+    return 0
+
+
+def _serve_command(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.db.migrate import upgrade
+
+    if not args.no_migrate:
+        upgrade()
+    uvicorn.run("app.main:app", host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _make_model_command(argv: Sequence[str]) -> int:
+    # The API package never imports the workers (dependency direction): hand the process over.
+    os.execv(sys.executable, [sys.executable, "-m", "workers.ml.make_model", *argv])
+    return 0  # pragma: no cover (execv does not return)
+
+
+def _features_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fit", help="fit file written by `p2law fit` (or GET /fits/{id})")
+    parser.add_argument("--form", default="p2", choices=sorted(FORMS), help="form of --param")
+    parser.add_argument("--param", action="append", help="inline law parameter NAME=VALUE")
+    parser.add_argument("--n0", type=float, required=True, help="dense parameters (count)")
+    parser.add_argument("--rho", type=float, required=True, help="pruning rate in (0, 1)")
+    parser.add_argument("--l0", type=float, required=True, help="dense loss (nats/token)")
+    parser.add_argument("--interval", type=float, default=0.8, help="interval level with refits")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `p2law` argument parser (also used by the tests)."""
+    parser = argparse.ArgumentParser(prog="p2law", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fit_p = commands.add_parser("fit", help="fit a law to a CSV of observations")
+    fit_p.add_argument("csv", help="CSV with the columns of POST /observations")
+    fit_p.add_argument("--form", default="p2", choices=sorted(FORMS))
+    fit_p.add_argument("--family")
+    fit_p.add_argument("--method")
+    fit_p.add_argument("--holdout", choices=PROTOCOLS, help="generalisation protocol (§6)")
+    fit_p.add_argument("--bootstrap", type=int, default=0, help="refits (resampling runs)")
+    fit_p.add_argument("--plot", help="PNG path (default: next to the CSV)")
+    fit_p.add_argument("--save", help="fit file path (default: next to the CSV)")
+
+    predict_p = commands.add_parser("predict", help="predict losses at token counts")
+    _features_args(predict_p)
+    predict_p.add_argument("--tokens", type=float, nargs="+", required=True)
+
+    rec_p = commands.add_parser("recommend", help="how many post-training tokens")
+    _features_args(rec_p)
+    rec_p.add_argument("--rule", choices=RULES, required=True)
+    rec_p.add_argument("--threshold", type=float, help="marginal: loss/billion tokens; gap: nats")
+    rec_p.add_argument("--target-loss", type=float)
+    rec_p.add_argument("--max-tokens", type=float)
+
+    serve_p = commands.add_parser("serve", help="migrate the database and serve the HTTP API")
+    serve_p.add_argument("--host", default="127.0.0.1")
+    serve_p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    serve_p.add_argument("--no-migrate", action="store_true")
+
+    commands.add_parser("migrate", help="upgrade the database to the latest schema")
+    commands.add_parser(
+        "make-model",
+        help="build and pretrain a small Llama/Qwen2 model (python -m workers.ml.make_model -h)",
+        add_help=False,
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `p2law` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["make-model"]:
+        return _make_model_command(args_list[1:])
+    args = build_parser().parse_args(args_list)
+    try:
+        if args.command == "fit":
+            return _fit_command(args)
+        if args.command == "predict":
+            return _predict_command(args)
+        if args.command == "recommend":
+            return _recommend_command(args)
+        if args.command == "serve":
+            return _serve_command(args)
+        if args.command == "migrate":
+            from app.db.migrate import upgrade
+
+            upgrade()
+            print("database at the latest schema")
+            return 0
+    except (LawError, AppError, OSError, json.JSONDecodeError, KeyError) as exc:
+        print(f"p2law: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

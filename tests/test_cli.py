@@ -1,0 +1,106 @@
+"""The `p2law` command line: fit a CSV, then predict and recommend from the fit file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.law.recommend import recommend
+from app.law.synthetic import SYNTHETIC_P2, make_rows
+
+
+@pytest.fixture()
+def observations_csv(tmp_path: Path) -> Path:
+    rows = make_rows(n_checkpoints=8, seed=3)
+    path = tmp_path / "obs.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run_id", "family", "method", "n0", "rho", "l0", "tokens", "loss"])
+        for r in rows:
+            writer.writerow([r.run_id, r.family, r.method, r.n0, r.rho, r.l0, r.tokens, r.loss])
+    return path
+
+
+def test_fit_writes_table_plot_and_fit_file(
+    observations_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    method = next(iter(SYNTHETIC_P2))
+    assert main(["fit", str(observations_csv), "--method", method, "--bootstrap", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "gamma" in out and "r2" in out
+    assert observations_csv.with_suffix(".fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    document = json.loads(observations_csv.with_suffix(".fit.json").read_text())
+    assert document["form"] == "p2" and len(document["refits"]) == 3
+    assert set(document["params"]) == {"N_C", "D_C", "E", "alpha", "beta", "gamma", "delta"}
+
+
+def test_recommend_with_inline_params_matches_the_law(capsys: pytest.CaptureFixture[str]) -> None:
+    params = {
+        "N_C": 0.5,
+        "D_C": 0.02,
+        "E": 0.05,
+        "alpha": 0.3,
+        "beta": 0.5,
+        "gamma": -0.8,
+        "delta": 0.1,
+    }
+    argv = [
+        "recommend",
+        "--n0",
+        "1e9",
+        "--rho",
+        "0.25",
+        "--l0",
+        "2.5",
+        "--rule",
+        "marginal",
+        "--threshold",
+        "0.05",
+    ]
+    argv += [f"--param={k}={v}" for k, v in params.items()]
+    assert main(argv) == 0
+    expected = recommend("p2", params, n0=1e9, rho=0.25, l0=2.5, rule="marginal", threshold=0.05)
+    printed = float(capsys.readouterr().out.split()[1])
+    assert printed == pytest.approx(expected.tokens, rel=1e-5)
+
+
+def test_unreachable_target_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "recommend",
+        "--n0",
+        "1e9",
+        "--rho",
+        "0.25",
+        "--l0",
+        "2.5",
+        "--rule",
+        "target",
+        "--target-loss",
+        "2.0",
+        "--param",
+        "N_C=0.5",
+        "--param",
+        "D_C=0.02",
+        "--param",
+        "E=0.05",
+        "--param",
+        "alpha=0.3",
+        "--param",
+        "beta=0.5",
+        "--param",
+        "gamma=-0.8",
+        "--param",
+        "delta=0.1",
+    ]
+    assert main(argv) == 2
+    assert "floor" in capsys.readouterr().err
+
+
+def test_missing_law_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["predict", "--n0", "1e9", "--rho", "0.25", "--l0", "2.5", "--tokens", "1e8"]
+    assert main(argv) == 2
+    assert "--fit" in capsys.readouterr().err
