@@ -25,13 +25,17 @@ from app.law.types import Dataset, FitResult, FloatArray, Protocol
 # contributes |r| − δ/2 (order 1e-2, not 1e-5), so L-BFGS-B's relative stopping test is not
 # met before the fit is done. The minimiser is unchanged; the reported objective is unscaled.
 _SCALE = 1.0 / HUBER_DELTA
-_OPTIONS = {"maxiter": 5000, "gtol": 1e-9, "maxcor": 20}
+_OPTIONS = {"gtol": 1e-9, "maxcor": 20}
+_MAXITER = 5000
 # Relative decrease at which the Huber polish stops: 1e-11 of a scaled objective near 1 moves
 # predictions by far less than 1e-6 relative.
 _FTOL = 1e-11
 # δ of the smoothing pass: larger than any log residual a sane fit has, i.e. least squares.
 _SMOOTH_DELTA = 1.0
 _SMOOTH_FTOL = 1e-10
+# The smoothing pass only has to reach the basin; along a flat valley (a constant drifting to
+# its bound) it would otherwise spend a thousand steps that the Huber polish redoes anyway.
+_SMOOTH_MAXITER = 1000
 # How many distinct least-squares endpoints get the (slow) Huber polish.
 _N_HUBER_POLISH = 2
 
@@ -64,13 +68,17 @@ def objective_function(form: Form, data: Dataset, delta: float = HUBER_DELTA) ->
 
 
 def _lbfgsb(
-    fun: Objective, start: FloatArray, bounds: list[tuple[float, float]], ftol: float
+    fun: Objective,
+    start: FloatArray,
+    bounds: list[tuple[float, float]],
+    ftol: float,
+    maxiter: int = _MAXITER,
 ) -> OptimizeResult:
     def scaled(theta: FloatArray) -> tuple[float, FloatArray]:
         value, grad = fun(theta)
         return value * _SCALE, grad * _SCALE
 
-    options = {**_OPTIONS, "ftol": ftol}
+    options = {**_OPTIONS, "ftol": ftol, "maxiter": maxiter}
     return minimize(scaled, start, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
 
 
@@ -90,7 +98,9 @@ def smooth(form: Form, data: Dataset, theta0: FloatArray) -> FloatArray:
     """
     fun = objective_function(form, data, _SMOOTH_DELTA)
     with single_thread():
-        res = _lbfgsb(fun, _clip_start(form, data, theta0), form.bounds(data), _SMOOTH_FTOL)
+        res = _lbfgsb(
+            fun, _clip_start(form, data, theta0), form.bounds(data), _SMOOTH_FTOL, _SMOOTH_MAXITER
+        )
     return np.asarray(res.x, dtype=np.float64)
 
 

@@ -1,0 +1,56 @@
+"""Bootstrap by run: intervals are ordered and mostly contain the truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.law.bootstrap import predict_interval, refit_runs
+from app.law.errors import LawError
+from app.law.forms import get_form
+from app.law.types import Dataset, FitResult
+
+
+@pytest.fixture(scope="module")
+def refits(synthetic: Dataset, fitted: FitResult) -> list[dict[str, float]]:
+    return refit_runs("p2", synthetic, fitted, 30, seed=1)
+
+
+def test_refits_are_complete_and_varied(refits: list[dict[str, float]]) -> None:
+    assert len(refits) == 30
+    assert all(set(r) == set(get_form("p2").param_names) for r in refits)
+    assert len({round(r["beta"], 9) for r in refits}) > 10
+
+
+def test_intervals_are_ordered_and_mostly_contain_the_truth(
+    synthetic: Dataset, truth: np.ndarray, fitted: FitResult, refits: list[dict[str, float]]
+) -> None:
+    lower, upper = predict_interval("p2", refits, synthetic.x, 0.9)
+    assert np.all(lower <= upper)
+    point = get_form("p2").predict(fitted.params, synthetic.x)
+    # Percentile intervals need not contain the point estimate, but sit around it.
+    assert np.mean((lower <= point) & (point <= upper)) > 0.8
+    covered = np.mean((lower * 0.995 <= truth) & (truth <= upper * 1.005))
+    assert covered > 0.8
+
+
+def test_refits_are_reproducible_with_a_seed(synthetic: Dataset, fitted: FitResult) -> None:
+    a = refit_runs("p2", synthetic, fitted, 2, seed=5)
+    b = refit_runs("p2", synthetic, fitted, 2, seed=5)
+    assert a == b
+
+
+def test_curve_form_resamples_checkpoints_within_runs(synthetic: Dataset) -> None:
+    from app.law.fitting import fit
+
+    small = synthetic.take(synthetic.run < 2)
+    result = fit("curve", small)
+    refits = refit_runs("curve", small, result, 5, seed=0)
+    assert all(set(r) == set(result.params) for r in refits)
+
+
+def test_interval_level_must_be_a_fraction(
+    refits: list[dict[str, float]], synthetic: Dataset
+) -> None:
+    with pytest.raises(LawError, match="between 0 and 1"):
+        predict_interval("p2", refits, synthetic.x, 80)
