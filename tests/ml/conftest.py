@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from workers.ml.models import build_tiny_model
+from workers.ml.models import build_tiny_model, save_pretrained
 
 # Two cores are shared by parallel test runs; one thread avoids oversubscription and is faster
 # for models this small.
@@ -57,3 +58,22 @@ def causal_lm_loss(model: PreTrainedModel, ids: torch.Tensor) -> float:
 def lm_loss() -> Callable[[PreTrainedModel, torch.Tensor], float]:
     """The loss function used to compare in-memory and reloaded models."""
     return causal_lm_loss
+
+
+def save_and_reload(model: PreTrainedModel, out_dir: Path) -> PreTrainedModel:
+    """Save with the project's atomic saver and reload with plain ``from_pretrained``."""
+    save_pretrained(model, None, out_dir)
+    reloaded: PreTrainedModel = AutoModelForCausalLM.from_pretrained(out_dir, local_files_only=True)
+    reloaded.train(False)
+    return reloaded
+
+
+@pytest.fixture
+def reload(tmp_path: Path) -> Callable[[PreTrainedModel], PreTrainedModel]:
+    """Round-trip a model through ``save_pretrained`` / ``from_pretrained`` in a temp dir."""
+    counter = iter(range(1_000_000))
+
+    def run(model: PreTrainedModel) -> PreTrainedModel:
+        return save_and_reload(model, tmp_path / f"saved-{next(counter)}")
+
+    return run

@@ -1,0 +1,68 @@
+"""The prune entry point: registry, argument checks, measured ρ and mask application."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import PreTrainedModel
+
+from workers.ml.models import count_nonzero, count_parameters, prunable_linears
+from workers.ml.prune import PRUNERS, PruneError, apply_masks, prune
+
+
+def test_registry_holds_the_four_methods() -> None:
+    assert set(PRUNERS) == {"depth", "width", "2:4", "unstructured"}
+    assert {name for name, p in PRUNERS.items() if p.structural} == {"depth", "width"}
+
+
+def test_unknown_method_is_a_prune_error(
+    tiny_llama: PreTrainedModel, calib_ids: torch.Tensor
+) -> None:
+    with pytest.raises(PruneError, match="unknown pruning method 'magnitude'"):
+        prune(tiny_llama, "magnitude", 0.2, calib_ids)
+
+
+@pytest.mark.parametrize("rho", [0.0, 1.0, -0.1, 1.5, math.nan, math.inf])
+def test_rho_outside_the_open_unit_interval_is_rejected(
+    tiny_llama: PreTrainedModel, calib_ids: torch.Tensor, rho: float
+) -> None:
+    before = count_parameters(tiny_llama)
+    with pytest.raises(PruneError, match=r"rho must be a fraction in \(0, 1\)"):
+        prune(tiny_llama, "depth", rho, calib_ids)
+    assert count_parameters(tiny_llama) == before
+    assert issubclass(PruneError, ValueError)
+
+
+def test_calibration_ids_must_be_two_dimensional(tiny_llama: PreTrainedModel) -> None:
+    with pytest.raises(PruneError, match="n_sequences, seq_len"):
+        prune(tiny_llama, "2:4", 0.1, torch.arange(10))
+
+
+def test_rho_is_measured_from_the_model_not_copied_from_the_request(
+    tiny_qwen2: PreTrainedModel, calib_ids: torch.Tensor
+) -> None:
+    n0 = count_parameters(tiny_qwen2)
+    nonzero = count_nonzero(tiny_qwen2)  # Qwen2's zero-initialised biases are not "pruned"
+    result = prune(tiny_qwen2, "unstructured", 0.3, calib_ids)
+    assert result.n0 == n0
+    assert result.n_after == count_nonzero(tiny_qwen2)
+    assert result.rho == (nonzero - result.n_after) / n0
+    assert result.rho != 0.3 and result.rho == pytest.approx(0.3, abs=1e-3)
+
+
+def test_apply_masks_zeroes_only_masked_entries(tiny_llama: PreTrainedModel) -> None:
+    name = next(iter(prunable_linears(tiny_llama))) + ".weight"
+    param = dict(tiny_llama.named_parameters())[name]
+    mask = torch.ones_like(param, dtype=torch.bool)
+    mask[0, :5] = False
+    before = param.detach().clone()
+    apply_masks(tiny_llama, {name: mask})
+    assert torch.all(param[0, :5] == 0)
+    assert torch.equal(param[mask], before[mask])
+
+
+def test_apply_masks_rejects_unknown_parameter(tiny_llama: PreTrainedModel) -> None:
+    with pytest.raises(KeyError, match=r"no\.such\.weight"):
+        apply_masks(tiny_llama, {"no.such.weight": torch.ones(1, dtype=torch.bool)})
