@@ -290,6 +290,9 @@ def _run_claimed(claimed: service.Claimed, owner: str, lease_s: float, beat: Hea
         return "cancelled"
     stopped = outcome.status == "stopped_early"
     last_tokens = outcome.points[-1].tokens if outcome.points else 0
+    # Refit before the job reads "succeeded", so a client that sees it finished sees the fit.
+    if claimed.request.get("refit"):
+        service.refit(job_id, claimed.family, claimed.method)
     done = service.finish(
         job_id,
         owner,
@@ -304,8 +307,6 @@ def _run_claimed(claimed: service.Claimed, owner: str, lease_s: float, beat: Hea
     if not done:
         return "lease lost"
     shutil.rmtree(workdir, ignore_errors=True)
-    if claimed.request.get("refit"):
-        service.refit(job_id, claimed.family, claimed.method)
     return "stopped_early" if stopped else "succeeded"
 
 

@@ -1,0 +1,328 @@
+"""Job routes through the real app: submit, read, list, cancel, observations; validation,
+paths, keys and a dead broker (no worker runs here: the embedded broker keeps the message)."""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import io
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core import queue
+from app.core.config import get_settings
+from app.db.session import reset_engines, session_scope
+from app.main import create_app
+from app.repositories import jobs as jobs_repo
+from app.repositories import observations as observations_repo
+
+API_JOB_FIELDS = {
+    "id",
+    "status",
+    "progress",
+    "measured",
+    "artifact",
+    "error",
+    "attempts",
+    "created_at",
+    "started_at",
+    "finished_at",
+}
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> dict[str, Path]:
+    """A model folder and a corpus inside the configured roots, and a secret outside them."""
+    settings = get_settings()
+    model = Path(settings.model_root) / "tiny"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    data = Path(settings.data_root)
+    data.mkdir(parents=True)
+    (data / "corpus.txt").write_text("some text\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (outside / "model").mkdir()
+    (outside / "model" / "config.json").write_text("{}")
+    return {"model": model, "data": data, "outside": outside}
+
+
+@pytest.fixture
+def jobs_client(sqlite_url: str, roots: dict[str, Path]) -> Iterator[TestClient]:
+    queue.reset_client()
+    with TestClient(create_app()) as test_client:
+        yield test_client
+    queue.reset_client()
+
+
+def job_request(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "tiny",
+        "method": "depth",
+        "rho": 0.25,
+        "tokens": 4096,
+        "dataset": {"path": "corpus.txt"},
+        "checkpoints": 4,
+    }
+    body.update(overrides)
+    return body
+
+
+def _message_files() -> list[Path]:
+    return sorted((Path(get_settings().broker_dir) / "messages").glob("*.msg"))
+
+
+def test_submit_answers_202_with_location_and_sends_the_id(jobs_client: TestClient) -> None:
+    response = jobs_client.post("/jobs/prune-finetune", json=job_request())
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued" and len(body["id"]) == 32
+    assert response.headers["location"] == f"/jobs/{body['id']}"
+    messages = _message_files()
+    assert len(messages) == 1
+    envelope = json.loads(messages[0].read_text())
+    assert envelope["headers"]["task"] == "workers.tasks.run_job"
+    assert json.loads(base64.b64decode(envelope["body"]))[0] == [body["id"]]
+    with session_scope() as session:
+        job = jobs_repo.get(session, body["id"])
+        assert job is not None and job.enqueued_at is not None
+        assert job.family == "llama"  # the model config's model_type when no family is given
+
+
+def test_read_job_has_the_api_shape(jobs_client: TestClient) -> None:
+    job_id = jobs_client.post("/jobs/prune-finetune", json=job_request(family="t")).json()["id"]
+    response = jobs_client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) >= API_JOB_FIELDS
+    assert body["progress"] == {
+        "tokens_done": 0,
+        "tokens_total": 4096,
+        "fraction": 0.0,
+        "eta_s": None,
+    }
+    assert (body["status"], body["family"], body["method"], body["attempts"]) == (
+        "queued",
+        "t",
+        "depth",
+        0,
+    )
+    assert body["measured"] is None and body["stopped_early"] is False
+    assert body["warnings"] == []
+
+
+def test_idempotency_key_returns_the_same_job(jobs_client: TestClient) -> None:
+    first = jobs_client.post("/jobs/prune-finetune", json=job_request(idempotency_key="k-1"))
+    second = jobs_client.post("/jobs/prune-finetune", json=job_request(idempotency_key="k-1"))
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"]
+    assert len(_message_files()) == 1
+
+
+def test_list_jobs_filters_by_status(jobs_client: TestClient) -> None:
+    ids = [
+        jobs_client.post("/jobs/prune-finetune", json=job_request()).json()["id"] for _ in range(3)
+    ]
+    assert jobs_client.post(f"/jobs/{ids[0]}/cancel").status_code == 202
+    queued = jobs_client.get("/jobs", params={"status": "queued"}).json()
+    cancelled = jobs_client.get("/jobs", params={"status": "cancelled"}).json()
+    assert queued["total"] == 2 and {j["id"] for j in queued["items"]} == set(ids[1:])
+    assert cancelled["total"] == 1 and cancelled["items"][0]["id"] == ids[0]
+    assert jobs_client.get("/jobs", params={"limit": 1}).json()["total"] == 3
+    assert jobs_client.get("/jobs", params={"status": "bogus"}).status_code == 422
+
+
+def test_cancel_queued_job_is_final_at_once_and_a_second_cancel_conflicts(
+    jobs_client: TestClient,
+) -> None:
+    job_id = jobs_client.post("/jobs/prune-finetune", json=job_request()).json()["id"]
+    response = jobs_client.post(f"/jobs/{job_id}/cancel")
+    assert response.status_code == 202 and response.json()["status"] == "cancelled"
+    again = jobs_client.post(f"/jobs/{job_id}/cancel")
+    assert again.status_code == 409 and "cancelled" in again.json()["detail"]
+
+
+def test_unknown_ids_are_404(jobs_client: TestClient) -> None:
+    assert jobs_client.get("/jobs/nope").status_code == 404
+    assert jobs_client.post("/jobs/nope/cancel").status_code == 404
+    assert jobs_client.get("/jobs/nope/observations").status_code == 404
+
+
+def test_job_observations_are_the_points_of_its_run(jobs_client: TestClient) -> None:
+    job_id = jobs_client.post("/jobs/prune-finetune", json=job_request()).json()["id"]
+    row = {"family": "llama", "method": "depth", "n0": 1e6, "rho": 0.25, "l0": 3.0}
+    with session_scope() as session:
+        observations_repo.upsert(
+            session,
+            [
+                {**row, "run_id": job_id, "tokens": 200.0, "loss": 3.4, "source": "job"},
+                {**row, "run_id": job_id, "tokens": 100.0, "loss": 3.5, "source": "job"},
+                {**row, "run_id": "other", "tokens": 100.0, "loss": 3.5},
+            ],
+        )
+    body = jobs_client.get(f"/jobs/{job_id}/observations").json()
+    assert body["total"] == 2
+    assert [o["tokens"] for o in body["items"]] == [100.0, 200.0]
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every path opened through open()/io.open() during the test."""
+    seen: list[str] = []
+    real_open: Callable[..., Any] = builtins.open
+
+    def spy(file: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy)
+    monkeypatch.setattr(io, "open", spy)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["model", "dataset"],
+)
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_paths_outside_the_roots_are_422_and_nothing_is_read(
+    jobs_client: TestClient,
+    roots: dict[str, Path],
+    opened: list[str],
+    field: str,
+    kind: str,
+) -> None:
+    outside = roots["outside"]
+    target = outside / ("model" if field == "model" else "secret.txt")
+    if kind == "dotdot":
+        base = roots["model"].parent if field == "model" else roots["data"]
+        user_path = str(Path("..") / ".." / Path(*target.relative_to(base.parent.parent).parts))
+    elif kind == "absolute":
+        user_path = str(target)
+    else:
+        base = roots["model"].parent if field == "model" else roots["data"]
+        (base / "link").symlink_to(target)
+        user_path = "link"
+    body = job_request()
+    if field == "model":
+        body["model"] = user_path
+    else:
+        body["dataset"] = {"path": user_path}
+    response = jobs_client.post("/jobs/prune-finetune", json=body)
+    assert response.status_code == 422, response.text
+    assert "outside" in response.json()["detail"]
+    assert not [p for p in opened if p.startswith(str(outside))]
+    assert jobs_client.get("/jobs").json()["total"] == 0
+
+
+def test_hub_ids_are_refused_with_the_reason(jobs_client: TestClient) -> None:
+    response = jobs_client.post("/jobs/prune-finetune", json=job_request(model="org/some-model"))
+    assert response.status_code == 422 and "hub" in response.json()["detail"]
+
+
+def test_two_four_above_its_reach_is_422_naming_the_maximum(jobs_client: TestClient) -> None:
+    response = jobs_client.post("/jobs/prune-finetune", json=job_request(method="2:4", rho=0.6))
+    assert response.status_code == 422
+    assert "0.5" in json.dumps(response.json())
+    assert (
+        jobs_client.post("/jobs/prune-finetune", json=job_request(method="2:4", rho=0.3))
+    ).status_code == 202
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"method": "magic"},
+        {"rho": 0},
+        {"rho": 1},
+        {"tokens": 0},
+        {"tokens": -5},
+        {"checkpoints": 1},
+        {"stop_rule": {"kind": "marginal", "threshold": -1}},
+        {"surprise": 1},
+    ],
+)
+def test_invalid_requests_are_422(jobs_client: TestClient, overrides: dict[str, Any]) -> None:
+    response = jobs_client.post("/jobs/prune-finetune", json=job_request(**overrides))
+    assert response.status_code == 422
+
+
+@pytest.mark.parametrize("field", ["rho", "tokens", "lr", "warmup_frac", "stop_rule.threshold"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_non_finite_floats_are_422_with_valid_json(
+    jobs_client: TestClient, field: str, value: str
+) -> None:
+    body = job_request(stop_rule={"kind": "marginal", "threshold": 1.0})
+    placeholder = "__VALUE__"
+    if field == "stop_rule.threshold":
+        body["stop_rule"]["threshold"] = placeholder
+    else:
+        body[field] = placeholder
+    raw = json.dumps(body).replace(f'"{placeholder}"', value)
+    response = jobs_client.post(
+        "/jobs/prune-finetune", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422
+    response.json()
+
+
+def test_write_routes_need_the_api_key_when_one_is_set(
+    jobs_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_KEY", "k3y")
+    get_settings.cache_clear()
+    assert jobs_client.post("/jobs/prune-finetune", json=job_request()).status_code == 401
+    accepted = jobs_client.post(
+        "/jobs/prune-finetune", json=job_request(), headers={"X-API-Key": "k3y"}
+    )
+    assert accepted.status_code == 202
+    job_id = accepted.json()["id"]
+    assert jobs_client.post(f"/jobs/{job_id}/cancel").status_code == 401
+    assert (
+        jobs_client.post(f"/jobs/{job_id}/cancel", headers={"X-API-Key": "no"}).status_code == 401
+    )
+    assert jobs_client.get(f"/jobs/{job_id}").status_code == 200  # reads stay open
+    assert (
+        jobs_client.post(f"/jobs/{job_id}/cancel", headers={"X-API-Key": "k3y"}).status_code == 202
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_dead_broker_still_answers_202_and_leaves_the_job_for_the_reaper(
+    jobs_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{_free_port()}/0")
+    get_settings.cache_clear()
+    queue.reset_client()
+    started = time.monotonic()
+    response = jobs_client.post("/jobs/prune-finetune", json=job_request())
+    assert response.status_code == 202
+    assert time.monotonic() - started < 5.0
+    with session_scope() as session:
+        job = jobs_repo.get(session, response.json()["id"])
+        assert job is not None and job.status == "queued" and job.enqueued_at is None
+
+
+def test_a_database_that_cannot_store_the_job_is_503(
+    jobs_client: TestClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # An empty database file: the jobs table does not exist, so the write fails.
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    get_settings.cache_clear()
+    reset_engines()
+    response = jobs_client.post("/jobs/prune-finetune", json=job_request())
+    assert response.status_code == 503
+    assert "not queued" in response.json()["detail"]
