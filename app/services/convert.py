@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,12 @@ def features(
     )
 
 
+_POINT_FIELDS = itemgetter("n0", "rho", "l0", "tokens")
+
+
 def points_to_features(points: Sequence[Mapping[str, Any]]) -> Features:
     """Point objects ({n0, rho, l0, tokens}) as columns, in input order."""
-    table = np.array(
-        [(p["n0"], p["rho"], p["l0"], p["tokens"]) for p in points], dtype=np.float64
-    ).reshape(-1, 4)
+    table = np.array(list(map(_POINT_FIELDS, points)), dtype=np.float64).reshape(-1, 4)
     return Features(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy(), table[:, 3].copy())
 
 
