@@ -653,7 +653,14 @@ class CurveForm(Form):
 
     def predict_data(self, params: Params, data: Dataset) -> FloatArray:
         check_features(data.x)
-        return self._predict_runs(params, data.x.tokens, [data.run_ids[int(r)] for r in data.run])
+        runs = [data.run_ids[int(r)] for r in data.run]
+        missing = sorted({r for r in runs if f"E@{r}" not in params})
+        if missing:
+            raise LawError(
+                f"the curve form fits one power law per run and has none for run(s) "
+                f"{', '.join(missing)}; it extrapolates in D only (use the D protocol)"
+            )
+        return self._predict_runs(params, data.x.tokens, runs)
 
     def floor(self, params: Params, x: Features) -> FloatArray:
         check_features(x)

@@ -78,3 +78,10 @@ def test_fit_result_serialises_to_json(fitted: FitResult) -> None:
 
     text = json.dumps(dataclasses.asdict(fitted), allow_nan=False)
     assert '"form": "p2"' in text
+
+
+def test_curve_form_cannot_hold_out_whole_runs(synthetic: Dataset) -> None:
+    from app.law.errors import LawError
+
+    with pytest.raises(LawError, match="one power law per run"):
+        fit("curve", synthetic, holdout="N0")
