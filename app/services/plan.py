@@ -85,8 +85,8 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
             l0=request.l0,
             rho_min=request.rho_min,
             token_budget=request.token_budget,
-            rho_grid=None if request.rho_grid is None else np.asarray(request.rho_grid),
-            token_grid=None if request.token_grid is None else np.asarray(request.token_grid),
+            rho_grid=request.rho_grid,
+            token_grid=request.token_grid,
             level=request.interval,
             max_options=request.max_options,
         )
