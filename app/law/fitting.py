@@ -194,9 +194,10 @@ def optimise(
         )
         theta[part] = result.theta
         objective += result.objective
-        converged &= result.converged
-        if not result.converged or not messages:
-            messages = [result.message] if not result.converged else messages or [result.message]
+        # Report the first block that did not converge, else the first block's message.
+        if not messages or (converged and not result.converged):
+            messages = [result.message]
+        converged = converged and result.converged
         n_starts = max(n_starts, n)
     return Polished(theta, objective, converged, messages[0]), n_starts
 
