@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -158,6 +157,21 @@ class Form(ABC):
     def predict_data(self, params: Params, data: Dataset) -> FloatArray:
         """Predicted loss for the points of a dataset (forms with per-run parameters use `run`)."""
         return self.predict(params, data.x)
+
+    def check_params(self, params: Params) -> None:
+        """LawError unless `params` are exactly this form's, all finite (for inline laws)."""
+        missing = [p for p in self.param_names if p not in params]
+        unknown = sorted(set(params) - set(self.param_names))
+        if missing or unknown:
+            parts = [f"missing {', '.join(missing)}"] if missing else []
+            parts += [f"unknown {', '.join(unknown)}"] if unknown else []
+            raise LawError(
+                f"form {self.name!r} takes parameters {', '.join(self.param_names)} "
+                f"({'; '.join(parts)})"
+            )
+        bad = [p for p in self.param_names if not np.isfinite(float(params[p]))]
+        if bad:
+            raise LawError(f"parameters must be finite: {', '.join(bad)}")
 
     def closed_form_tokens(
         self, params: Params, x: Features, rule: Rule, value: float
@@ -586,6 +600,26 @@ class CurveForm(Form):
         jac[:, rows, 3 * position + 2] = -w2 * ln_d
         return log_pred, jac
 
+    _run_keys = ("E", "B", "beta", "n0", "rho", "l0")
+
+    def check_params(self, params: Params) -> None:
+        """LawError unless every run has all six ``key@run`` entries, all finite."""
+        runs = self.run_ids_of(params)
+        if not runs:
+            raise LawError("curve parameters hold no run (keys like E@<run_id>)")
+        expected = {f"{k}@{r}" for r in runs for k in self._run_keys}
+        missing = sorted(expected - set(params))
+        unknown = sorted(set(params) - expected)
+        if missing or unknown:
+            lacking = ", ".join(missing) or "none"
+            extra = ", ".join(unknown) or "none"
+            raise LawError(
+                f"curve parameters must be {', '.join(self._run_keys)} per run as key@run_id "
+                f"(missing: {lacking}; unknown: {extra})"
+            )
+        if not all(np.isfinite(float(v)) for v in params.values()):
+            raise LawError("curve parameters must be finite")
+
     @staticmethod
     def run_ids_of(params: Params) -> list[str]:
         """Run ids that a set of curve parameters covers, in stored order."""
@@ -692,15 +726,3 @@ def get_form(name: str) -> Form:
     except KeyError:
         known = ", ".join(sorted(FORMS))
         raise UnknownForm(f"unknown law form {name!r}; known forms: {known}") from None
-
-
-def params_complete(form: Form, params: Mapping[str, float]) -> None:
-    """Raise LawError when a fixed-parameter form lacks a parameter or has a non-finite one."""
-    if isinstance(form, CurveForm):
-        return
-    missing = [p for p in form.param_names if p not in params]
-    if missing:
-        raise LawError(f"form {form.name!r} needs parameters {', '.join(missing)}")
-    bad = [p for p in form.param_names if not np.isfinite(float(params[p]))]
-    if bad:
-        raise LawError(f"parameters must be finite: {', '.join(bad)}")

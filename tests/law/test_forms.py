@@ -182,3 +182,18 @@ def test_registering_a_form_makes_it_fittable_without_other_changes() -> None:
         assert set(result.params) == {"a", "b", "c"}
     finally:
         del FORMS["flat-test"]
+
+
+def test_check_params_names_missing_and_unknown_keys() -> None:
+    law = get_form("p2")
+    good = {"N_C": 0.5, "D_C": 0.02, "E": 0.0, "alpha": 0.3, "beta": 0.5, "gamma": -1, "delta": 0}
+    law.check_params(good)
+    with pytest.raises(LawError, match=r"missing E.*unknown X"):
+        law.check_params({**{k: v for k, v in good.items() if k != "E"}, "X": 1.0})
+    with pytest.raises(LawError, match="finite"):
+        law.check_params({**good, "beta": float("nan")})
+    curve = get_form("curve")
+    run = {"E@a": 2.0, "B@a": 0.1, "beta@a": 0.5, "n0@a": 1e9, "rho@a": 0.25, "l0@a": 1.9}
+    curve.check_params(run)
+    with pytest.raises(LawError, match="l0@a"):
+        curve.check_params({k: v for k, v in run.items() if k != "l0@a"})
