@@ -85,3 +85,14 @@ def test_curve_form_cannot_hold_out_whole_runs(synthetic: Dataset) -> None:
 
     with pytest.raises(LawError, match="one power law per run"):
         fit("curve", synthetic, holdout="N0")
+
+
+@pytest.mark.parametrize("protocol", ["N0", "rho"])
+def test_n0_and_rho_protocols_predict_the_held_out_runs(
+    synthetic: Dataset, truth: np.ndarray, protocol: str
+) -> None:
+    result = fit("p2", synthetic, holdout=protocol)  # type: ignore[arg-type]
+    _, test = split(synthetic, protocol)  # type: ignore[arg-type]
+    predicted = get_form("p2").predict(result.params, synthetic.x.take(test))
+    assert result.holdout_metrics is not None
+    assert np.max(np.abs(predicted / truth[test] - 1)) < 0.03
