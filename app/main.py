@@ -6,18 +6,17 @@ after pointing the settings at a migrated database.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import install_error_handlers
-from app.api.routes import fits, health, observations, plan, predict, recommend
+from app.api.routes import fits, health, jobs, observations, plan, predict, recommend
 from app.core.config import get_settings
 from app.schemas.observations import ObservationsIn
 from app.services.health import VERSION
@@ -33,19 +32,6 @@ constants use billions (p2-law.md §1). Upload observed losses, fit a law, then 
 recommend a token budget, or plan the joint choice of pruning method, ρ and tokens.
 Errors are `{"detail": ...}`; write routes need `X-API-Key` when `API_KEY` is set.
 """
-
-
-def _jobs_router() -> APIRouter | None:
-    """The jobs routes, when this build has them (they are optional: the law service runs
-    without a broker)."""
-    try:
-        module = importlib.import_module("app.api.routes.jobs")
-    except ModuleNotFoundError as exc:
-        if exc.name != "app.api.routes.jobs":
-            raise
-        return None
-    router = getattr(module, "router", None)
-    return router if isinstance(router, APIRouter) else None
 
 
 @asynccontextmanager
@@ -84,11 +70,8 @@ def create_app() -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    for module in (health, predict, recommend, plan, observations, fits):
+    for module in (health, predict, recommend, plan, observations, fits, jobs):
         app.include_router(module.router)
-    jobs = _jobs_router()
-    if jobs is not None:
-        app.include_router(jobs)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -108,7 +108,9 @@ def resolve_law(choice: LawChoice, session: Session | None = None) -> LawRef:
     Without a session one is opened only when the database must be read.
     """
     if choice.law is not None:
-        return LawRef(form=get_form(choice.law.form), params=dict(choice.law.params))
+        form = get_form(choice.law.form)
+        form.check_params(choice.law.params)
+        return LawRef(form=form, params=dict(choice.law.params))
     if choice.fit_id is not None:
         cached = fit_cache.get(choice.fit_id)
         if cached is not None:

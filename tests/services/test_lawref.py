@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app.core.errors import Unprocessable
+from app.law.errors import LawError
 from app.law.forms import get_form
 from app.schemas.predict import LawChoice
 from app.services.lawref import LawRef, _FitCache, resolve_law
@@ -29,7 +30,11 @@ def test_a_request_without_a_law_says_how_to_choose_one() -> None:
         resolve_law(LawChoice(family="f"))
 
 
-def test_an_inline_law_needs_no_database() -> None:
-    choice = LawChoice.model_validate({"law": {"form": "p2", "params": {"E": 1.0}}})
-    ref = resolve_law(choice)
+def test_an_inline_law_needs_no_database_and_its_parameters_are_checked() -> None:
+    params = {"N_C": 0.5, "D_C": 0.02, "E": 0.05, "alpha": 0.3, "beta": 0.5}
+    choice = LawChoice.model_validate({"law": {"form": "p2", "params": params}})
+    with pytest.raises(LawError, match="missing gamma, delta"):
+        resolve_law(choice)
+    full = {**params, "gamma": -0.8, "delta": 0.1}
+    ref = resolve_law(LawChoice.model_validate({"law": {"form": "p2", "params": full}}))
     assert ref.form.name == "p2" and ref.fit_id is None and ref.ranges is None
