@@ -53,7 +53,9 @@ def plot_fit(
     law = get_form(form)
     runs = [int(r) for r in np.unique(data.run)]
     cmap = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20" if len(runs) <= 20 else "turbo")
-    fig = Figure(figsize=(11, 6.5), dpi=100)
+    ncol = 1 if len(runs) <= 16 else 2
+    # Each extra legend column gets its own width so the axes keep theirs.
+    fig = Figure(figsize=(11 + 3.5 * (ncol - 1), 6.5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     for k, r in enumerate(runs):
         idx = np.flatnonzero(data.run == r)
@@ -87,7 +89,6 @@ def plot_fit(
     ax.set_ylabel("loss (nats per token)")
     ax.set_title(title or f"{form} law fitted to {len(data)} observations of {len(runs)} runs")
     ax.grid(True, which="both", alpha=0.25)
-    ncol = 1 if len(runs) <= 16 else 2
     ax.legend(
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
