@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class _BodyTooLargeError(Exception):
-    """Raised inside `receive` when the streamed body passes the limit."""
+class _BodyTooLargeError(HTTPException):
+    """Raised inside `receive` when the streamed body passes the limit.
+
+    An HTTPException, because FastAPI turns any other exception raised while it reads a body
+    into a 400 but lets HTTPException through to the handlers (which answer 413 here).
+    """
 
 
 class BodySizeLimit:
@@ -23,10 +28,11 @@ class BodySizeLimit:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _message(self) -> str:
+        return f"request body is larger than the limit of {self.max_bytes} bytes"
+
     def _detail(self) -> bytes:
-        return json.dumps(
-            {"detail": f"request body is larger than the limit of {self.max_bytes} bytes"}
-        ).encode()
+        return json.dumps({"detail": self._message()}).encode()
 
     async def _reject(self, send: Send) -> None:
         body = self._detail()
@@ -67,7 +73,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLargeError
+                    raise _BodyTooLargeError(413, self._message())
             return message
 
         async def tracking_send(message: Message) -> None:

@@ -160,13 +160,17 @@ def test_oversized_body_is_413_and_the_server_keeps_serving(small_client: TestCl
     assert ok.status_code == 200
 
 
-def test_streamed_body_without_length_is_cut_at_the_limit(small_client: TestClient) -> None:
+@pytest.mark.parametrize("route", ["/observations", "/predict", "/fits"])
+def test_streamed_body_without_length_is_cut_at_the_limit(
+    small_client: TestClient, route: str
+) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(100):
             yield b" " * 100
 
     response = small_client.post(
-        "/observations", content=chunks(), headers={"content-type": "application/json"}
+        route, content=chunks(), headers={"content-type": "application/json"}
     )
-    assert response.status_code == 413
+    assert response.status_code == 413, response.text
+    assert "2000" in response.json()["detail"]
     assert small_client.get("/health").status_code == 200
