@@ -4,10 +4,11 @@ Everything here finds the parts of a model by structure (which modules hold whic
 children), never by hard-coded attribute paths, so that one code path serves every decoder-only
 architecture with separate q/k/v/o projections and a gated MLP.
 
-Supported architectures: tested on ``LlamaForCausalLM``, ``Qwen2ForCausalLM`` and
-``MistralForCausalLM`` (tiny models built from a config in ``tests/ml``). Qwen3 shares the shape
-(its extra q/k norms act per head on ``head_dim`` entries, so removing whole heads leaves them
-valid) but is not in the test suite.
+Supported architectures: ``LlamaForCausalLM`` and ``Qwen2ForCausalLM`` are tested with every
+pruning method; ``MistralForCausalLM`` and ``Qwen3ForCausalLM`` share the shape and are tested
+with every method too (prune, save, reload, generate), on tiny models built from a config in
+``tests/ml``. Qwen3's extra q/k norms act per head on ``head_dim`` entries, so removing whole
+heads leaves them valid.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     Qwen2Config,
+    Qwen3Config,
 )
 
 __all__ = [
@@ -53,6 +55,7 @@ SUPPORTED_ARCHITECTURES: tuple[str, ...] = (
     "LlamaForCausalLM",
     "Qwen2ForCausalLM",
     "MistralForCausalLM",
+    "Qwen3ForCausalLM",
 )
 
 # Names of the linear children that identify each projection. Llama, Qwen2, Qwen3 and Mistral use
@@ -375,7 +378,7 @@ def save_pretrained(
 
 
 def build_tiny_model(
-    arch: Literal["llama", "qwen2", "mistral"],
+    arch: Literal["llama", "qwen2", "mistral", "qwen3"],
     *,
     vocab_size: int = 256,
     hidden_size: int = 64,
@@ -416,8 +419,12 @@ def build_tiny_model(
     elif arch == "mistral":
         common.setdefault("sliding_window", None)
         config = MistralConfig(**common)
+    elif arch == "qwen3":
+        config = Qwen3Config(**common)
     else:
-        raise ValueError(f"unknown tiny architecture {arch!r}; expected llama, qwen2 or mistral")
+        raise ValueError(
+            f"unknown tiny architecture {arch!r}; expected llama, qwen2, mistral or qwen3"
+        )
     torch.manual_seed(seed)
     model: PreTrainedModel = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     nn.Module.eval(model)
