@@ -33,6 +33,8 @@ from app.core import queue as broker
 from app.core.config import get_settings
 
 settings = get_settings()
+# Beat keeps its schedule file here whatever the broker (the embedded one keeps messages here too).
+settings.broker_dir.mkdir(parents=True, exist_ok=True)
 
 HARD_TIME_LIMIT_S = int(settings.job_time_limit_s)
 #: Five minutes (or a tenth of short limits) to fail cleanly before the hard kill.
