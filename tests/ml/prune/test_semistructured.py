@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from workers.ml.models import count_parameters, prunable_linears
+from workers.ml.models import count_nonzero, count_parameters, prunable_linears
 from workers.ml.prune import PruneError, apply_masks, prune
 from workers.ml.prune.semistructured import choose_subset, mask_2_4
 
@@ -78,8 +78,10 @@ def test_two_four_above_its_maximum_states_the_maximum(
 ) -> None:
     n0 = count_parameters(tiny_qwen2)
     max_rho = sum(lin.weight.numel() for lin in prunable_linears(tiny_qwen2).values()) / 2 / n0
+    nonzero = count_nonzero(tiny_qwen2)
     with pytest.raises(PruneError, match=f"at most rho={max_rho:.4f}"):
         prune(tiny_qwen2, "2:4", max_rho + 0.01, calib_ids)
+    assert count_nonzero(tiny_qwen2) == nonzero  # refused before touching a weight
     result = prune(tiny_qwen2, "2:4", max_rho, calib_ids)
     assert len(result.masks) == 4 * 7
     assert result.rho == pytest.approx(max_rho, abs=1e-9)

@@ -95,10 +95,11 @@ def prune(
 ) -> PruneResult:
     """Prune ``model`` in place by ``method`` towards ``rho`` and measure the ρ reached.
 
-    ``calib_ids`` is a ``[n_sequences, seq_len]`` tensor of training-split token ids. The model is
+    ``calib_ids`` is a ``[n_sequences, seq_len]`` tensor of training-split token ids, full
+    sequences without padding (packed blocks; no attention mask is applied). The model is
     moved to ``device`` when one is given (default: where it already is) and stays there.
     Raises ``PruneError`` for an unknown method, ρ outside (0, 1) or above what the method can
-    reach (the message states the maximum).
+    reach (the message states the maximum); the weights are left unchanged in those cases.
     """
     pruner = PRUNERS.get(method)
     if pruner is None:
