@@ -1,0 +1,228 @@
+"""The whole job: L0, prune, post-train with log-spaced checkpoints, atomic resume, decisions."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.ml.pipeline_helpers import write_model_and_corpus
+from workers.ml import data
+from workers.ml.evaluate import eval_loss
+from workers.ml.pipeline import (
+    COMPLETE,
+    CheckpointPoint,
+    DatasetSpec,
+    Decision,
+    JobSpec,
+    Measured,
+    checkpoint_steps,
+    latest_complete_state,
+    run_pipeline,
+)
+
+torch.set_num_threads(1)
+
+SEQ, BATCH = 32, 4
+TOKENS_PER_STEP = SEQ * BATCH
+
+
+class CrashError(RuntimeError):
+    """Stands for a worker killed after a checkpoint was saved."""
+
+
+class Recorder:
+    """JobHooks that records every call; can crash, stop or cancel at a given checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        crash_at: int | None = None,
+        decide_at: int | None = None,
+        decision: Decision = Decision.CONTINUE,
+    ) -> None:
+        self.crash_at, self.decide_at, self.decision = crash_at, decide_at, decision
+        self.measured: list[Measured] = []
+        self.resumed: list[tuple[int, list[CheckpointPoint]]] = []
+        self.progress: list[tuple[int, int]] = []
+        self.points: list[CheckpointPoint] = []
+
+    def on_measured(self, measured: Measured) -> None:
+        self.measured.append(measured)
+
+    def on_resume(self, tokens_done: int, points: list[CheckpointPoint]) -> None:
+        self.resumed.append((tokens_done, points))
+
+    def on_progress(self, tokens_done: int, tokens_total: int) -> None:
+        self.progress.append((tokens_done, tokens_total))
+
+    def on_checkpoint(
+        self, point: CheckpointPoint, points: list[CheckpointPoint]
+    ) -> tuple[Decision, str | None]:
+        self.points.append(point)
+        assert points[-1] == point
+        if self.crash_at is not None and len(points) == self.crash_at:
+            raise CrashError(f"killed after checkpoint {self.crash_at}")
+        if self.decide_at is not None and len(points) == self.decide_at:
+            return self.decision, f"{self.decision.value} by test"
+        return Decision.CONTINUE, None
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_model_and_corpus(tmp_path_factory.mktemp("assets"))
+
+
+def _spec(
+    assets: tuple[Path, Path],
+    method: str = "depth",
+    rho: float = 0.25,
+    tokens: int = 24 * TOKENS_PER_STEP,
+    **kw: object,
+) -> JobSpec:
+    model_dir, corpus = assets
+    return JobSpec(
+        model=str(model_dir),
+        method=method,
+        rho=rho,
+        tokens=tokens,
+        dataset=DatasetSpec(path=corpus, eval_tokens=8 * SEQ),
+        checkpoints=5,
+        seq_len=SEQ,
+        batch_size=BATCH,
+        lr=1e-3,
+        warmup_frac=0.1,
+        seed=3,
+        **kw,
+    )  # type: ignore[arg-type]
+
+
+def test_checkpoints_are_log_spaced_whole_steps_ending_at_the_total() -> None:
+    steps = checkpoint_steps(10_000, 12)
+    assert steps[0] == 10 and steps[-1] == 10_000 and len(steps) == 12
+    ratios = [b / a for a, b in itertools.pairwise(steps)]
+    assert max(ratios) / min(ratios) < 1.05
+    assert checkpoint_steps(5, 12) == [1, 2, 3, 4, 5]
+    assert checkpoint_steps(7, 1) == [7]
+
+
+@pytest.mark.parametrize("method", ["depth", "2:4"])
+def test_job_end_to_end(assets: tuple[Path, Path], tmp_path: Path, method: str) -> None:
+    spec = _spec(assets, method=method, rho=0.25 if method == "depth" else 0.2)
+    hooks = Recorder()
+    out = run_pipeline(spec, workdir=tmp_path / "work", artifact_dir=tmp_path / "art", hooks=hooks)
+
+    assert out.status == "succeeded" and out.reason is None
+    m = out.measured
+    assert hooks.measured == [m] and hooks.resumed == []
+    assert 0 < m.rho < 1 and m.n_after < m.n0
+    # A random model loses little to pruning; both losses are measured on the same set.
+    assert math.isfinite(m.loss_after_prune) and m.l0 > 0 and m.eval_noise > 0
+    assert m.protocol.startswith("eval:") and m.protocol.endswith(f":seq{SEQ}:n{8 * SEQ}")
+    assert m.schedule == "constant lr=0.001 warmup=8%"
+    assert [p.tokens for p in out.points] == [s * TOKENS_PER_STEP for s in [1, 2, 5, 11, 24]]
+    assert hooks.points == out.points
+    assert all(math.isfinite(p.loss) for p in out.points)
+    assert out.points[-1].loss < m.loss_after_prune - 0.1
+    assert hooks.progress[-1] == (24 * TOKENS_PER_STEP, 24 * TOKENS_PER_STEP)
+
+    # The artifact is a normal HF model whose held-out loss is the last checkpoint's.
+    assert out.artifact is not None
+    reloaded = AutoModelForCausalLM.from_pretrained(out.artifact)
+    model_dir, corpus = assets
+    from transformers import AutoTokenizer
+
+    splits = data.make_splits(
+        corpus, AutoTokenizer.from_pretrained(model_dir), SEQ, eval_tokens=8 * SEQ
+    )
+    loss, _ = eval_loss(reloaded, splits.eval, batch_size=BATCH)
+    assert loss == pytest.approx(out.points[-1].loss, abs=1e-4)
+    if method == "depth":
+        assert reloaded.config.num_hidden_layers < 4
+    else:
+        # 2:4 zeros survive post-training: at most 2 non-zeros in each group of 4 inputs.
+        sparse = [
+            w
+            for n, w in reloaded.named_parameters()
+            if n.endswith("proj.weight") and (w.view(w.shape[0], -1, 4) != 0).sum(-1).max() <= 2
+        ]
+        assert sparse
+    # Only the latest complete state is kept.
+    states = [p for p in (tmp_path / "work").iterdir()]
+    assert len(states) == 1 and (states[0] / COMPLETE).is_file()
+
+
+def test_crash_after_a_checkpoint_resumes_there_and_matches_an_uninterrupted_run(
+    assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    spec = _spec(assets)
+    reference = run_pipeline(
+        spec, workdir=tmp_path / "ref", artifact_dir=tmp_path / "ref-art", hooks=Recorder()
+    )
+
+    work = tmp_path / "work"
+    with pytest.raises(CrashError):
+        run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "art", hooks=Recorder(crash_at=3))
+    saved = latest_complete_state(work)
+    assert saved is not None and saved.name.endswith(f"{5:012d}")
+    # A half-written later state (no COMPLETE marker) must be ignored.
+    fake = work / f"state-{11:012d}"
+    shutil.copytree(saved, fake)
+    (fake / COMPLETE).unlink()
+
+    hooks = Recorder()
+    out = run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "art", hooks=hooks)
+    assert hooks.resumed and hooks.resumed[0][0] == 5 * TOKENS_PER_STEP
+    assert [p.tokens for p in hooks.resumed[0][1]] == [p.tokens for p in reference.points[:3]]
+    assert hooks.measured == [reference.measured]
+    # Only the remaining checkpoints were trained and evaluated again.
+    assert [p.tokens for p in hooks.points] == [p.tokens for p in reference.points[3:]]
+    assert hooks.progress[0][0] > 5 * TOKENS_PER_STEP
+    assert out.status == "succeeded"
+    for a, b in zip(out.points, reference.points, strict=True):
+        assert a.tokens == b.tokens and a.loss == pytest.approx(b.loss, abs=1e-5)
+    assert not fake.exists()
+
+
+def test_cancel_ends_without_an_artifact(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    hooks = Recorder(decide_at=2, decision=Decision.CANCEL)
+    out = run_pipeline(
+        _spec(assets), workdir=tmp_path / "w", artifact_dir=tmp_path / "art", hooks=hooks
+    )
+    assert out.status == "cancelled" and out.artifact is None and out.reason == "cancel by test"
+    assert len(out.points) == 2 and not (tmp_path / "art").exists()
+
+
+def test_stop_saves_the_model_trained_so_far(assets: tuple[Path, Path], tmp_path: Path) -> None:
+    hooks = Recorder(decide_at=3, decision=Decision.STOP)
+    out = run_pipeline(
+        _spec(assets), workdir=tmp_path / "w", artifact_dir=tmp_path / "art", hooks=hooks
+    )
+    assert out.status == "stopped_early" and out.reason == "stop by test"
+    assert [p.tokens for p in out.points] == [s * TOKENS_PER_STEP for s in [1, 2, 5]]
+    assert out.artifact is not None and (out.artifact / "config.json").is_file()
+
+
+def test_a_state_from_another_spec_is_not_resumed(
+    assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    spec = _spec(assets)
+    with pytest.raises(CrashError):
+        run_pipeline(
+            spec, workdir=tmp_path / "w", artifact_dir=tmp_path / "a", hooks=Recorder(crash_at=1)
+        )
+    from workers.ml.pipeline import PipelineError
+
+    with pytest.raises(PipelineError, match="different job spec"):
+        run_pipeline(
+            replace(spec, rho=0.5),
+            workdir=tmp_path / "w",
+            artifact_dir=tmp_path / "a",
+            hooks=Recorder(),
+        )

@@ -1,0 +1,430 @@
+"""One prune -> post-train job, top to bottom.
+
+load model -> held-out L0 -> prune (calibration from the train split) -> loss after pruning ->
+post-train, and at each log-spaced checkpoint: evaluate, save the whole training state
+atomically, ask the caller whether to continue. A later attempt with the same `workdir`
+resumes from the last complete state and reproduces the same data order.
+
+The database never appears here: the caller (workers/tasks.py) turns the hooks' arguments
+into observations, progress and job status.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from workers.ml import data as data_mod
+from workers.ml import models
+from workers.ml.evaluate import eval_loss
+from workers.ml.prune import apply_masks, prune
+from workers.ml.train import TrainConfig, Trainer, describe_schedule
+
+STATE_PREFIX = "state-"
+TMP_PREFIX = ".tmp-"
+COMPLETE = "COMPLETE"
+STATE_FORMAT = 1
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class PipelineError(RuntimeError):
+    """The job cannot run as specified (bad spec, foreign state in the workdir)."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where the job's text is; paths are already resolved inside DATA_ROOT by the caller."""
+
+    path: Path
+    text_field: str = "text"
+    eval_path: Path | None = None
+    eval_tokens: int | None = None  # default: data.default_eval_tokens(seq_len)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything that determines a job's results."""
+
+    model: str
+    method: str  # "depth" | "width" | "2:4" | "unstructured"
+    rho: float
+    tokens: int
+    dataset: DatasetSpec
+    checkpoints: int = 12
+    seq_len: int = 128
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    schedule: str = "constant"
+    warmup_frac: float = 0.02
+    weight_decay: float = 0.0
+    seed: int = 0
+    calib_samples: int = 32
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What is known once the model is pruned, before any post-training."""
+
+    n0: int
+    n_after: int
+    rho: float
+    l0: float
+    loss_after_prune: float
+    protocol: str
+    eval_noise: float
+    schedule: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckpointPoint:
+    """One held-out loss after `tokens` post-training tokens."""
+
+    tokens: int
+    loss: float
+    below_l0: bool
+    note: str | None
+
+
+class Decision(enum.Enum):
+    """The caller's answer at a checkpoint; STOP is the law-guided early stop."""
+
+    CONTINUE = "continue"
+    STOP = "stop"
+    CANCEL = "cancel"
+
+
+class JobHooks(Protocol):
+    """Callbacks from the pipeline to the job runner."""
+
+    def on_measured(self, measured: Measured) -> None:
+        """Once per attempt, also after a resume (from the saved state)."""
+
+    def on_resume(self, tokens_done: int, points: list[CheckpointPoint]) -> None:
+        """The attempt resumed from a complete saved state at `tokens_done`."""
+
+    def on_progress(self, tokens_done: int, tokens_total: int) -> None:
+        """Every few optimizer steps; must be cheap."""
+
+    def on_checkpoint(
+        self, point: CheckpointPoint, points: list[CheckpointPoint]
+    ) -> tuple[Decision, str | None]:
+        """After the checkpoint's state is saved; returns the decision and a reason."""
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How the job ended."""
+
+    status: str  # "succeeded" | "stopped_early" | "cancelled"
+    measured: Measured
+    points: list[CheckpointPoint]
+    artifact: Path | None
+    reason: str | None
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def checkpoint_steps(total_steps: int, checkpoints: int) -> list[int]:
+    """Log-spaced optimizer steps ending at `total_steps`, unique and increasing.
+
+    The first is ~total/1000 (at least one step), so a dozen points cover three decades of
+    tokens, which is the range over which the law's D term is identifiable.
+    """
+    if total_steps < 1 or checkpoints < 1:
+        raise PipelineError("a job needs at least one optimizer step and one checkpoint")
+    if checkpoints == 1:
+        return [total_steps]
+    first = max(1, round(total_steps / 1000))
+    ratio = (total_steps / first) ** (1.0 / (checkpoints - 1))
+    steps = {min(total_steps, max(1, round(first * ratio**i))) for i in range(checkpoints)}
+    steps.add(total_steps)
+    return sorted(steps)
+
+
+def below_l0(loss: float, measured: Measured) -> tuple[bool, str | None]:
+    """Whether a checkpoint loss violates the law's premise L >= L0 beyond evaluation noise."""
+    noise = measured.eval_noise if math.isfinite(measured.eval_noise) else 0.0
+    if loss < measured.l0 - 2.0 * noise:
+        return True, (
+            f"loss {loss:.4f} < L0 {measured.l0:.4f} - 2x eval noise {noise:.4f}: post-training "
+            "improves on the dense model, so it was not converged (p2-law.md §3)"
+        )
+    return False, None
+
+
+# --------------------------------------------------------------------------- atomic state
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state_dirs(workdir: Path) -> list[tuple[int, Path]]:
+    found = []
+    for child in workdir.glob(f"{STATE_PREFIX}*"):
+        suffix = child.name[len(STATE_PREFIX) :]
+        if child.is_dir() and suffix.isdigit():
+            found.append((int(suffix), child))
+    return sorted(found)
+
+
+def latest_complete_state(workdir: Path) -> Path | None:
+    """The newest state directory whose COMPLETE marker exists; half-written ones are ignored."""
+    if not workdir.is_dir():
+        return None
+    complete = [path for _step, path in _state_dirs(workdir) if (path / COMPLETE).is_file()]
+    return complete[-1] if complete else None
+
+
+def _clean_workdir(workdir: Path, keep: Path | None) -> None:
+    """Remove temp dirs, incomplete states and every complete state but `keep`."""
+    for child in workdir.iterdir():
+        if child == keep:
+            continue
+        if child.name.startswith(TMP_PREFIX) or child.name.startswith(STATE_PREFIX):
+            shutil.rmtree(child, ignore_errors=True)
+
+
+def _spec_key(spec: JobSpec) -> dict[str, Any]:
+    """The spec fields a saved state must agree with to be resumed (paths as strings)."""
+    out = asdict(spec)
+    out["dataset"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in out["dataset"].items()}
+    for name in ("device", "dtype"):  # a retry may run on another device
+        out.pop(name)
+    return out
+
+
+def _save_state(
+    workdir: Path,
+    *,
+    spec: JobSpec,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    trainer: Trainer,
+    masks: dict[str, torch.Tensor],
+    measured: Measured,
+    points: list[CheckpointPoint],
+) -> Path:
+    """Write the whole training state into workdir atomically and drop older states.
+
+    Written into a temp dir, fsynced, renamed to `state-<step>`, then the COMPLETE marker is
+    written and fsynced last: a crash at any moment leaves either the previous complete state
+    or this one, never a half-written state that looks complete.
+    """
+    final = workdir / f"{STATE_PREFIX}{trainer.step:012d}"
+    tmp = workdir / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    models.save_pretrained(model, tokenizer, tmp / "model")
+    torch.save(trainer.state_dict(), tmp / "trainer.pt")
+    torch.save({k: v.to("cpu") for k, v in masks.items()}, tmp / "masks.pt")
+    meta = {
+        "format": STATE_FORMAT,
+        "spec": _spec_key(spec),
+        "step": trainer.step,
+        "tokens_done": trainer.tokens_done,
+        "measured": asdict(measured),
+        "points": [asdict(p) for p in points],
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+    _fsync_tree(tmp)
+    if final.exists():  # an incomplete state of the same step from a crashed attempt
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(workdir)
+    with open(final / COMPLETE, "w") as fh:
+        fh.write(f"{trainer.step}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    _fsync_dir(final)
+    _clean_workdir(workdir, keep=final)
+    return final
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _resolve_dtypes(spec: JobSpec) -> tuple[torch.device, torch.dtype | None]:
+    """Device, and the autocast dtype (weights and AdamW state stay float32 master copies)."""
+    device = torch.device(spec.device)
+    if spec.dtype not in _DTYPES:
+        raise PipelineError(f"unknown dtype {spec.dtype!r} (one of {sorted(_DTYPES)})")
+    compute = _DTYPES[spec.dtype]
+    return device, (None if compute == torch.float32 else compute)
+
+
+def _train_config(spec: JobSpec, total_steps: int) -> TrainConfig:
+    return TrainConfig(
+        lr=spec.lr,
+        schedule=spec.schedule,
+        warmup_steps=min(total_steps, round(spec.warmup_frac * total_steps)),
+        total_steps=total_steps,
+        weight_decay=spec.weight_decay,
+        grad_accum=spec.grad_accum,
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+    )
+
+
+def run_pipeline(
+    spec: JobSpec, *, workdir: Path, artifact_dir: Path, hooks: JobHooks
+) -> JobOutcome:
+    """Run (or resume) one prune -> post-train job; see the module docstring."""
+    if spec.tokens < 1:
+        raise PipelineError("tokens must be positive")
+    device, autocast_dtype = _resolve_dtypes(spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    eval_batch = max(1, spec.batch_size)
+
+    resume_from = latest_complete_state(workdir)
+    _clean_workdir(workdir, keep=resume_from)
+
+    # The tokenizer is the dense model's either way; a resumed model is the pruned one.
+    model_source = str(resume_from / "model") if resume_from else spec.model
+    model, tokenizer = models.load_causal_lm(model_source, device=device, dtype=torch.float32)
+    splits = data_mod.make_splits(
+        spec.dataset.path,
+        tokenizer,
+        spec.seq_len,
+        text_field=spec.dataset.text_field,
+        eval_path=spec.dataset.eval_path,
+        eval_tokens=spec.dataset.eval_tokens,
+    )
+
+    tokens_per_step = spec.batch_size * spec.grad_accum * spec.seq_len
+    total_steps = max(1, round(spec.tokens / tokens_per_step))
+    cfg = _train_config(spec, total_steps)
+    steps = checkpoint_steps(total_steps, spec.checkpoints)
+
+    def evaluate() -> tuple[float, float]:
+        return eval_loss(
+            model, splits.eval, batch_size=eval_batch, device=device, autocast_dtype=autocast_dtype
+        )
+
+    if resume_from is not None:
+        meta = json.loads((resume_from / "meta.json").read_text())
+        if meta.get("format") != STATE_FORMAT or meta["spec"] != _spec_key(spec):
+            raise PipelineError(f"{resume_from} was saved by a different job spec; not resuming")
+        measured = Measured(**meta["measured"])
+        if measured.protocol != splits.protocol:
+            raise PipelineError("the evaluation set changed since the saved state was written")
+        points = [CheckpointPoint(**p) for p in meta["points"]]
+        masks: dict[str, torch.Tensor] = {
+            k: v.to(device) for k, v in torch.load(resume_from / "masks.pt").items()
+        }
+        trainer = Trainer(
+            model,
+            splits.train,
+            cfg,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            masks=masks,
+            apply_masks=apply_masks,
+        )
+        trainer.load_state_dict(
+            torch.load(resume_from / "trainer.pt", map_location="cpu", weights_only=False)
+        )
+        hooks.on_measured(measured)
+        hooks.on_resume(trainer.tokens_done, list(points))
+    else:
+        l0, eval_noise = evaluate()
+        calib = data_mod.calibration_ids(splits.train, spec.calib_samples, seed=spec.seed)
+        result = prune(
+            model, spec.method, spec.rho, calib, device=device, batch_size=spec.batch_size
+        )
+        loss_after, _ = evaluate()
+        measured = Measured(
+            n0=int(result.n0),
+            n_after=int(result.n_after),
+            rho=float(result.rho),
+            l0=l0,
+            loss_after_prune=loss_after,
+            protocol=splits.protocol,
+            eval_noise=eval_noise,
+            schedule=describe_schedule(cfg),
+            details=dict(result.details),
+        )
+        masks = {k: v.to(device) for k, v in result.masks.items()}
+        points = []
+        trainer = Trainer(
+            model,
+            splits.train,
+            cfg,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            masks=masks,
+            apply_masks=apply_masks,
+        )
+        hooks.on_measured(measured)
+        # A state at step 0 keeps the (possibly slow) pruning and L0 out of every retry.
+        _save_state(
+            workdir,
+            spec=spec,
+            model=model,
+            tokenizer=tokenizer,
+            trainer=trainer,
+            masks=masks,
+            measured=measured,
+            points=points,
+        )
+
+    total_tokens = total_steps * tokens_per_step
+    progress_every = max(1, min(50, total_steps // 200))
+
+    def progress(step: int) -> None:
+        hooks.on_progress(step * tokens_per_step, total_tokens)
+
+    for target in steps:
+        if target <= trainer.step:
+            continue
+        trainer.run(target, on_step=progress, every=progress_every)
+        loss, _stderr = evaluate()
+        flagged, note = below_l0(loss, measured)
+        point = CheckpointPoint(tokens=trainer.tokens_done, loss=loss, below_l0=flagged, note=note)
+        points.append(point)
+        _save_state(
+            workdir,
+            spec=spec,
+            model=model,
+            tokenizer=tokenizer,
+            trainer=trainer,
+            masks=masks,
+            measured=measured,
+            points=points,
+        )
+        decision, reason = hooks.on_checkpoint(point, list(points))
+        if decision is Decision.CANCEL:
+            return JobOutcome("cancelled", measured, points, None, reason)
+        if decision is Decision.STOP:
+            artifact = models.save_pretrained(model, tokenizer, artifact_dir)
+            return JobOutcome("stopped_early", measured, points, Path(artifact), reason)
+    hooks.on_progress(trainer.tokens_done, total_tokens)
+    artifact = models.save_pretrained(model, tokenizer, artifact_dir)
+    return JobOutcome("succeeded", measured, points, Path(artifact), None)
