@@ -57,7 +57,7 @@ def api_schema(api_app: FastAPI) -> schemathesis.BaseSchema:
 
 @schema.parametrize()
 @settings(
-    max_examples=12,
+    max_examples=10,
     derandomize=True,
     deadline=None,
     suppress_health_check=list(HealthCheck),
