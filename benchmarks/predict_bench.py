@@ -5,11 +5,12 @@ half the requests per second of /health measured in the same run.
 
 The script migrates a temporary SQLite database, stores synthetic observations (clearly
 synthetic: app.law.synthetic) and a P² fit, starts `uvicorn app.main:app` with one worker on a
-free 127.0.0.1 port, then runs a fixed-duration closed-loop load against each route from
-CLIENTS separate processes (separate processes so the load generator is not one GIL), each
-with one keep-alive connection. Results go to benchmarks/results/predict_bench.json.
+free 127.0.0.1 port, then runs a closed-loop load against each route from CLIENTS separate
+processes (so the load generator is not one GIL), each with one keep-alive connection, in
+alternating rounds (DURATION seconds per route in all). The ratio is of the totals; the
+per-round ratios show the noise. Results go to benchmarks/results/predict_bench.json.
 
-    .venv/bin/python benchmarks/predict_bench.py [--duration 10] [--clients 4]
+    .venv/bin/python benchmarks/predict_bench.py [--duration 12] [--clients 4] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -123,11 +124,21 @@ def _load(
     return {"requests": done, "errors": errors, "rps": done / duration, "wall_s": elapsed}
 
 
+def _total(parts: list[dict[str, float]], duration: float) -> dict[str, float]:
+    done = sum(p["requests"] for p in parts)
+    return {
+        "requests": done,
+        "errors": sum(p["errors"] for p in parts),
+        "rps": done / duration,
+    }
+
+
 def main() -> None:
     """Run the benchmark and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per route")
+    parser.add_argument("--duration", type=float, default=12.0, help="seconds per route")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per route")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="p2law-bench-") as folder:
@@ -178,9 +189,21 @@ def main() -> None:
             )
             check.raise_for_status()
             assert len(check.json()["loss"]) == POINTS_PER_REQUEST
-            load = {"duration": args.duration, "clients": args.clients}
-            health = _load(base, "GET", "/health", body=None, **load)
-            predict = _load(base, "POST", "/predict", body=body, **load)
+            # The background load of a shared machine drifts: the routes take turns in short
+            # rounds (order alternating) so both see the same conditions on average.
+            load = {"duration": args.duration / args.rounds, "clients": args.clients}
+            rounds: list[dict[str, dict[str, float]]] = []
+            for index in range(args.rounds):
+                order = ["health", "predict"] if index % 2 == 0 else ["predict", "health"]
+                measured: dict[str, dict[str, float]] = {}
+                for route in order:
+                    if route == "health":
+                        measured[route] = _load(base, "GET", "/health", body=None, **load)
+                    else:
+                        measured[route] = _load(base, "POST", "/predict", body=body, **load)
+                rounds.append(measured)
+            health = _total([r["health"] for r in rounds], args.duration)
+            predict = _total([r["predict"] for r in rounds], args.duration)
         finally:
             server.terminate()
             server.wait(timeout=10)
@@ -194,6 +217,10 @@ def main() -> None:
             "platform": platform.platform(),
         },
         "duration_s": args.duration,
+        "rounds": args.rounds,
+        "round_ratios": [
+            r["predict"]["rps"] / r["health"]["rps"] if r["health"]["rps"] else None for r in rounds
+        ],
         "clients": args.clients,
         "points_per_request": POINTS_PER_REQUEST,
         "health": health,
