@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from torch import nn
 from tqdm import tqdm
 from transformers import (
@@ -41,6 +41,11 @@ from workers.ml.train import TrainConfig, Trainer, describe_schedule
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 TOKENS_PER_PARAM = 30
+# GPT-2-style split (contractions, letters, single digits, punctuation runs, whitespace runs).
+PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,21 @@ DEFAULT_LR = {"tiny": 3e-3, "small": 2e-3, "base": 1e-3}
 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained on `docs`, wrapped for transformers (EOS = BOS, a PAD token)."""
+    """Byte-level BPE trained on `docs`, wrapped for transformers (EOS = BOS, a PAD token).
+
+    The normalizer and pre-tokenizer are exactly the ones transformers' Qwen2 tokenizer
+    rebuilds from a vocabulary when `AutoTokenizer` loads a qwen2 model directory; with any
+    other pipeline a saved Qwen2 model would reload with a tokenizer that splits text
+    differently from the one it was trained with. Llama directories load tokenizer.json as is.
+    """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
