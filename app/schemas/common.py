@@ -11,6 +11,9 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+#: Text fields refuse NUL characters: PostgreSQL cannot store them (it would be a 500).
+NO_NUL = r"^[^\x00]*$"
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFloat = Annotated[float, Field(allow_inf_nan=False, gt=0)]
 N0 = Annotated[
@@ -44,7 +47,7 @@ Level = Annotated[
         description="Central interval level, strictly between 0 and 1 (e.g. 0.8).",
     ),
 ]
-Label = Annotated[str, Field(min_length=1, max_length=200)]
+Label = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
 
 T = TypeVar("T")
 

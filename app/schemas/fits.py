@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.schemas.common import Page
+from app.schemas.common import NO_NUL, Page
 
 
 class Holdout(BaseModel):
@@ -42,13 +42,21 @@ class FitCreate(BaseModel):
 
     form: str = Field("p2", description="A registered form: p2, frantar, compression, curve.")
     family: str | None = Field(
-        None, min_length=1, max_length=64, description="Only observations of this family."
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=NO_NUL,
+        description="Only observations of this family.",
     )
     method: str | None = Field(
-        None, min_length=1, max_length=32, description="Only observations of this method."
+        None,
+        min_length=1,
+        max_length=32,
+        pattern=NO_NUL,
+        description="Only observations of this method.",
     )
-    run_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
-        None, min_length=1, max_length=10_000, description="Only these runs."
+    run_ids: list[Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]] | None = (
+        Field(None, min_length=1, max_length=10_000, description="Only these runs.")
     )
     bootstrap: int = Field(
         0, ge=0, le=1000, description="Refits on runs resampled with replacement."

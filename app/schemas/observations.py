@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import L0, N0, Loss, Page, Rho, Tokens
+from app.schemas.common import L0, N0, NO_NUL, Loss, Page, Rho, Tokens
 
 EXAMPLE_OBSERVATION: dict[str, Any] = {
     "run_id": "llama-1b-depth-0.25",
@@ -37,18 +37,26 @@ class ObservationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_OBSERVATION]})
 
-    run_id: str = Field(..., min_length=1, max_length=128, description="The run (one curve).")
-    family: str = Field(..., min_length=1, max_length=64, description="Model family label.")
-    method: str = Field(..., min_length=1, max_length=32, description="Pruning method label.")
+    run_id: str = Field(
+        ..., min_length=1, max_length=128, pattern=NO_NUL, description="The run (one curve)."
+    )
+    family: str = Field(
+        ..., min_length=1, max_length=64, pattern=NO_NUL, description="Model family label."
+    )
+    method: str = Field(
+        ..., min_length=1, max_length=32, pattern=NO_NUL, description="Pruning method label."
+    )
     n0: N0
     rho: Rho
     l0: L0
     tokens: Tokens
     loss: Loss
     protocol: str | None = Field(
-        None, max_length=256, description="Fingerprint of the evaluation protocol."
+        None, max_length=256, pattern=NO_NUL, description="Fingerprint of the evaluation protocol."
     )
-    source: str | None = Field(None, max_length=64, description="Where the point came from.")
+    source: str | None = Field(
+        None, max_length=64, pattern=NO_NUL, description="Where the point came from."
+    )
 
 
 class ObservationsIn(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
 
-from app.schemas.common import EXAMPLE_LAW, L0, N0, Label, LawSpec, Level, Rho, Tokens
+from app.schemas.common import EXAMPLE_LAW, L0, N0, NO_NUL, Label, LawSpec, Level, Rho, Tokens
 
 
 class Point(TypedDict):
@@ -41,7 +41,9 @@ class Columns(BaseModel):
 class LawChoice(BaseModel):
     """Which law answers: `fit_id`, or an inline `law`, or the default fit of family+method."""
 
-    fit_id: str | None = Field(None, max_length=64, description="A stored fit's id.")
+    fit_id: str | None = Field(
+        None, max_length=64, pattern=NO_NUL, description="A stored fit's id."
+    )
     law: LawSpec | None = Field(None, description="An inline law instead of a stored fit.")
     family: Label | None = Field(
         None, description="Model family; with `method` and no fit_id/law, picks the default fit."

@@ -114,3 +114,11 @@ def test_write_routes_need_the_api_key_when_configured(
         assert ok.status_code == 201
         # Reads stay open.
         assert client.get("/observations").status_code == 200
+
+
+def test_text_with_a_nul_character_is_422_on_every_backend(any_client: TestClient) -> None:
+    row = {**ROWS[0], "run_id": "bad\u0000id"}
+    response = any_client.post("/observations", json={"observations": [row]})
+    assert response.status_code == 422
+    assert any_client.get("/observations", params={"family": "a\u0000b"}).status_code == 422
+    assert any_client.get("/fits/a%00b").status_code in (404, 422)

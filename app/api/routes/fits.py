@@ -8,14 +8,14 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import Response
 
 from app.api.deps import SessionDep, require_api_key
-from app.schemas.common import ERRORS, NOT_FOUND, UNAUTHORIZED
+from app.schemas.common import ERRORS, NO_NUL, NOT_FOUND, UNAUTHORIZED
 from app.schemas.fits import FitCreate, FitOut, FitPage
 from app.services import fits as service
 from app.services.convert import fit_out
 
 router = APIRouter(tags=["fits"], responses=ERRORS)
 
-FitId = Annotated[str, Path(max_length=64, description="A fit's id.")]
+FitId = Annotated[str, Path(max_length=64, pattern=NO_NUL, description="A fit's id.")]
 
 _EXAMPLES: dict[str, Any] = {
     "default fit with bootstrap": {
@@ -65,8 +65,8 @@ def create_fit(
 @router.get("/fits", response_model=FitPage)
 def list_fits(
     session: SessionDep,
-    family: Annotated[str | None, Query(max_length=64)] = None,
-    method: Annotated[str | None, Query(max_length=32)] = None,
+    family: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    method: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:

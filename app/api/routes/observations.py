@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import SessionDep, require_api_key
 from app.core.config import get_settings
 from app.core.errors import AppError, Unprocessable
-from app.schemas.common import ERRORS, UNAUTHORIZED
+from app.schemas.common import ERRORS, NO_NUL, UNAUTHORIZED
 from app.schemas.observations import (
     CSV_COLUMNS,
     CSV_OPTIONAL,
@@ -114,9 +114,9 @@ def create_observations(
 def list_observations(
     session: SessionDep,
     *,
-    family: Annotated[str | None, Query(max_length=64)] = None,
-    method: Annotated[str | None, Query(max_length=32)] = None,
-    run_id: Annotated[str | None, Query(max_length=128)] = None,
+    family: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
+    method: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
+    run_id: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
