@@ -22,6 +22,7 @@ from workers.ml.pipeline import (
     Decision,
     JobSpec,
     Measured,
+    below_l0,
     checkpoint_steps,
     latest_complete_state,
     run_pipeline,
@@ -110,6 +111,24 @@ def test_checkpoints_are_log_spaced_whole_steps_ending_at_the_total() -> None:
     assert max(ratios) / min(ratios) < 1.05
     assert checkpoint_steps(5, 12) == [1, 2, 3, 4, 5]
     assert checkpoint_steps(7, 1) == [7]
+
+
+def test_losses_below_l0_by_more_than_twice_the_eval_noise_are_marked() -> None:
+    m = Measured(
+        n0=10,
+        n_after=8,
+        rho=0.2,
+        l0=3.0,
+        loss_after_prune=3.5,
+        protocol="p",
+        eval_noise=0.01,
+        schedule="constant",
+        details={},
+    )
+    assert below_l0(2.99, m) == (False, None)
+    assert below_l0(2.981, m)[0] is False
+    flagged, note = below_l0(2.97, m)
+    assert flagged and note is not None and "not converged" in note
 
 
 @pytest.mark.parametrize("method", ["depth", "2:4"])

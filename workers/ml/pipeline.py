@@ -308,7 +308,14 @@ def run_pipeline(
 
     # The tokenizer is the dense model's either way; a resumed model is the pruned one.
     model_source = str(resume_from / "model") if resume_from else spec.model
-    model, tokenizer = models.load_causal_lm(model_source, device=device, dtype=torch.float32)
+    # Weights stay float32 (master copies for AdamW); bf16 is the autocast compute dtype.
+    # A relative name that is no directory is a hub id; resolved local paths are absolute.
+    model, tokenizer = models.load_causal_lm(
+        model_source,
+        device=device,
+        dtype=torch.float32,
+        allow_hub=not Path(model_source).is_absolute() and not Path(model_source).is_dir(),
+    )
     splits = data_mod.make_splits(
         spec.dataset.path,
         tokenizer,
