@@ -1,0 +1,63 @@
+"""``execute_job`` in this process (no Celery): deterministic failures end the job with the
+pipeline's message instead of looping through retries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.db.session import session_scope
+from app.schemas.jobs import JobRequest
+from app.services import jobs as service
+from tests.workers.conftest import job_row
+from workers.tasks import execute_job
+
+pytestmark = pytest.mark.xdist_group("celery-workers")
+
+
+def submit(**overrides: Any) -> str:
+    body: dict[str, Any] = {
+        "model": "tiny-llama",
+        "method": "depth",
+        "rho": 0.25,
+        "tokens": 1280,
+        "dataset": {"path": "corpus.txt", "eval_tokens": 1024},
+        "checkpoints": 3,
+        "seq_len": 32,
+        "batch_size": 4,
+        "calib_samples": 4,
+        "family": "tiny-llama",
+    }
+    body.update(overrides)
+    with session_scope() as session:
+        job, _ = service.submit(session, JobRequest.model_validate(body))
+        return job.id
+
+
+def test_two_four_above_the_reachable_rho_fails_with_the_maximum(
+    job_roots: dict[str, Path],
+) -> None:
+    job_id = submit(method="2:4", rho=0.45)
+    assert execute_job(job_id) == "failed"
+    job = job_row(job_id)
+    assert job.status == "failed" and job.attempts == 1
+    assert job.error is not None and "2:4" in job.error
+    assert job.finished_at is not None and job.lease_owner is None
+
+
+def test_a_dataset_removed_after_submission_fails_the_job(job_roots: dict[str, Path]) -> None:
+    job_id = submit()
+    job_roots["corpus"].unlink()
+    assert execute_job(job_id) == "failed"
+    job = job_row(job_id)
+    assert job.status == "failed" and "does not exist" in (job.error or "")
+
+
+def test_a_job_already_claimed_or_finished_is_not_run_again(job_roots: dict[str, Path]) -> None:
+    job_id = submit()
+    with session_scope() as session:
+        service.cancel(session, job_id)
+    assert execute_job(job_id) == "not claimed"
+    assert job_row(job_id).attempts == 0
