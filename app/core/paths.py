@@ -72,7 +72,11 @@ def resolve_model(root: Path, user_path: str, *, allow_hub: bool) -> str:
     """
     local = root.expanduser().resolve() / user_path
     looks_like_hub = HUB_ID.match(user_path) is not None and not Path(user_path).is_absolute()
-    if looks_like_hub and not local.exists():
+    try:
+        local_exists = local.exists()
+    except OSError:  # e.g. a name longer than the file system allows
+        local_exists = False
+    if looks_like_hub and not local_exists:
         if allow_hub:
             return user_path
         raise PathOutsideRoot(

@@ -95,3 +95,10 @@ def test_paths_error_is_a_422(root: Path) -> None:
     with pytest.raises(PathOutsideRoot) as info:
         resolve_inside(root, "../x")
     assert info.value.status_code == 422
+
+
+def test_overlong_names_are_a_clean_refusal(root: Path) -> None:
+    with pytest.raises(PathOutsideRoot):
+        resolve_inside(root, "x" * 600)
+    with pytest.raises(PathOutsideRoot):
+        resolve_model(root, "org/" + "n" * 600, allow_hub=False)

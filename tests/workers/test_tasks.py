@@ -43,7 +43,7 @@ def test_two_four_above_the_reachable_rho_fails_with_the_maximum(
     assert execute_job(job_id) == "failed"
     job = job_row(job_id)
     assert job.status == "failed" and job.attempts == 1
-    assert job.error is not None and "2:4" in job.error
+    assert job.error is not None and "2:4" in job.error and "at most rho=" in job.error
     assert job.finished_at is not None and job.lease_owner is None
 
 
