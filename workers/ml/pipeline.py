@@ -213,12 +213,13 @@ def _clean_workdir(workdir: Path, keep: Path | None) -> None:
 
 
 def _spec_key(spec: JobSpec) -> dict[str, Any]:
-    """The spec fields a saved state must agree with to be resumed (paths as strings)."""
+    """The spec fields a saved state must agree with to be resumed, as they read back from JSON
+    (paths as strings, whether the caller passed `str` or `Path`)."""
     out = asdict(spec)
-    out["dataset"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in out["dataset"].items()}
     for name in ("device", "dtype"):  # a retry may run on another device
         out.pop(name)
-    return out
+    normalised: dict[str, Any] = json.loads(json.dumps(out, default=str))
+    return normalised
 
 
 def _save_state(
