@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.config import get_settings
-from app.core.errors import AppError
 from app.services import jobs as service
 from app.services.stop_rule import RunPoint
 from workers.celery_app import app
@@ -278,9 +278,13 @@ def _run_claimed(claimed: service.Claimed, owner: str, lease_s: float, beat: Hea
     except SoftTimeLimitExceeded:
         service.finish(job_id, owner, "failed", error="the attempt hit the soft time limit")
         return "failed"
-    except (AppError, ValueError, RuntimeError, OSError, KeyError) as exc:
-        # Deterministic problems (bad spec, 2:4 above its maximum, unreadable data): retrying
-        # would fail the same way, so the job fails now with the message.
+    except SQLAlchemyError:
+        # The database is unreachable: nothing can be recorded now. The lease expires and the
+        # reaper sends the job again, which resumes from its last checkpoint.
+        raise
+    except Exception as exc:
+        # Everything else is a property of the job (bad spec, 2:4 above its maximum, unreadable
+        # data, out of memory): a retry would fail the same way, so it fails now, with the message.
         message = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
         service.finish(job_id, owner, "failed", error=str(message)[:4000])
         return "failed"
