@@ -1,0 +1,873 @@
+"""Measurement study: real pruning and post-training curves on small Llama models, and P² fits.
+
+    .venv/bin/python studies/p2_small_models.py --out studies/results          # full (~1 h, 2 CPUs)
+    .venv/bin/python studies/p2_small_models.py --out /tmp/quick --quick       # smoke (minutes)
+
+Steps (p2-law.md §3 and §6):
+1. a short throughput probe per model shape (tokens/s), printed and recorded;
+2. three dense Llama models of one family (one tokenizer, one corpus: the Python standard
+   library's sources), pretrained with `make_model` (cosine decay to 1% of the peak learning
+   rate) for `--pretrain-tpp` tokens per parameter, cached under `<var>/dense/<size>`;
+3. per size x method {depth, width, 2:4} x target rho {0.15, 0.25, 0.35}: `run_pipeline`
+   (prune, then post-train at a constant LR of 5% of the pretraining peak after a 2% warm-up,
+   log-spaced checkpoints), plus one dense control per size given the same post-training;
+   finished runs are cached as JSON under `<var>/runs` and skipped on a rerun, and an interrupted
+   run resumes from the pipeline's last complete state;
+4. per method: the `p2` fit on all runs, the D, N0 and rho hold-out protocols, a bootstrap by
+   run, and the `frantar` (all protocols) and `curve` (D protocol) forms for comparison;
+5. outputs in `--out`: observations.csv (the columns POST /observations takes), controls.csv
+   (the dense controls, rho = 0, which the API does not accept), fits.json, one PNG per method.
+
+Two worker processes with one torch thread each (`--workers`), so the machine stays usable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a file: make `app` and `workers` importable
+    sys.path.insert(0, str(ROOT))
+
+from app.law import (  # noqa: E402
+    Dataset,
+    Features,
+    FitResult,
+    LawError,
+    fit,
+    predict_interval,
+    refit_runs,
+    split,
+)
+from app.law.metrics import RHO_TEST, RHO_TOLERANCE, RHO_TRAIN  # noqa: E402
+from app.schemas.observations import CSV_COLUMNS, CSV_OPTIONAL, ObservationIn  # noqa: E402
+
+FAMILY = "study-llama"
+SOURCE = "study"
+METHODS = ("depth", "width", "2:4")
+RHOS = (0.15, 0.25, 0.35)
+PROTOCOLS = ("D", "N0", "rho")
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """A Llama shape; the layer share of N0 is ~1/12 so that removing 2, 3 or 4 layers lands
+    within 0.02 of rho = 0.15, 0.25, 0.35 (the rho protocol's tolerance)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Everything that determines the study's numbers."""
+
+    sizes: dict[str, ShapeSpec]
+    vocab: int = 1024
+    seq_len: int = 128
+    corpus_bytes: int | None = None  # None: the whole stdlib corpus
+    pretrain_tpp: float = 20.0  # pretraining tokens per parameter
+    pretrain_batch: int = 16
+    peak_lr: float = 3e-3
+    post_lr_frac: float = 0.05  # post-training LR as a fraction of the pretraining peak
+    post_tpp: float = 4.0  # post-training tokens per dense parameter (N0)
+    post_batch: int = 16  # 16 x 128 tokens a step: half the per-token overhead of 8
+    warmup_frac: float = 0.02
+    checkpoints: int = 12
+    methods: tuple[str, ...] = METHODS
+    rhos: tuple[float, ...] = RHOS
+    bootstrap: int = 50
+    seed: int = 0
+
+    @property
+    def post_lr(self) -> float:
+        return self.peak_lr * self.post_lr_frac
+
+
+# Roughly 0.10M, 0.17M and 0.34M parameters (vocabulary 1024, tied embeddings). Larger models
+# do not fit the time box on two CPU cores: a 1.2M model trains at ~1.8k tokens/s on one core,
+# so 20 tokens/parameter alone would take 3.7 hours.
+FULL = StudyConfig(
+    sizes={
+        "S": ShapeSpec(hidden=32, layers=8, heads=4, kv_heads=2, intermediate=56),
+        "M": ShapeSpec(hidden=40, layers=9, heads=4, kv_heads=2, intermediate=80),
+        "L": ShapeSpec(hidden=56, layers=10, heads=4, kv_heads=2, intermediate=112),
+    }
+)
+# Minutes-long smoke version: two tiny sizes (the N0 protocol needs two), short runs.
+QUICK = StudyConfig(
+    sizes={
+        "S": ShapeSpec(hidden=16, layers=6, heads=2, kv_heads=1, intermediate=32),
+        "M": ShapeSpec(hidden=24, layers=6, heads=2, kv_heads=1, intermediate=48),
+    },
+    vocab=256,
+    seq_len=64,
+    corpus_bytes=1_500_000,
+    pretrain_tpp=2.0,
+    post_tpp=0.5,
+    checkpoints=6,
+    bootstrap=5,
+)
+
+
+def log(msg: str) -> None:
+    """A timestamped progress line (workers share the parent's stdout)."""
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')} pid {os.getpid()}] {msg}", flush=True)
+
+
+def method_slug(method: str) -> str:
+    """A file-name-safe method label."""
+    return method.replace(":", "of")
+
+
+def run_id(size: str, method: str, rho: float) -> str:
+    """The observation run id of one pruned run."""
+    return f"{FAMILY}-{size}-{method}-{rho:.2f}"
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _init_worker() -> None:
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(1)
+    # One bar per save and load would drown the progress log.
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+def _memoise_splits() -> None:
+    """Tokenise the corpus once per worker process instead of once per run.
+
+    The pipeline calls `workers.ml.data.make_splits` at every start; on the 12 MB stdlib corpus
+    that costs tens of seconds of one core, 30 times over. Every run of the study uses the same
+    corpus, tokenizer (one family) and sequence length, so the result is identical; it is cached
+    by (path, file size, mtime, vocabulary, seq_len, eval_tokens) and the same tensors are reused.
+    """
+    from workers.ml import data as data_mod
+
+    if getattr(data_mod.make_splits, "_study_memo", False):
+        return
+    original = data_mod.make_splits
+    memo: dict[tuple[Any, ...], Any] = {}
+
+    def make_splits(
+        path: Path,
+        tokenizer: Any,
+        seq_len: int,
+        *,
+        text_field: str = "text",
+        eval_path: Path | None = None,
+        eval_tokens: int | None = None,
+    ) -> Any:
+        stat = Path(path).stat()
+        key = (
+            str(path),
+            stat.st_size,
+            stat.st_mtime_ns,
+            tuple(sorted(tokenizer.get_vocab().items())),
+            seq_len,
+            text_field,
+            str(eval_path),
+            eval_tokens,
+        )
+        if key not in memo:
+            memo.clear()
+            memo[key] = original(
+                path,
+                tokenizer,
+                seq_len,
+                text_field=text_field,
+                eval_path=eval_path,
+                eval_tokens=eval_tokens,
+            )
+        return memo[key]
+
+    make_splits._study_memo = True  # type: ignore[attr-defined]
+    data_mod.make_splits = make_splits  # type: ignore[assignment]
+
+
+def probe_throughput(shape: ShapeSpec, cfg: StudyConfig, steps: int = 4) -> dict[str, float]:
+    """Tokens/s of pretraining steps of a fresh model of `shape` (one thread), and its size."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(cfg.seed)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=cfg.vocab + 2,
+            hidden_size=shape.hidden,
+            num_hidden_layers=shape.layers,
+            num_attention_heads=shape.heads,
+            num_key_value_heads=shape.kv_heads,
+            intermediate_size=shape.intermediate,
+            tie_word_embeddings=True,
+            max_position_embeddings=2048,
+        )
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = torch.randint(0, cfg.vocab, (cfg.pretrain_batch, cfg.seq_len))
+
+    def step() -> None:
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up: allocations and first-call overheads
+    started = time.perf_counter()
+    for _ in range(steps):
+        step()
+    elapsed = time.perf_counter() - started
+    return {"n_params": float(n_params), "tokens_per_s": steps * batch.numel() / elapsed}
+
+
+def pretrain(size: str, cfg: StudyConfig, corpus: Path, var: Path) -> dict[str, Any]:
+    """Pretrain (or load the cached) dense model of `size`; its make_model info."""
+    from workers.ml.make_model import Shape, make_model
+
+    out = var / "dense" / size
+    info_path = out / "p2law_make_model.json"
+    if info_path.is_file():  # written last by make_model: the model is complete
+        log(f"dense {size}: cached at {out}")
+        return dict(json.loads(info_path.read_text()), cached=True, path=str(out))
+    shape = cfg.sizes[size]
+    probe = probe_throughput(shape, cfg)
+    n = int(probe["n_params"])
+    tokens = int(cfg.pretrain_tpp * n)
+    log(
+        f"dense {size}: {n:,} parameters, {tokens:,} tokens at ~{probe['tokens_per_s']:.0f} "
+        f"tokens/s (probe) = ~{tokens / probe['tokens_per_s'] / 60:.1f} min"
+    )
+    started = time.monotonic()
+    make_model(
+        out,
+        arch="llama",
+        size=None,
+        shape=Shape(**asdict(shape)),
+        corpus=corpus,
+        tokens=tokens,
+        vocab=cfg.vocab,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.pretrain_batch,
+        lr=cfg.peak_lr,
+        seed=cfg.seed,
+        progress=False,
+    )
+    info = json.loads(info_path.read_text())
+    elapsed = time.monotonic() - started
+    info["probe_tokens_per_s"] = probe["tokens_per_s"]
+    info["tokens_per_s"] = info["tokens"] / elapsed
+    info_path.write_text(json.dumps(info, indent=1))
+    log(f"dense {size}: L0 {info['eval_loss']:.4f}, {elapsed:.0f} s")
+    return dict(info, cached=False, path=str(out))
+
+
+class Collector:
+    """JobHooks that keep what the pipeline measured and print each checkpoint."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.measured: Any = None
+        self.points: list[Any] = []
+
+    def on_measured(self, measured: Any) -> None:
+        self.measured = measured
+        log(
+            f"{self.label}: rho {measured.rho:.4f}, L0 {measured.l0:.4f}, after pruning "
+            f"{measured.loss_after_prune:.4f}"
+        )
+
+    def on_resume(self, tokens_done: int, points: list[Any]) -> None:
+        self.points = list(points)
+        log(f"{self.label}: resumed at {tokens_done:,} tokens ({len(points)} checkpoints)")
+
+    def on_progress(self, tokens_done: int, tokens_total: int) -> None:
+        return None
+
+    def on_checkpoint(self, point: Any, points: list[Any]) -> tuple[Any, str | None]:
+        from workers.ml.pipeline import Decision
+
+        self.points = list(points)
+        flag = " BELOW L0" if point.below_l0 else ""
+        log(f"{self.label}: D={point.tokens:,} loss {point.loss:.4f}{flag}")
+        return Decision.CONTINUE, None
+
+
+def run_pruned(
+    size: str, method: str, rho: float, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path
+) -> dict[str, Any]:
+    """One prune -> post-train run through `run_pipeline`; cached as JSON when finished."""
+    from workers.ml.pipeline import DatasetSpec, JobSpec, run_pipeline
+    from workers.ml.prune import PruneError
+
+    rid = run_id(size, method, rho)
+    slug = f"{size}-{method_slug(method)}-{rho:.2f}"
+    result_path = var / "runs" / f"{slug}.json"
+    if result_path.is_file():
+        log(f"{rid}: cached")
+        return dict(json.loads(result_path.read_text()), cached=True)
+    _memoise_splits()
+    spec = JobSpec(
+        model=str(var / "dense" / size),
+        method=method,
+        rho=rho,
+        tokens=int(cfg.post_tpp * n0),
+        dataset=DatasetSpec(path=corpus),
+        checkpoints=cfg.checkpoints,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.post_batch,
+        lr=cfg.post_lr,
+        schedule="constant",
+        warmup_frac=cfg.warmup_frac,
+        seed=cfg.seed,
+    )
+    workdir = var / "work" / slug
+    hooks = Collector(rid)
+    started = time.monotonic()
+    base: dict[str, Any] = {
+        "run_id": rid,
+        "size": size,
+        "method": method,
+        "target_rho": rho,
+        "spec": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()},
+    }
+    try:
+        outcome = run_pipeline(
+            spec, workdir=workdir, artifact_dir=workdir / "artifact", hooks=hooks
+        )
+    except PruneError as exc:  # e.g. 2:4 above its maximum: a property of the model, not a bug
+        log(f"{rid}: skipped ({exc})")
+        result = dict(base, status="skipped", reason=str(exc))
+    else:
+        elapsed = time.monotonic() - started
+        result = dict(
+            base,
+            status=outcome.status,
+            measured=asdict(outcome.measured),
+            points=[asdict(p) for p in outcome.points],
+            seconds=round(elapsed, 1),
+            tokens_per_s=outcome.points[-1].tokens / elapsed if outcome.points else None,
+        )
+        log(f"{rid}: {outcome.status} in {elapsed:.0f} s")
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str))
+    os.replace(tmp, result_path)
+    shutil.rmtree(workdir, ignore_errors=True)  # weights are not kept (results are in the JSON)
+    return dict(result, cached=False)
+
+
+def run_control(size: str, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path) -> dict[str, Any]:
+    """The dense model given the pruned runs' post-training, evaluated at the same checkpoints.
+
+    `run_pipeline` always prunes (rho in (0, 1)), so this uses the pipeline's own parts
+    (splits, Trainer, checkpoint schedule, eval) with no pruning step.
+    """
+    import torch
+
+    from workers.ml import data as data_mod
+    from workers.ml import models
+    from workers.ml.evaluate import eval_loss
+    from workers.ml.pipeline import checkpoint_steps
+    from workers.ml.train import TrainConfig, Trainer, describe_schedule
+
+    result_path = var / "runs" / f"{size}-control.json"
+    if result_path.is_file():
+        log(f"control {size}: cached")
+        return dict(json.loads(result_path.read_text()), cached=True)
+    _memoise_splits()
+    started = time.monotonic()
+    model, tokenizer = models.load_causal_lm(var / "dense" / size, dtype=torch.float32)
+    splits = data_mod.make_splits(corpus, tokenizer, cfg.seq_len)
+    tokens_per_step = cfg.post_batch * cfg.seq_len
+    total = max(1, round(int(cfg.post_tpp * n0) / tokens_per_step))
+    tc = TrainConfig(
+        lr=cfg.post_lr,
+        schedule="constant",
+        warmup_steps=min(total, round(cfg.warmup_frac * total)),
+        total_steps=total,
+        weight_decay=0.0,
+        batch_size=cfg.post_batch,
+        seed=cfg.seed,
+    )
+    l0, noise = eval_loss(model, splits.eval, batch_size=cfg.post_batch)
+    trainer = Trainer(model, splits.train, tc)
+    points = []
+    for target in checkpoint_steps(total, cfg.checkpoints):
+        trainer.run(target)
+        loss, _ = eval_loss(model, splits.eval, batch_size=cfg.post_batch)
+        points.append({"tokens": trainer.tokens_done, "loss": loss})
+        log(f"control {size}: D={trainer.tokens_done:,} loss {loss:.4f} (L0 {l0:.4f})")
+    elapsed = time.monotonic() - started
+    result = {
+        "run_id": f"{FAMILY}-{size}-dense-control",
+        "size": size,
+        "n0": models.count_parameters(model),
+        "l0": l0,
+        "eval_noise": noise,
+        "protocol": splits.protocol,
+        "schedule": describe_schedule(tc),
+        "points": points,
+        "seconds": round(elapsed, 1),
+    }
+    result_path.parent.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1))
+    return dict(result, cached=False)
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+def prepare_corpus(cfg: StudyConfig, var: Path) -> Path:
+    """The corpus file every model and run reads (written once, atomically)."""
+    from workers.ml.corpus import write_corpus
+
+    path = var / "corpus.txt"
+    if not path.is_file():
+        write_corpus(path, max_bytes=cfg.corpus_bytes)
+    return path
+
+
+def run_all(cfg: StudyConfig, var: Path, workers: int) -> tuple[dict[str, Any], list[Any]]:
+    """Pretrain every size, then every run of a size as soon as its dense model exists.
+
+    Sizes are pretrained largest first (the longest task starts first); a size's control and
+    runs are queued the moment its model is ready, so no worker idles while one pretrains.
+    """
+    corpus = prepare_corpus(cfg, var)
+    dense: dict[str, Any] = {}
+    results: list[Any] = []
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+        pending: dict[Future[Any], tuple[str, str]] = {}
+        for size in reversed(list(cfg.sizes)):
+            pending[pool.submit(pretrain, size, cfg, corpus, var)] = ("pretrain", size)
+        total_runs = len(cfg.sizes) * (1 + len(cfg.methods) * len(cfg.rhos))
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                kind, size = pending.pop(fut)
+                value = fut.result()
+                if kind == "pretrain":
+                    dense[size] = value
+                    n0 = int(value["n_params"])
+                    common: dict[str, Any] = {"n0": n0, "cfg": cfg, "corpus": corpus, "var": var}
+                    pending[pool.submit(run_control, size, **common)] = ("run", size)
+                    for m in cfg.methods:
+                        for r in cfg.rhos:
+                            pending[pool.submit(run_pruned, size, m, r, **common)] = ("run", size)
+                else:
+                    results.append(value)
+                    log(f"progress: {len(results)}/{total_runs} runs done")
+    return dense, results
+
+
+# --------------------------------------------------------------------------- fits
+
+
+def observation_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per checkpoint of every finished pruned run, in POST /observations' columns,
+    plus the pipeline's below-L0 flag (kept apart from the CSV)."""
+    rows = []
+    for res in results:
+        if res.get("status") not in ("succeeded", "stopped_early") or "measured" not in res:
+            continue
+        m = res["measured"]
+        for p in res["points"]:
+            rows.append(
+                {
+                    "run_id": res["run_id"],
+                    "family": FAMILY,
+                    "method": res["method"],
+                    "n0": int(m["n0"]),
+                    "rho": float(m["rho"]),
+                    "l0": float(m["l0"]),
+                    "tokens": int(p["tokens"]),
+                    "loss": float(p["loss"]),
+                    "protocol": m["protocol"],
+                    "source": SOURCE,
+                    "_below_l0": bool(p["below_l0"]),
+                }
+            )
+    rows.sort(key=lambda r: (r["method"], r["n0"], r["rho"], r["tokens"]))
+    return rows
+
+
+def write_observations_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """The CSV that uploads as is to POST /observations (every row validated by its schema)."""
+    columns = [*CSV_COLUMNS, *CSV_OPTIONAL]
+    for row in rows:
+        ObservationIn.model_validate({k: row[k] for k in columns})
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {
+                    **row,
+                    "rho": f"{row['rho']:.6f}",
+                    "l0": f"{row['l0']:.6f}",
+                    "loss": f"{row['loss']:.6f}",
+                }
+            )
+
+
+def to_dataset(rows: Sequence[dict[str, Any]]) -> Dataset:
+    """A law Dataset of observation rows (runs numbered in order of first appearance)."""
+    ids: dict[str, int] = {}
+    for r in rows:
+        ids.setdefault(r["run_id"], len(ids))
+    return Dataset(
+        x=Features(
+            n0=np.array([r["n0"] for r in rows], dtype=np.float64),
+            rho=np.array([r["rho"] for r in rows], dtype=np.float64),
+            l0=np.array([r["l0"] for r in rows], dtype=np.float64),
+            tokens=np.array([r["tokens"] for r in rows], dtype=np.float64),
+        ),
+        loss=np.array([r["loss"] for r in rows], dtype=np.float64),
+        run=np.array([ids[r["run_id"]] for r in rows], dtype=np.int64),
+        run_ids=tuple(ids),
+        family=tuple(r["family"] for r in rows),
+        method=tuple(r["method"] for r in rows),
+        protocol=tuple(r["protocol"] for r in rows),
+    )
+
+
+def fit_summary(result: FitResult, seconds: float) -> dict[str, Any]:
+    """A FitResult as JSON (the constants, optimiser status, metrics, ranges)."""
+    return {
+        "params": result.params,
+        "objective": result.objective,
+        "converged": result.converged,
+        "message": result.message,
+        "n_starts": result.n_starts,
+        "n_observations": result.n_observations,
+        "n_runs": result.n_runs,
+        "metrics": result.metrics.as_dict(),
+        "holdout_metrics": result.holdout_metrics.as_dict() if result.holdout_metrics else None,
+        "ranges": result.ranges.as_dict(),
+        "seconds": round(seconds, 2),
+    }
+
+
+def bootstrap_summary(
+    form: str, train: Dataset, test: Dataset, result: FitResult, *, n: int, seed: int
+) -> dict[str, Any]:
+    """Bootstrap by run: 10/50/90th percentiles of each constant, and how many points of
+    `test` fall inside the 80% prediction interval (coverage; nominal 0.8)."""
+    if n <= 0:
+        return {}
+    started = time.monotonic()
+    refits = refit_runs(form, train, result, n, seed=seed)
+    lo, hi = predict_interval(form, refits, test.x, 0.8)
+    inside = (test.loss >= lo) & (test.loss <= hi)
+    keys = list(result.params)
+    pct = {k: [float(v) for v in np.percentile([r[k] for r in refits], [10, 50, 90])] for k in keys}
+    return {
+        "n": n,
+        "param_percentiles_10_50_90": pct,
+        "coverage_80": float(np.mean(inside)),
+        "mean_interval_width": float(np.mean(hi - lo)),
+        "seconds": round(time.monotonic() - started, 2),
+    }
+
+
+def rho_split_report(data: Dataset) -> dict[str, Any]:
+    """Measured rho of each run and which side of the rho protocol it lands on."""
+    runs = {}
+    for r, rid in enumerate(data.run_ids):
+        idx = np.flatnonzero(data.run == r)
+        if idx.size == 0:
+            continue
+        rho = float(data.x.rho[idx[0]])
+        dist = {t: abs(rho - t) for t in (*RHO_TRAIN, RHO_TEST)}
+        nearest = min(dist, key=lambda t: dist[t])
+        side = (
+            "none"
+            if dist[nearest] > RHO_TOLERANCE
+            else ("test" if nearest == RHO_TEST else "train")
+        )
+        runs[rid] = {"rho": rho, "nearest": nearest, "side": side}
+    sides = [v["side"] for v in runs.values()]
+    return {
+        "runs": runs,
+        "worked": "train" in sides and "test" in sides,
+        "n_outside_tolerance": sides.count("none"),
+    }
+
+
+def fit_method(rows: Sequence[dict[str, Any]], cfg: StudyConfig) -> dict[str, Any]:
+    """Every fit of one method's runs; points the pipeline flagged below L0 are left out."""
+    kept = [r for r in rows if not r["_below_l0"]]
+    report: dict[str, Any] = {
+        "n_runs": len({r["run_id"] for r in rows}),
+        "n_points": len(rows),
+        "n_below_l0_flagged": len(rows) - len(kept),
+        "n_below_l0_raw": sum(r["loss"] < r["l0"] for r in rows),
+        "fits": {},
+    }
+    if not kept:
+        return report
+    data = to_dataset(kept)
+    report["rho_split"] = rho_split_report(data)
+    plan: list[tuple[str, str | None]] = [("p2", None), ("frantar", None)]
+    plan += [(form, proto) for proto in PROTOCOLS for form in ("p2", "frantar")]
+    plan += [("curve", "D")]
+    for form, proto in plan:
+        key = proto or "all"
+        started = time.monotonic()
+        try:
+            res = fit(form, data, holdout=proto)  # type: ignore[arg-type]
+        except LawError as exc:
+            report["fits"].setdefault(form, {})[key] = {"error": str(exc)}
+            log(f"fit {form} {key}: {exc}")
+            continue
+        summary = fit_summary(res, time.monotonic() - started)
+        if form == "p2":
+            if proto is None:
+                train, test = data, data
+            else:
+                mask_train, mask_test = split(data, proto)  # type: ignore[arg-type]
+                train, test = data.take(mask_train), data.take(mask_test)
+            summary["n_test"] = len(test) if proto else 0
+            try:
+                summary["bootstrap"] = bootstrap_summary(
+                    form, train, test, res, n=cfg.bootstrap, seed=cfg.seed
+                )
+            except LawError as exc:
+                summary["bootstrap"] = {"error": str(exc)}
+        report["fits"].setdefault(form, {})[key] = summary
+        hm = summary["holdout_metrics"] or summary["metrics"]
+        log(
+            f"fit {form:8s} {key:4s}: MAPE {hm['mape']:.3f}% ASD {hm['asd']:.4g} "
+            f"R2 {hm['r2']:.3f} ({summary['seconds']:.1f} s)"
+        )
+    return report
+
+
+def control_summary(ctrl: dict[str, Any]) -> dict[str, Any]:
+    """Whether the dense control drops below L0 beyond 2x the evaluation noise (§3)."""
+    losses = [p["loss"] for p in ctrl["points"]]
+    low = min(losses)
+    return {
+        "l0": ctrl["l0"],
+        "eval_noise": ctrl["eval_noise"],
+        "min_loss": low,
+        "final_loss": losses[-1],
+        "min_minus_l0": low - ctrl["l0"],
+        "below_l0_beyond_noise": bool(low < ctrl["l0"] - 2 * ctrl["eval_noise"]),
+    }
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the numbers."""
+    import scipy
+    import torch
+    import transformers
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "git_commit": commit,
+    }
+
+
+def analyse(
+    cfg: StudyConfig,
+    dense: dict[str, Any],
+    results: list[dict[str, Any]],
+    out: Path,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Write observations.csv, controls.csv, fits.json and one plot per method."""
+    from app.plotting import plot_fit
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = observation_rows(results)
+    write_observations_csv(rows, out / "observations.csv")
+    controls = sorted((r for r in results if "control" in r["run_id"]), key=lambda r: r["n0"])
+    with (out / "controls.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["run_id", "family", "n0", "l0", "tokens", "loss", "protocol"])
+        for c in controls:
+            for p in c["points"]:
+                writer.writerow(
+                    [
+                        c["run_id"],
+                        FAMILY,
+                        c["n0"],
+                        f"{c['l0']:.6f}",
+                        p["tokens"],
+                        f"{p['loss']:.6f}",
+                        c["protocol"],
+                    ]
+                )
+    pruned = [r for r in results if "control" not in r["run_id"]]
+    methods: dict[str, Any] = {}
+    for method in cfg.methods:
+        mine = [r for r in rows if r["method"] == method]
+        log(f"fitting {method}: {len(mine)} points")
+        methods[method] = fit_method(mine, cfg)
+        p2 = methods[method]["fits"].get("p2", {}).get("all")
+        if p2 and "params" in p2:
+            kept = [r for r in mine if not r["_below_l0"]]
+            png = plot_fit(
+                "p2",
+                p2["params"],
+                to_dataset(kept),
+                title=f"P² law, {method} pruning, {FAMILY} ({len(kept)} points)",
+            )
+            (out / f"fit_{method_slug(method)}.png").write_bytes(png)
+    run_table = []
+    for r in sorted(pruned, key=lambda r: (r["method"], r["size"], r["target_rho"])):
+        entry = {k: r.get(k) for k in ("run_id", "size", "method", "target_rho", "status")}
+        if "measured" in r:
+            m = r["measured"]
+            entry |= {
+                "rho": m["rho"],
+                "n0": m["n0"],
+                "n_after": m["n_after"],
+                "l0": m["l0"],
+                "loss_after_prune": m["loss_after_prune"],
+                "final_loss": r["points"][-1]["loss"] if r["points"] else None,
+                "tokens": r["points"][-1]["tokens"] if r["points"] else None,
+                "seconds": r.get("seconds"),
+                "schedule": m["schedule"],
+            }
+        else:
+            entry["reason"] = r.get("reason")
+        run_table.append(entry)
+    report = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "family": FAMILY,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "torch_threads_per_worker": 1,
+        },
+        "versions": versions(),
+        "config": {
+            **{k: v for k, v in asdict(cfg).items() if k != "sizes"},
+            "sizes": {k: asdict(v) for k, v in cfg.sizes.items()},
+            "post_lr": cfg.post_lr,
+        },
+        "timings": timings,
+        "dense": {
+            size: {
+                k: info.get(k)
+                for k in (
+                    "n_params",
+                    "tokens",
+                    "eval_loss",
+                    "eval_stderr",
+                    "protocol",
+                    "schedule",
+                    "seconds",
+                    "tokens_per_s",
+                    "probe_tokens_per_s",
+                )
+            }
+            for size, info in dense.items()
+        },
+        "controls": {c["size"]: control_summary(c) for c in controls},
+        "runs": run_table,
+        "methods": methods,
+    }
+    (out / "fits.json").write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", type=Path, required=True, help="results folder")
+    p.add_argument("--var", type=Path, help="cache of models and runs (default var/study)")
+    p.add_argument("--quick", action="store_true", help="minutes-long smoke version")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--post-tpp", type=float, help="post-training tokens per N0")
+    p.add_argument("--pretrain-tpp", type=float, help="pretraining tokens per parameter")
+    p.add_argument("--bootstrap", type=int, help="bootstrap refits per p2 fit")
+    p.add_argument(
+        "--analyse-only",
+        action="store_true",
+        help="fit and write outputs from the cached runs; train nothing",
+    )
+    a = p.parse_args(argv)
+    cfg = QUICK if a.quick else FULL
+    overrides: dict[str, Any] = {}
+    if a.post_tpp is not None:
+        overrides["post_tpp"] = a.post_tpp
+    if a.pretrain_tpp is not None:
+        overrides["pretrain_tpp"] = a.pretrain_tpp
+    if a.bootstrap is not None:
+        overrides["bootstrap"] = a.bootstrap
+    cfg = replace(cfg, **overrides)
+    var = a.var or ROOT / ("var/study-quick" if a.quick else "var/study")
+    var.mkdir(parents=True, exist_ok=True)
+    # One thread per worker for every pool a library might start (BLAS, the tokenizer's rayon).
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log(f"study: {len(cfg.sizes)} sizes, cache {var}, out {a.out}, {a.workers} workers")
+    started = time.monotonic()
+    if a.analyse_only:
+        dense, results = _load_cached(cfg, var)
+    else:
+        dense, results = run_all(cfg, var, a.workers)
+    train_s = time.monotonic() - started
+    fit_started = time.monotonic()
+    timings = {"train_wall_s": round(train_s, 1)}
+    analyse(cfg, dense, results, a.out, timings)
+    timings["fit_wall_s"] = round(time.monotonic() - fit_started, 1)
+    report_path = a.out / "fits.json"
+    report = json.loads(report_path.read_text())
+    report["timings"] = timings
+    report_path.write_text(json.dumps(report, indent=1, default=str))
+    log(f"done: {a.out} (train {train_s:.0f} s, fits {timings['fit_wall_s']:.0f} s)")
+    return 0
+
+
+def _load_cached(cfg: StudyConfig, var: Path) -> tuple[dict[str, Any], list[Any]]:
+    dense = {}
+    for size in cfg.sizes:
+        info = var / "dense" / size / "p2law_make_model.json"
+        if info.is_file():
+            dense[size] = json.loads(info.read_text())
+    results = [json.loads(p.read_text()) for p in sorted((var / "runs").glob("*.json"))]
+    return dense, results
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
