@@ -104,14 +104,15 @@ class StudyConfig:
         return self.peak_lr * self.post_lr_frac
 
 
-# Roughly 0.10M, 0.17M and 0.34M parameters (vocabulary 1024, tied embeddings). Larger models
-# do not fit the time box on two CPU cores: a 1.2M model trains at ~1.8k tokens/s on one core,
-# so 20 tokens/parameter alone would take 3.7 hours.
+# Roughly 0.076M, 0.10M and 0.17M parameters (vocabulary 1024, tied embeddings), sized to the
+# CPU time this machine gives the study: its two cores are shared, and the niced workers get
+# about a third of a core each, ~3k tokens/s on these shapes (a 1.2M model would train at
+# ~0.6k tokens/s, so 20 tokens/parameter alone would take 11 hours).
 FULL = StudyConfig(
     sizes={
-        "S": ShapeSpec(hidden=32, layers=8, heads=4, kv_heads=2, intermediate=56),
-        "M": ShapeSpec(hidden=40, layers=9, heads=4, kv_heads=2, intermediate=80),
-        "L": ShapeSpec(hidden=56, layers=10, heads=4, kv_heads=2, intermediate=112),
+        "S": ShapeSpec(hidden=24, layers=8, heads=4, kv_heads=2, intermediate=64),
+        "M": ShapeSpec(hidden=32, layers=8, heads=4, kv_heads=2, intermediate=56),
+        "L": ShapeSpec(hidden=40, layers=9, heads=4, kv_heads=2, intermediate=80),
     }
 )
 # Minutes-long smoke version: two tiny sizes (the N0 protocol needs two), short runs.
