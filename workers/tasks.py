@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.core import queue
 from app.core.config import get_settings
 from app.services import jobs as service
 from app.services.stop_rule import RunPoint
@@ -324,5 +325,10 @@ def run_job(job_id: str) -> str:
 
 @app.task(name="workers.tasks.reap_expired", acks_late=True)  # type: ignore[untyped-decorator]
 def reap_expired() -> dict[str, Any]:
-    """Send again jobs never sent or whose worker died; fail or cancel those that must end."""
-    return asdict(service.reap())
+    """Send again jobs never sent or whose worker died; fail or cancel those that must end.
+
+    Also deletes the embedded broker's delivered message files older than an hour.
+    """
+    report = asdict(service.reap())
+    report["pruned_messages"] = queue.prune_delivered()
+    return report

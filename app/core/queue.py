@@ -30,13 +30,16 @@ Limits of the embedded broker (documented, and covered by the database design):
   re-queues the message: ``task_reject_on_worker_lost``), and a warm shutdown puts unacked
   messages back; but ``kill -9`` of the whole worker loses the message. The job's row still says
   ``running`` with a lease that expires, and the reaper sends it again;
-- one machine only (a local folder); ``REDIS_URL`` is the way to run workers elsewhere.
+- one machine only (a local folder); ``REDIS_URL`` is the way to run workers elsewhere;
+- delivered files are moved to ``processed/`` (an atomic rename) and deleted after an hour by
+  the reaper task.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 import uuid
 from pathlib import Path
 from time import monotonic
@@ -112,10 +115,15 @@ def broker_url(settings: Settings | None = None) -> str:
 
 
 def embedded_folders(settings: Settings | None = None) -> dict[str, Path]:
-    """The embedded broker's folders (created on demand): messages and exchange tables."""
+    """The embedded broker's folders (created on demand): messages, delivered messages and
+    exchange tables."""
     settings = settings or get_settings()
     root = Path(settings.broker_dir)
-    folders = {"messages": root / "messages", "control": root / "control"}
+    folders = {
+        "messages": root / "messages",
+        "processed": root / "processed",
+        "control": root / "control",
+    }
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     return folders
@@ -136,6 +144,11 @@ def transport_options(settings: Settings | None = None) -> dict[str, Any]:
             "data_folder_in": str(folders["messages"]),
             "data_folder_out": str(folders["messages"]),
             "control_folder": str(folders["control"]),
+            # Delivery moves a message file into this folder: a rename within one file system
+            # is atomic, so two consumers can never both take it (the default, the system's
+            # temporary folder, may be another file system, where a move is copy + delete).
+            "store_processed": True,
+            "processed_folder": str(folders["processed"]),
             "polling_interval": 0.5,
         }
     return {
@@ -204,6 +217,30 @@ def send_job(job_id: str) -> None:
         )
     except Exception as exc:  # kombu/redis raise many types; all mean "not sent"
         raise BrokerUnavailableError(f"broker did not accept job {job_id}: {exc}") from exc
+
+
+def prune_delivered(max_age_s: float = 3600.0, settings: Settings | None = None) -> int:
+    """Delete embedded-broker messages delivered more than ``max_age_s`` ago; returns how many.
+
+    Delivered files are kept for a while only so that a delivery is an atomic rename; the job
+    rows, not these files, say what happened. No-op with Redis.
+    """
+    settings = settings or get_settings()
+    if not is_embedded(settings):
+        return 0
+    folder = Path(settings.broker_dir) / "processed"
+    if not folder.is_dir():
+        return 0
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for path in folder.glob("*.msg"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 def _redacted(url: str) -> str:

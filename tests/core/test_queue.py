@@ -60,6 +60,12 @@ def test_embedded_send_writes_one_whole_message_with_only_the_job_id() -> None:
         message.ack()
         simple.close()
     assert not any(folder.glob("*.msg"))
+    # Delivery was a rename into processed/, which the reaper empties later.
+    processed = Path(get_settings().broker_dir) / "processed"
+    assert len(list(processed.glob("*.msg"))) == 1
+    assert queue.prune_delivered(max_age_s=3600) == 0
+    assert queue.prune_delivered(max_age_s=0) == 1
+    assert not any(processed.glob("*.msg"))
 
 
 def test_embedded_writer_leaves_no_temporary_file_behind() -> None:
@@ -84,3 +90,15 @@ def test_redis_settings_keep_the_visibility_timeout_above_the_hard_limit(
     options = queue.transport_options()
     assert options["visibility_timeout"] > get_settings().job_time_limit_s
     assert options["socket_connect_timeout"] <= 3
+
+
+def test_broker_status_of_a_live_redis_is_ok(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.workers.conftest import REDIS_BASE, REDIS_TEST_DB, redis_reachable
+
+    url = f"{REDIS_BASE}/{REDIS_TEST_DB}"
+    reason = redis_reachable(url)
+    if reason is not None:
+        pytest.skip(reason)
+    monkeypatch.setenv("REDIS_URL", url)
+    get_settings.cache_clear()
+    assert queue.broker_status() == {"ok": True, "detail": "redis", "kind": "redis", "url": url}
