@@ -10,8 +10,9 @@ import pytest
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
+from app.db.migrate import upgrade
 from app.db.models.job import Job
-from app.db.session import get_engine, make_sessionmaker, session_scope
+from app.db.session import create_engine_for, make_sessionmaker, session_scope
 from app.repositories import jobs as repo
 from app.services import jobs as service
 
@@ -86,29 +87,34 @@ def test_cancel_of_a_running_job_asks_it_to_stop(session: Session) -> None:
     assert repo.finish(session, job.id, "w1", "cancelled")
 
 
-def test_two_concurrent_claims_have_exactly_one_winner(sqlite_url: str) -> None:
-    with session_scope() as session:
-        job_id = repo.add(session, _job()).id
-    factory = make_sessionmaker(get_engine())
-    barrier = threading.Barrier(4)
-    wins: list[bool] = []
+def test_two_concurrent_claims_have_exactly_one_winner(db_url: str) -> None:
+    upgrade(db_url)
+    engine = create_engine_for(db_url)
+    try:
+        with session_scope(engine) as session:
+            job_id = repo.add(session, _job()).id
+        factory = make_sessionmaker(engine)
+        barrier = threading.Barrier(4)
+        wins: list[bool] = []
 
-    def contender(owner: str) -> None:
-        barrier.wait()
-        with factory() as session:
-            won = repo.claim(session, job_id, owner, 60.0)
-            session.commit()
-        wins.append(won)
+        def contender(owner: str) -> None:
+            barrier.wait()
+            with factory() as session:
+                won = repo.claim(session, job_id, owner, 60.0)
+                session.commit()
+            wins.append(won)
 
-    threads = [threading.Thread(target=contender, args=(f"w{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(wins) == [False, False, False, True]
-    with session_scope() as session:
-        job = repo.get(session, job_id)
-        assert job is not None and job.attempts == 1
+        threads = [threading.Thread(target=contender, args=(f"w{i}",)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(wins) == [False, False, False, True]
+        with session_scope(engine) as session:
+            job = repo.get(session, job_id)
+            assert job is not None and job.attempts == 1
+    finally:
+        engine.dispose()
 
 
 def test_an_attempt_beyond_max_attempts_fails_the_job_without_running(sqlite_url: str) -> None:
