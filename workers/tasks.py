@@ -267,7 +267,8 @@ def _run_claimed(claimed: service.Claimed, owner: str, lease_s: float, beat: Hea
 
         from workers.ml.pipeline import run_pipeline
 
-        # Two CPU threads per job: the machine is shared with the API and other workers.
+        # On CPU, half the cores (at most 4): the API and the database share the machine, and
+        # tiny models gain nothing from more threads.
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) // 2)))
         spec = build_spec(claimed.request)
