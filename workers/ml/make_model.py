@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--corpus-out",
         type=Path,
-        help="where to write the corpus used (default: $DATA_ROOT/<out name>.txt)",
+        help="where to write the corpus used (default: $DATA_ROOT or var/data, /<out name>.txt)",
     )
     p.add_argument("--max-corpus-bytes", type=int)
     p.add_argument("--tokens", type=int, help=f"default: {TOKENS_PER_PARAM} x parameters")
@@ -292,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         intermediate=a.intermediate or base.intermediate,
     )
     custom = shape != base
-    corpus_out = a.corpus_out
-    if corpus_out is None and os.environ.get("DATA_ROOT"):
-        corpus_out = Path(os.environ["DATA_ROOT"]) / f"{a.out.name}.txt"
+    # Default next to the service's datasets (its DATA_ROOT, default var/data), so a job can
+    # name the corpus the model was trained on and measure L0 on the same held-out tokens.
+    corpus_out = a.corpus_out or Path(os.environ.get("DATA_ROOT", "var/data")) / f"{a.out.name}.txt"
     out = make_model(
         a.out,
         arch=a.arch,
