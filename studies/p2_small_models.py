@@ -647,13 +647,13 @@ def fit_method(rows: Sequence[dict[str, Any]], cfg: StudyConfig) -> dict[str, An
             log(f"fit {form} {key}: {exc}")
             continue
         summary = fit_summary(res, time.monotonic() - started)
+        if proto is None:
+            train, test = data, data
+        else:
+            mask_train, mask_test = split(data, proto)  # type: ignore[arg-type]
+            train, test = data.take(mask_train), data.take(mask_test)
+        summary["n_test"] = len(test) if proto else 0
         if form == "p2":
-            if proto is None:
-                train, test = data, data
-            else:
-                mask_train, mask_test = split(data, proto)  # type: ignore[arg-type]
-                train, test = data.take(mask_train), data.take(mask_test)
-            summary["n_test"] = len(test) if proto else 0
             try:
                 summary["bootstrap"] = bootstrap_summary(
                     form, train, test, res, n=cfg.bootstrap, seed=cfg.seed
@@ -808,6 +808,83 @@ def analyse(
     return report
 
 
+def _fmt(value: Any, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def write_summary(report: dict[str, Any], path: Path) -> None:
+    """Markdown tables of fits.json (dense models, controls, runs, fits) for docs/study.md."""
+    lines = [
+        "## Dense models",
+        "",
+        "| size | N0 | tokens | tokens/param | L0 ± s.e. | s | tokens/s |",
+    ]
+    lines.append("|---|---|---|---|---|---|---|")
+    for size, d in report["dense"].items():
+        n, t = d.get("n_params"), d.get("tokens")
+        tpp = t / n if n and t else None
+        lines.append(
+            f"| {size} | {_fmt(n, ',')} | {_fmt(t, ',')} | {_fmt(tpp, '.1f')} | "
+            f"{_fmt(d.get('eval_loss'), '.4f')} ± {_fmt(d.get('eval_stderr'), '.4f')} | "
+            f"{_fmt(d.get('seconds'), '.0f')} | {_fmt(d.get('tokens_per_s'), '.0f')} |"
+        )
+    lines += ["", "## Dense controls (same post-training, no pruning)", ""]
+    lines += ["| size | L0 | eval noise | min L | final L | min L − L0 | below L0 − 2·noise |"]
+    lines.append("|---|---|---|---|---|---|---|")
+    for size, c in report["controls"].items():
+        lines.append(
+            f"| {size} | {c['l0']:.4f} | {c['eval_noise']:.4f} | {c['min_loss']:.4f} | "
+            f"{c['final_loss']:.4f} | {c['min_minus_l0']:+.4f} | {c['below_l0_beyond_noise']} |"
+        )
+    lines += ["", "## Runs", ""]
+    lines += ["| method | size | target ρ | measured ρ | L0 | L after pruning | final L | D | s |"]
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for r in report["runs"]:
+        if r.get("status") == "skipped":
+            lines.append(
+                f"| {r['method']} | {r['size']} | {r['target_rho']} | skipped: "
+                f"{str(r.get('reason'))[:90]} | | | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['method']} | {r['size']} | {r['target_rho']} | {_fmt(r.get('rho'), '.4f')} | "
+            f"{_fmt(r.get('l0'), '.4f')} | {_fmt(r.get('loss_after_prune'), '.4f')} | "
+            f"{_fmt(r.get('final_loss'), '.4f')} | {_fmt(r.get('tokens'), ',')} | "
+            f"{_fmt(r.get('seconds'), '.0f')} |"
+        )
+    lines += ["", "## Fits", ""]
+    lines += [
+        "Metrics on the held-out side for D, N0 and rho; on the fitted points for `all`. "
+        "MAPE in percent, ASD in nats per billion tokens (p2-law.md §5); coverage: share of "
+        "the evaluated points inside the bootstrap's 80% interval.",
+        "",
+        "| method | form | protocol | fit pts | test pts | MAPE % | RMSE | ASD | R² | "
+        "80% coverage | converged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method, m in report["methods"].items():
+        for form, by_proto in m["fits"].items():
+            for proto, f in by_proto.items():
+                if "error" in f:
+                    lines.append(f"| {method} | {form} | {proto} | {f['error'][:100]} |||||||| ")
+                    continue
+                hm = f["holdout_metrics"] or f["metrics"]
+                boot = f.get("bootstrap") or {}
+                cov = boot.get("coverage_80")
+                lines.append(
+                    f"| {method} | {form} | {proto} | {f['n_observations']} | "
+                    f"{f.get('n_test', '—') if proto != 'all' else '—'} | {hm['mape']:.3f} | "
+                    f"{hm['rmse']:.4f} | {hm['asd']:.3g} | {hm['r2']:.3f} | {_fmt(cov, '.2f')} | "
+                    f"{f['converged']} |"
+                )
+        split_ok = m.get("rho_split", {}).get("worked")
+        lines.append(
+            f"| {method} | points below L0 (flagged / raw) | {m['n_below_l0_flagged']} / "
+            f"{m['n_below_l0_raw']} of {m['n_points']} | rho split worked: {split_ok} ||||||||"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     p = argparse.ArgumentParser(
@@ -856,6 +933,7 @@ def main(argv: list[str] | None = None) -> int:
     report = json.loads(report_path.read_text())
     report["timings"] = timings
     report_path.write_text(json.dumps(report, indent=1, default=str))
+    write_summary(report, a.out / "summary.md")
     log(f"done: {a.out} (train {train_s:.0f} s, fits {timings['fit_wall_s']:.0f} s)")
     return 0
 
