@@ -60,15 +60,15 @@ class Shape:
 
 
 # Presets. Their vocabularies differ because the embedding and head dominate a small
-# model's cost: tiny (~0.15M parameters, vocab 1024) makes ~30 tokens/parameter (~4.5M
-# tokens) feasible on two CPU cores; small ~2M and base ~9M (vocab 4096). Heads are 12-32
-# wide with KV groups of 2, so width pruning has GQA groups to remove.
+# model's cost. tiny (~66k parameters, vocab 512) is sized so that ~30 tokens/parameter
+# (~2M tokens) is a few minutes on two CPU cores; small ~1.6M and base ~9M (vocab 4096).
+# Every preset has 4+ layers (depth pruning has layers to drop) and KV groups of 2 heads.
 SIZES: dict[str, Shape] = {
-    "tiny": Shape(hidden=48, layers=4, heads=4, kv_heads=2, intermediate=128),
+    "tiny": Shape(hidden=32, layers=4, heads=4, kv_heads=2, intermediate=96),
     "small": Shape(hidden=128, layers=6, heads=8, kv_heads=4, intermediate=352),
     "base": Shape(hidden=256, layers=8, heads=8, kv_heads=4, intermediate=704),
 }
-DEFAULT_VOCAB = {"tiny": 1024, "small": 4096, "base": 4096}
+DEFAULT_VOCAB = {"tiny": 512, "small": 4096, "base": 4096}
 DEFAULT_LR = {"tiny": 3e-3, "small": 2e-3, "base": 1e-3}
 
 
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-corpus-bytes", type=int)
     p.add_argument("--tokens", type=int, help=f"default: {TOKENS_PER_PARAM} x parameters")
-    p.add_argument("--vocab", type=int, help="default: 1024 for tiny, 4096 otherwise")
+    p.add_argument("--vocab", type=int, help="default: 512 for tiny, 4096 otherwise")
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float)
