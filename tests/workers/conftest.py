@@ -163,7 +163,7 @@ def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 #: Settings every worker test uses: a short lease and a fast reaper, so recovery takes seconds.
 FAST_RECOVERY = {
-    "JOB_LEASE_S": "3",
+    "JOB_LEASE_S": "2",
     "REAPER_INTERVAL_S": "1",
     "JOB_MAX_ATTEMPTS": "6",
     "JOB_TIME_LIMIT_S": "900",

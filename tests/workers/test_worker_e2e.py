@@ -121,7 +121,7 @@ def lease_pid(job_id: str) -> int:
 def test_kill_child_then_whole_worker_then_restart_resumes_from_checkpoints(
     redis_url: str, job_roots: dict[str, Path], worker_factory: WorkerFactory
 ) -> None:
-    job = request(tokens=STEP_TOKENS * 600, checkpoints=8)
+    job = request(tokens=STEP_TOKENS * 400, checkpoints=8)
     expected = expected_checkpoint_tokens(job)
     first = worker_factory.start()
     job_id = submit(job)
@@ -158,7 +158,7 @@ def test_cancel_a_queued_job_and_a_running_one(
     queued_id = submit(request())
     with session_scope() as session:
         assert service.cancel(session, queued_id).status == "cancelled"
-    running_id = submit(request(tokens=STEP_TOKENS * 600, checkpoints=8))
+    running_id = submit(request(tokens=STEP_TOKENS * 400, checkpoints=8))
     worker_factory.start()
     logs = lambda: _logs(worker_factory)  # noqa: E731
 
@@ -171,7 +171,7 @@ def test_cancel_a_queued_job_and_a_running_one(
     stopped_with = len(points(running_id))
     # It stops at the next checkpoint: at most that checkpoint's point is added.
     assert at_cancel <= stopped_with <= at_cancel + 1
-    assert stopped_with < len(expected_checkpoint_tokens(request(tokens=STEP_TOKENS * 600)))
+    assert stopped_with < len(expected_checkpoint_tokens(request(tokens=STEP_TOKENS * 400)))
 
     never = job_row(queued_id)
     assert never.status == "cancelled" and never.attempts == 0 and never.started_at is None
