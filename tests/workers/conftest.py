@@ -205,7 +205,11 @@ class WorkerFactory:
     folder: Path
     workers: list[Worker] = field(default_factory=list)
 
-    def start(self, extra_env: dict[str, str] | None = None, wait: bool = True) -> Worker:
+    def start(
+        self, extra_env: dict[str, str] | None = None, wait: bool = True, pool: str = "prefork"
+    ) -> Worker:
+        """A worker on both queues with beat; ``pool="solo"`` runs jobs in the worker process
+        itself (torch is imported once for all its jobs: faster tests, no child to kill)."""
         name = f"w{len(self.workers)}"
         log = self.folder / f"{name}.log"
         env = {
@@ -225,7 +229,7 @@ class WorkerFactory:
             "gpu,cpu",
             "-B",
             "--pool",
-            "prefork",
+            pool,
             "--concurrency",
             "1",
             "--without-gossip",

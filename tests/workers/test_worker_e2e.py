@@ -231,7 +231,8 @@ def test_broker_down_during_submission_then_back_runs_the_job(
     queue.reset_client()
     server.start()
     try:
-        worker_factory.start()
+        # The solo pool imports torch once for both jobs (the prefork pool is tested above).
+        worker_factory.start(pool="solo")
         server.stop()
         body = request().model_dump(mode="json", exclude_none=True)
         with TestClient(create_app()) as client:
