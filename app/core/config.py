@@ -19,9 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 
     port: int = Field(8000, description="Port `make run` serves on (127.0.0.1).")
-    database_url: str = Field(
-        f"sqlite:///{VAR / 'p2law.sqlite3'}", description="SQLAlchemy URL."
-    )
+    database_url: str = Field(f"sqlite:///{VAR / 'p2law.sqlite3'}", description="SQLAlchemy URL.")
     redis_url: str | None = Field(None, description="Broker URL; unset = embedded broker.")
     broker_dir: Path = Field(VAR / "broker", description="Folder of the embedded broker.")
     model_root: Path = Field(VAR / "models", description="Job model paths resolve inside it.")

@@ -11,15 +11,15 @@ class LawError(ValueError):
     """A request the law cannot answer as asked (missing rule argument, unmatched run, ...)."""
 
 
-class UnknownForm(LawError):  # noqa: N818 (public name of the interface)
+class UnknownForm(LawError):
     """A form name that is not in the registry."""
 
 
-class NotEnoughData(LawError):  # noqa: N818 (public name of the interface)
+class NotEnoughData(LawError):
     """Fewer observations than parameters, or an empty side of a hold-out split."""
 
 
-class UnreachableTarget(LawError):  # noqa: N818 (public name of the interface)
+class UnreachableTarget(LawError):
     """A target loss at or below the law's floor (its D → ∞ limit)."""
 
     def __init__(self, target_loss: float, floor_loss: float) -> None:
