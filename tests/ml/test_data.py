@@ -35,16 +35,25 @@ def test_jsonl_reads_the_text_field_and_rejects_records_without_it(tmp_path: Pat
         data.read_documents(path)
 
 
-def test_hf_dataset_dir_needs_pyarrow_or_is_read(tmp_path: Path) -> None:
+def test_saved_hf_dataset_dir_is_read_from_its_arrow_files(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    # The layout `datasets.Dataset.save_to_disk` writes: Arrow IPC stream shards + metadata.
     (tmp_path / "dataset_info.json").write_text("{}")
-    try:
-        import pyarrow  # type: ignore[import-not-found]  # noqa: F401
-    except ImportError:
-        with pytest.raises(data.DataError, match="pyarrow"):
-            data.read_documents(tmp_path)
-    else:
-        with pytest.raises(data.DataError, match=r"no \.arrow files"):
-            data.read_documents(tmp_path)
+    (tmp_path / "state.json").write_text("{}")
+    table = pa.table({"text": ["first doc", "", "second doc"], "id": [1, 2, 3]})
+    shard = str(tmp_path / "data-00000-of-00001.arrow")
+    with pa.OSFile(shard, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    assert data.read_documents(tmp_path) == ["first doc", "second doc"]
+    with pytest.raises(data.DataError, match="no column 'body'"):
+        data.read_documents(tmp_path, text_field="body")
+
+
+def test_dataset_dir_without_arrow_files_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "dataset_info.json").write_text("{}")
+    with pytest.raises(data.DataError, match=r"no \.arrow files"):
+        data.read_documents(tmp_path)
 
 
 def test_documents_end_with_eos_and_pack_into_full_blocks(tok) -> None:  # type: ignore[no-untyped-def]

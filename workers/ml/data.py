@@ -79,13 +79,8 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
 
 def _read_hf_dir(path: Path, text_field: str) -> list[str]:
     """Read a directory written by `datasets.Dataset.save_to_disk` (Arrow IPC stream files)."""
-    try:
-        import pyarrow as pa  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise DataError(
-            f"{path} is a saved Hugging Face dataset directory (Arrow files); reading it needs "
-            "pyarrow, which is not installed. Export it as JSONL with a text field, or as .txt."
-        ) from exc
+    import pyarrow as pa  # imported here: only this format needs it
+
     files = sorted(path.glob("data-*.arrow")) or sorted(path.glob("*.arrow"))
     if not files:
         raise DataError(f"{path}: no .arrow files in the dataset directory")
