@@ -52,6 +52,7 @@ demo-model: venv
 
 bench: dev
 	$(BIN)/python benchmarks/fit_bench.py
+	$(BIN)/python benchmarks/fits_bench.py
 	$(BIN)/python benchmarks/predict_bench.py
 	$(BIN)/python benchmarks/prune_bench.py
 	$(BIN)/python benchmarks/train_bench.py
