@@ -38,8 +38,8 @@ test: dev
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --timeout 900 $(PYTEST_ARGS)
 
 lint: dev
-	$(BIN)/ruff check app workers tests benchmarks examples migrations
-	$(BIN)/ruff format --check app workers tests benchmarks examples migrations
+	$(BIN)/ruff check app workers tests benchmarks examples migrations studies
+	$(BIN)/ruff format --check app workers tests benchmarks examples migrations studies
 
 typecheck: dev
 	$(BIN)/mypy
