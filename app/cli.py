@@ -17,6 +17,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -90,23 +91,8 @@ def _fit_command(args: argparse.Namespace) -> int:
     plot_path = Path(args.plot) if args.plot else csv_path.with_suffix(".fit.png")
     plot_path.write_bytes(plot_fit(args.form, result.params, data, title=csv_path.name))
     save_path = Path(args.save) if args.save else csv_path.with_suffix(".fit.json")
-    document = {
-        "form": result.form,
-        "params": result.params,
-        "objective": result.objective,
-        "converged": result.converged,
-        "message": result.message,
-        "n_starts": result.n_starts,
-        "n_observations": result.n_observations,
-        "n_runs": result.n_runs,
-        "metrics": result.metrics.as_dict(),
-        "holdout_protocol": args.holdout,
-        "holdout_metrics": None
-        if result.holdout_metrics is None
-        else result.holdout_metrics.as_dict(),
-        "ranges": result.ranges.as_dict(),
-        "refits": refits,
-    }
+    document = replace(result, bootstrap=refits).as_dict()
+    document["holdout_protocol"] = args.holdout
     save_path.write_text(json.dumps(document, indent=2, allow_nan=False), encoding="utf-8")
     print(f"\nplot: {plot_path}\nfit:  {save_path}")
     return 0
@@ -272,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             upgrade()
             print("database at the latest schema")
             return 0
-    except (LawError, AppError, OSError, json.JSONDecodeError, KeyError) as exc:
+    except (ValueError, AppError, OSError, KeyError) as exc:  # LawError, JSON errors included
         print(f"p2law: error: {exc}", file=sys.stderr)
         return 2
     return 2

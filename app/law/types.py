@@ -141,6 +141,25 @@ class FitResult:
     holdout_metrics: Metrics | None = None
     bootstrap: list[dict[str, float]] = field(default_factory=list)
 
+    def as_dict(self) -> dict[str, object]:
+        """The fit as JSON-ready values (the bootstrap refits under ``refits``)."""
+        return {
+            "form": self.form,
+            "params": dict(self.params),
+            "objective": self.objective,
+            "converged": self.converged,
+            "message": self.message,
+            "n_starts": self.n_starts,
+            "n_observations": self.n_observations,
+            "n_runs": self.n_runs,
+            "metrics": self.metrics.as_dict(),
+            "holdout_metrics": None
+            if self.holdout_metrics is None
+            else self.holdout_metrics.as_dict(),
+            "ranges": self.ranges.as_dict(),
+            "refits": list(self.bootstrap),
+        }
+
 
 @dataclass(frozen=True)
 class Recommendation:

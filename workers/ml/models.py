@@ -327,15 +327,17 @@ def load_causal_lm(
     return model, tokenizer
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk (before an atomic rename)."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for filename in filenames:
             with open(os.path.join(dirpath, filename), "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -361,14 +363,14 @@ def save_pretrained(
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         old: Path | None = None
         if out_dir.exists():
             # rename() cannot replace a non-empty directory: move the old one aside first
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex}"
             os.rename(out_dir, old)
         os.rename(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

@@ -170,22 +170,6 @@ def below_l0(loss: float, measured: Measured) -> tuple[bool, str | None]:
 # --------------------------------------------------------------------------- atomic state
 
 
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _state_dirs(workdir: Path) -> list[tuple[int, Path]]:
     found = []
     for child in workdir.glob(f"{STATE_PREFIX}*"):
@@ -255,16 +239,16 @@ def _save_state(
         "points": [asdict(p) for p in points],
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    _fsync_tree(tmp)
+    models.fsync_tree(tmp)
     if final.exists():  # an incomplete state of the same step from a crashed attempt
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(workdir)
+    models.fsync_dir(workdir)
     with open(final / COMPLETE, "w") as fh:
         fh.write(f"{trainer.step}\n")
         fh.flush()
         os.fsync(fh.fileno())
-    _fsync_dir(final)
+    models.fsync_dir(final)
     _clean_workdir(workdir, keep=final)
     return final
 
