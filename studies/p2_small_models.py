@@ -708,6 +708,36 @@ def fit_method(rows: Sequence[dict[str, Any]], cfg: StudyConfig) -> dict[str, An
     return report
 
 
+def reference_extrapolation(
+    reference: dict[str, Any], rows: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """Metrics of the reference study's `p2` (all runs) fit on this study's points with D
+    above the largest D the reference fitted, per method; flagged points left out."""
+    from app.law import evaluate
+
+    out: dict[str, Any] = {}
+    for method, m in reference.get("methods", {}).items():
+        ref = m.get("fits", {}).get("p2", {}).get("all")
+        if not ref or "params" not in ref:
+            continue
+        d_max = float(ref["ranges"]["tokens"][1])
+        beyond = [
+            r for r in rows if r["method"] == method and r["tokens"] > d_max and not r["_below_l0"]
+        ]
+        if not beyond:
+            out[method] = {"error": f"no points beyond the reference's D = {d_max:,.0f}"}
+            continue
+        metrics = evaluate("p2", ref["params"], to_dataset(beyond))
+        out[method] = {
+            "reference_max_tokens": d_max,
+            "max_tokens": max(r["tokens"] for r in beyond),
+            "n_points": len(beyond),
+            "n_runs": len({r["run_id"] for r in beyond}),
+            "metrics": metrics.as_dict(),
+        }
+    return out
+
+
 def control_summary(ctrl: dict[str, Any]) -> dict[str, Any]:
     """Whether the dense control drops below L0 beyond 2x the evaluation noise (§3)."""
     losses = [p["loss"] for p in ctrl["points"]]
@@ -747,8 +777,15 @@ def analyse(
     results: list[dict[str, Any]],
     out: Path,
     timings: dict[str, float],
+    *,
+    reference: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write observations.csv, controls.csv, fits.json and one plot per method."""
+    """Write observations.csv, controls.csv, fits.json and one plot per method.
+
+    With `reference` (another study's fits.json), each method's `p2` fit on all of that study's
+    runs also predicts this study's points beyond the reference's largest D: an extrapolation
+    in D by runs the reference never saw (same dense models, longer post-training).
+    """
     from app.plotting import plot_fit
 
     out.mkdir(parents=True, exist_ok=True)
@@ -842,6 +879,9 @@ def analyse(
         "controls": {c["size"]: control_summary(c) for c in controls},
         "runs": run_table,
         "methods": methods,
+        "reference_extrapolation": (
+            reference_extrapolation(reference, rows) if reference is not None else None
+        ),
     }
     (out / "fits.json").write_text(json.dumps(report, indent=1, default=str))
     return report
@@ -921,6 +961,21 @@ def write_summary(report: dict[str, Any], path: Path) -> None:
             f"| {method} | points below L0 (flagged / raw) | {m['n_below_l0_flagged']} / "
             f"{m['n_below_l0_raw']} of {m['n_points']} | rho split worked: {split_ok} ||||||||"
         )
+    extra = report.get("reference_extrapolation")
+    if extra:
+        lines += ["", "## Extrapolation of the reference fits beyond their D range", ""]
+        lines += ["| method | reference max D | points (runs) | max D | MAPE % | RMSE | ASD |"]
+        lines.append("|---|---|---|---|---|---|---|")
+        for method, e in extra.items():
+            if "error" in e:
+                lines.append(f"| {method} | {e['error']} ||||||")
+                continue
+            em = e["metrics"]
+            lines.append(
+                f"| {method} | {e['reference_max_tokens']:,.0f} | {e['n_points']} "
+                f"({e['n_runs']}) | {e['max_tokens']:,} | {em['mape']:.3f} | "
+                f"{em['rmse']:.4f} | {em['asd']:.3g} |"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -948,6 +1003,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--no-analyse", action="store_true", help="train only; fit later with --analyse-only"
+    )
+    p.add_argument(
+        "--reference",
+        type=Path,
+        help="another run's fits.json: its p2 fits predict this run's points beyond its D range",
     )
     a = p.parse_args(argv)
     cfg = QUICK if a.quick else FULL
@@ -984,7 +1044,8 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.monotonic() - started
     fit_started = time.monotonic()
     timings = {"train_wall_s": round(train_s, 1)}
-    analyse(cfg, dense, results, a.out, timings)
+    reference = json.loads(a.reference.read_text()) if a.reference else None
+    analyse(cfg, dense, results, a.out, timings, reference=reference)
     timings["fit_wall_s"] = round(time.monotonic() - fit_started, 1)
     report_path = a.out / "fits.json"
     report = json.loads(report_path.read_text())
