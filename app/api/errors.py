@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.core.errors import AppError
 from app.law.errors import LawError, UnreachableTarget
@@ -67,8 +68,22 @@ async def _law_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content=content)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # A database that is down, locked past its timeout or not migrated is the service's
+    # state, not the client's fault: 503 (retry later), with nothing half-written (the
+    # transaction is rolled back with the session).
+    log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+    detail = (
+        "the database is unavailable or not migrated (run `make migrate`); retry later: "
+        f"{type(exc.__cause__ or exc).__name__}"
+    )
+    return JSONResponse(status_code=503, content={"detail": detail})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers on `app`."""
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(LawError, _law_error)
+    app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(InterfaceError, _database_unavailable)
