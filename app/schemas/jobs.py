@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import Page
-from app.schemas.observations import ObservationOut
+from app.schemas.observations import ObservationPage
 
 Method = Literal["depth", "width", "2:4", "unstructured"]
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
@@ -120,8 +120,46 @@ class JobRequest(BaseModel):
         return self
 
 
+#: A finished depth job on the demo model (measured with `make demo-model`, 300k tokens).
+EXAMPLE_JOB_OUT: dict[str, Any] = {
+    "id": "8e78408b3c5648d68f05c7628f758928",
+    "status": "succeeded",
+    "method": "depth",
+    "family": "demo-llama",
+    "progress": {"tokens_done": 300032, "tokens_total": 300032, "fraction": 1.0, "eta_s": None},
+    "measured": {
+        "n0": 65824,
+        "n_after": 53472,
+        "rho": 0.18765,
+        "l0": 3.4907,
+        "loss_after_prune": 3.8011,
+        "protocol": "eval:2d54c8c059537bd3:seq128:n16384",
+        "eval_noise": 0.0284,
+    },
+    "artifact": "var/artifacts/8e78408b3c5648d68f05c7628f758928",
+    "error": None,
+    "attempts": 1,
+    "max_attempts": 3,
+    "stopped_early": False,
+    "stop_reason": None,
+    "stopped_at_tokens": None,
+    "resumed_from_tokens": None,
+    "warnings": ["refit fe0df58c6566428aaa17cece3891d346 of demo-llama/depth is now the default"],
+    "request": EXAMPLE_JOB,
+    "created_at": "2026-11-28T17:51:19Z",
+    "started_at": "2026-11-28T17:51:20Z",
+    "finished_at": "2026-11-28T17:52:11Z",
+}
+
+
 class JobAccepted(BaseModel):
     """A queued job."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"id": "8e78408b3c5648d68f05c7628f758928", "status": "queued"}]
+        }
+    )
 
     id: str
     status: JobStatus
@@ -151,6 +189,8 @@ class MeasuredOut(BaseModel):
 class JobOut(BaseModel):
     """A job (api.md's fields, plus the early-stop record and warnings)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_JOB_OUT]})
+
     id: str
     status: JobStatus
     method: str
@@ -175,6 +215,12 @@ class JobOut(BaseModel):
 class JobPage(Page[JobOut]):
     """A page of jobs, newest first."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"items": [EXAMPLE_JOB_OUT], "total": 1, "offset": 0, "limit": 50}]
+        }
+    )
 
-class JobObservationPage(Page[ObservationOut]):
+
+class JobObservationPage(ObservationPage):
     """The observations a job recorded (run_id = the job id), by tokens."""
