@@ -320,6 +320,34 @@ def run_pipeline(
             model, splits.eval, batch_size=eval_batch, device=device, autocast_dtype=autocast_dtype
         )
 
+    def make_trainer(masks: dict[str, torch.Tensor]) -> Trainer:
+        return Trainer(
+            model,
+            splits.train,
+            cfg,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            masks=masks,
+            apply_masks=apply_masks,
+        )
+
+    def save_state(
+        trainer: Trainer,
+        masks: dict[str, torch.Tensor],
+        measured: Measured,
+        points: list[CheckpointPoint],
+    ) -> None:
+        _save_state(
+            workdir,
+            spec=spec,
+            model=model,
+            tokenizer=tokenizer,
+            trainer=trainer,
+            masks=masks,
+            measured=measured,
+            points=points,
+        )
+
     if resume_from is not None:
         meta = json.loads((resume_from / "meta.json").read_text())
         if meta.get("format") != STATE_FORMAT or meta["spec"] != _spec_key(spec):
@@ -331,15 +359,7 @@ def run_pipeline(
         masks: dict[str, torch.Tensor] = {
             k: v.to(device) for k, v in torch.load(resume_from / "masks.pt").items()
         }
-        trainer = Trainer(
-            model,
-            splits.train,
-            cfg,
-            device=device,
-            autocast_dtype=autocast_dtype,
-            masks=masks,
-            apply_masks=apply_masks,
-        )
+        trainer = make_trainer(masks)
         trainer.load_state_dict(
             torch.load(resume_from / "trainer.pt", map_location="cpu", weights_only=False)
         )
@@ -365,27 +385,10 @@ def run_pipeline(
         )
         masks = {k: v.to(device) for k, v in result.masks.items()}
         points = []
-        trainer = Trainer(
-            model,
-            splits.train,
-            cfg,
-            device=device,
-            autocast_dtype=autocast_dtype,
-            masks=masks,
-            apply_masks=apply_masks,
-        )
+        trainer = make_trainer(masks)
         hooks.on_measured(measured)
         # A state at step 0 keeps the (possibly slow) pruning and L0 out of every retry.
-        _save_state(
-            workdir,
-            spec=spec,
-            model=model,
-            tokenizer=tokenizer,
-            trainer=trainer,
-            masks=masks,
-            measured=measured,
-            points=points,
-        )
+        save_state(trainer, masks, measured, points)
 
     total_tokens = total_steps * tokens_per_step
     progress_every = max(1, min(50, total_steps // 200))
@@ -401,16 +404,7 @@ def run_pipeline(
         flagged, note = below_l0(loss, measured)
         point = CheckpointPoint(tokens=trainer.tokens_done, loss=loss, below_l0=flagged, note=note)
         points.append(point)
-        _save_state(
-            workdir,
-            spec=spec,
-            model=model,
-            tokenizer=tokenizer,
-            trainer=trainer,
-            masks=masks,
-            measured=measured,
-            points=points,
-        )
+        save_state(trainer, masks, measured, points)
         decision, reason = hooks.on_checkpoint(point, list(points))
         if decision is Decision.CANCEL:
             return JobOutcome("cancelled", measured, points, None, reason)
