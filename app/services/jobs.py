@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from app.core import queue
 from app.core.config import Settings, get_settings
-from app.core.errors import Conflict, NotFound, ServiceUnavailable
+from app.core.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.core.paths import resolve_inside, resolve_model
 from app.db.base import utcnow
 from app.db.models.job import FINAL_STATUSES, Job
@@ -34,6 +34,7 @@ from app.repositories import jobs as repo
 from app.repositories import observations as observations_repo
 from app.schemas.jobs import JobRequest
 from app.services import stop_rule as stop_rule_service
+from app.services.capacity import capacity_from_config
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +71,42 @@ def resolve_paths(request: Mapping[str, Any], settings: Settings | None = None) 
     return ResolvedPaths(model=model, dataset=data_path, eval_path=eval_path)
 
 
+def model_config(model: str) -> dict[str, Any] | None:
+    """The `config.json` of a local model directory (already confined to MODEL_ROOT), or None
+    for a hub id or an unreadable file."""
+    path = Path(model) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def default_family(model: str) -> str:
     """A family label for a model: its config's ``model_type`` (``llama``, ``qwen2``), else its
     folder or hub name. Runs of one architecture share a family unless the request names one."""
-    config = Path(model) / "config.json"
-    if config.is_file():
-        try:
-            model_type = json.loads(config.read_text()).get("model_type")
-        except (OSError, ValueError):
-            model_type = None
-        if isinstance(model_type, str) and model_type:
-            return model_type[:64]
+    model_type = (model_config(model) or {}).get("model_type")
+    if isinstance(model_type, str) and model_type:
+        return model_type[:64]
     return (Path(model).name or model)[:64]
+
+
+def check_reachable(request: JobRequest, model: str) -> None:
+    """A 2:4 target above what the pattern can zero on this model is a 422 naming the maximum
+    (p2-law.md §1), decided from its config before anything is queued. Architectures the
+    config reader does not know are left to the worker, which reports the same maximum."""
+    if request.method != "2:4":
+        return
+    config = model_config(model)
+    capacity = capacity_from_config(config) if config is not None else None
+    if capacity is not None and request.rho > capacity.max_rho_2of4:
+        raise Unprocessable(
+            f"2:4 sparsity can zero at most rho={capacity.max_rho_2of4:.4f} of this model's "
+            f"parameters (half of every attention and MLP projection; embeddings, norms and "
+            f"the head are never pruned): ask for rho <= {capacity.max_rho_2of4:.4f}"
+        )
 
 
 # --------------------------------------------------------------------------- API side
@@ -103,6 +128,7 @@ def submit(session: Session, request: JobRequest) -> tuple[Job, bool]:
                 session.rollback()
                 return existing, False
         paths = resolve_paths(request.model_dump(), settings)
+        check_reachable(request, paths.model)
         job = Job(
             idempotency_key=request.idempotency_key,
             status="queued",

@@ -22,6 +22,7 @@ from app.db.session import reset_engines, session_scope
 from app.main import create_app
 from app.repositories import jobs as jobs_repo
 from app.repositories import observations as observations_repo
+from app.services.capacity import capacity_from_config
 
 API_JOB_FIELDS = {
     "id",
@@ -235,6 +236,39 @@ def test_two_four_above_its_reach_is_422_naming_the_maximum(jobs_client: TestCli
     assert (
         jobs_client.post("/jobs/prune-finetune", json=job_request(method="2:4", rho=0.3))
     ).status_code == 202
+
+
+def test_two_four_above_this_models_reach_is_422_before_anything_is_queued(
+    jobs_client: TestClient, roots: dict[str, Path]
+) -> None:
+    # A small Llama whose embeddings and head are a large share: 2:4 reaches far below 0.5.
+    config = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 4,
+        "vocab_size": 256,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": False,
+    }
+    model = roots["model"].parent / "sized"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    capacity = capacity_from_config(config)
+    assert capacity is not None and capacity.max_rho_2of4 < 0.45
+    above = round(capacity.max_rho_2of4 + 0.01, 4)
+    response = jobs_client.post(
+        "/jobs/prune-finetune", json=job_request(model="sized", method="2:4", rho=above)
+    )
+    assert response.status_code == 422
+    assert f"at most rho={capacity.max_rho_2of4:.4f}" in response.json()["detail"]
+    assert jobs_client.get("/jobs").json()["total"] == 0 and _message_files() == []
+    below = round(capacity.max_rho_2of4 - 0.01, 4)
+    response = jobs_client.post(
+        "/jobs/prune-finetune", json=job_request(model="sized", method="2:4", rho=below)
+    )
+    assert response.status_code == 202
 
 
 @pytest.mark.parametrize(
