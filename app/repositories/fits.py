@@ -65,6 +65,17 @@ def get_default(session: Session, family: str | None, method: str | None) -> Fit
     ).first()
 
 
+def list_defaults(session: Session, family: str) -> list[Fit]:
+    """The default fits of every method of ``family``, newest first."""
+    return list(
+        session.scalars(
+            select(Fit)
+            .where(Fit.family == family, Fit.method.is_not(None), Fit.is_default.is_(True))
+            .order_by(Fit.created_at.desc(), Fit.id.desc())
+        ).all()
+    )
+
+
 def set_default(session: Session, fit: Fit) -> None:
     """Make ``fit`` the default of its (family, method), clearing the flag on the others."""
     session.flush()

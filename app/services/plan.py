@@ -16,16 +16,12 @@ from app.services.convert import features, finite_or_none
 from app.services.lawref import LawRef, law_from_fit
 from app.services.predict import range_warnings
 
-#: Enough fits to cover every method of a family; a family has a handful of methods.
-_MAX_FITS_SCANNED = 10_000
-
 
 def _default_laws(session: Session, family: str) -> dict[str, LawRef]:
     """The default fit of every method of `family`, by method."""
-    fits, _ = fits_repo.list_page(session, family=family, offset=0, limit=_MAX_FITS_SCANNED)
     laws: dict[str, LawRef] = {}
-    for fit in fits:
-        if fit.is_default and fit.method is not None and fit.method not in laws:
+    for fit in fits_repo.list_defaults(session, family):
+        if fit.method is not None and fit.method not in laws:
             laws[fit.method] = law_from_fit(fit)
     return laws
 
