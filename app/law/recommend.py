@@ -55,6 +55,16 @@ def _rule_value(rule: Rule, threshold: float | None, target_loss: float | None) 
     raise LawError(f"unknown rule {rule!r}; use marginal, gap or target")
 
 
+def marginal_gain(law: Form | str, params: Params, x: Features) -> FloatArray:
+    """−dL/dD at `x` in nats per billion tokens (the `marginal` rule's quantity), by a central
+    difference in log D, so it works for every form."""
+    form = get_form(law) if isinstance(law, str) else law
+    up = Features(x.n0, x.rho, x.l0, x.tokens * np.exp(_LOG_STEP))
+    down = Features(x.n0, x.rho, x.l0, x.tokens * np.exp(-_LOG_STEP))
+    slope = (form.predict(params, up) - form.predict(params, down)) / (2 * _LOG_STEP)
+    return np.asarray(-slope / (x.tokens / 1e9), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class _Problem:
     """One rule on one (n0, ρ, L0) under one law: g(log tokens) ≤ 0 exactly where it is met."""
@@ -76,10 +86,7 @@ class _Problem:
     def g(self, log_t: FloatArray, floor: float) -> FloatArray:
         tokens = np.exp(log_t)
         if self.rule == "marginal":
-            up = self.law.predict(self.params, self.features(tokens * np.exp(_LOG_STEP)))
-            down = self.law.predict(self.params, self.features(tokens * np.exp(-_LOG_STEP)))
-            slope_per_billion = (up - down) / (2 * _LOG_STEP) / (tokens / 1e9)
-            return np.asarray(-slope_per_billion - self.value, dtype=np.float64)
+            return marginal_gain(self.law, self.params, self.features(tokens)) - self.value
         loss = self.law.predict(self.params, self.features(tokens))
         if self.rule == "gap":
             return np.asarray(loss - floor - self.value, dtype=np.float64)

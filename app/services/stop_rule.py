@@ -20,12 +20,8 @@ import numpy as np
 
 from app.law.errors import LawError
 from app.law.fitting import fit
-from app.law.forms import get_form
+from app.law.recommend import marginal_gain as law_marginal_gain
 from app.law.types import Dataset, Features
-
-#: Relative step of the central difference in D (1 %: well above float noise, well below the
-#: scale on which a power law bends).
-_REL_STEP = 0.01
 
 
 @dataclass(frozen=True)
@@ -77,14 +73,10 @@ def _dataset(points: Sequence[RunPoint]) -> Dataset:
 
 def marginal_gain(form: str, params: dict[str, float], point: RunPoint) -> float:
     """−dL/dD in nats per billion tokens predicted by ``form`` at ``point``'s D."""
-    law = get_form(form)
-    tokens = np.array([point.tokens * (1 - _REL_STEP), point.tokens * (1 + _REL_STEP)])
     x = Features(
-        np.full(2, point.n0), np.full(2, point.rho), np.full(2, point.l0), tokens.astype(np.float64)
+        np.array([point.n0]), np.array([point.rho]), np.array([point.l0]), np.array([point.tokens])
     )
-    low, high = law.predict(params, x)
-    step_billions = (tokens[1] - tokens[0]) / 1e9
-    return float(-(high - low) / step_billions)
+    return float(law_marginal_gain(form, params, x)[0])
 
 
 def evaluate(
