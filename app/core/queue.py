@@ -19,6 +19,11 @@ other serverless candidate:
   flaw matters here: it writes a message in place, so a consumer polling the folder can move and
   read a file that is still being written. The transport below (``p2fs://``) writes into a hidden
   temporary file, fsyncs it and renames it into place, so a reader sees whole messages only.
+  A second flaw: the reader takes files in sorted *text* order, and kombu names them by an
+  unpadded millisecond count of ``monotonic()``, so "999_..." sorts after "1000_..." and the
+  count restarts at boot. ``p2fs://`` names a message
+  ``<wall-clock ns, 20 digits>_<process send counter, 20 digits>_<uuid>.<queue>.msg``, so text
+  order is send order.
 - kombu's ``sqla+sqlite://`` transport was rejected: it has no fanout exchange, marks a fetched
   message invisible for good (a killed worker loses it just the same) and would add a second
   SQLite writer with its own, non-``BEGIN IMMEDIATE`` transactions beside the service's database.
@@ -37,12 +42,13 @@ Limits of the embedded broker (documented, and covered by the database design):
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import time
 import uuid
 from pathlib import Path
-from time import monotonic
+from time import time_ns
 from typing import Any
 
 from celery import Celery
@@ -71,14 +77,26 @@ SEND_RETRY_POLICY: dict[str, Any] = {
 }
 
 
+#: Sends made by this process so far; orders its messages that share one clock reading.
+_sends = itertools.count()
+
+
+def _message_name(queue: str) -> str:
+    """The file name of the next message of ``queue``: text order is send order."""
+    # kombu's reader takes files in sorted text order: fixed-width numbers keep it numeric
+    # across a digit boundary, wall-clock time (not monotonic(), which restarts at boot) keeps
+    # it across reboots, and the counter keeps it within one tick of a coarse clock.
+    return f"{time_ns():020d}_{next(_sends):020d}_{uuid.uuid4()}.{queue}.msg"
+
+
 class AtomicFilesystemChannel(kombu_filesystem.Channel):
-    """kombu's filesystem channel with whole-file writes (write, fsync, rename)."""
+    """kombu's filesystem channel with whole-file writes (write, fsync, rename) and file names
+    that sort in send order."""
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Write ``payload`` as one message file of ``queue``; readers never see half of it."""
         folder = self.data_folder_out
-        # The name kombu's reader selects on: "<ms>_<uuid>.<queue>.msg", sorted = FIFO.
-        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        name = _message_name(queue)
         # A leading dot and no ".msg" suffix: the reader's name filter skips temporary files.
         handle, temp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
         try:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
+import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from queue import Empty
+from typing import Any
 
 import pytest
-from kombu import Connection
 
 from app.core import queue
 from app.core.config import get_settings
@@ -20,6 +25,11 @@ def _fresh_client() -> Iterator[None]:
     queue.reset_client()
     yield
     queue.reset_client()
+
+
+def _connection() -> Any:
+    """A new kombu connection to the broker the API's client sends to, with its options."""
+    return queue.get_client().connection_for_read()
 
 
 def _free_port() -> int:
@@ -52,7 +62,7 @@ def test_embedded_send_writes_one_whole_message_with_only_the_job_id() -> None:
     folder = Path(get_settings().broker_dir) / "messages"
     files = sorted(folder.iterdir())
     assert [f.name.endswith(".gpu.msg") for f in files] == [True]
-    with Connection(queue.broker_url(), transport_options=queue.transport_options()) as conn:
+    with _connection() as conn:
         simple = conn.SimpleQueue("gpu")
         message = simple.get(timeout=2)
         assert message.headers["task"] == queue.RUN_JOB_TASK
@@ -75,6 +85,91 @@ def test_embedded_writer_leaves_no_temporary_file_behind() -> None:
     names = [f.name for f in folder.iterdir()]
     assert len(names) == 5
     assert not [n for n in names if n.startswith(".")]
+
+
+def _send_jobs_and_receive_them(count: int) -> list[str]:
+    """Send ``job-0``, ``job-1``, ... as the API does; the ids in the order a worker gets them."""
+    for index in range(count):
+        queue.send_job(f"job-{index}")
+    received = []
+    with _connection() as conn:
+        simple = conn.SimpleQueue("gpu")
+        for _ in range(count):
+            message = simple.get(timeout=2)
+            received.append(message.payload[0][0])
+            message.ack()
+        simple.close()
+    return received
+
+
+def test_embedded_queue_stays_fifo_when_the_clock_gains_a_digit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 999 ms, then 1000 ms: as unpadded numbers in text order the later sends would come first.
+    readings = iter([999_000_000, 999_999_999, 1_000_000_000, 1_000_000_001, 10_000_000_000])
+    monkeypatch.setattr(queue, "time_ns", lambda: next(readings))
+    assert _send_jobs_and_receive_them(5) == [f"job-{index}" for index in range(5)]
+
+
+def test_embedded_queue_stays_fifo_for_sends_within_one_clock_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(queue, "time_ns", lambda: 1_700_000_000_000_000_000)
+    assert _send_jobs_and_receive_them(20) == [f"job-{index}" for index in range(20)]
+
+
+def _write_checksummed_messages(count: int, size: int, done: Any) -> None:
+    """Put ``count`` messages of ``size`` bytes on queue ``race``, each with its body's SHA-256."""
+    try:
+        queue.reset_client()  # a client of this process's own, not the forked parent's
+        with _connection() as conn:
+            channel = conn.default_channel
+            for index in range(count):
+                body = os.urandom(size // 2).hex()
+                digest = hashlib.sha256(body.encode()).hexdigest()
+                channel._put("race", {"index": index, "body": body, "sha256": digest})
+    finally:
+        done.set()
+
+
+def test_embedded_reader_racing_a_writer_gets_every_message_whole_and_once() -> None:
+    count = 200
+    # A process, not a thread: the writer runs while the reader polls, not between its polls.
+    context = multiprocessing.get_context("fork")
+    done = context.Event()
+    writer = context.Process(target=_write_checksummed_messages, args=(count, 1_000_000, done))
+    received: list[int] = []
+    torn: list[str] = []
+    deadline = time.monotonic() + 60
+    try:
+        with _connection() as conn:
+            channel = conn.default_channel
+            writer.start()
+            while time.monotonic() < deadline:
+                finished = done.is_set()  # read before polling: a final Empty then means drained
+                try:
+                    payload = channel._get("race")
+                except Empty:
+                    if finished:
+                        break
+                    time.sleep(0.001)  # shorter than a write, so the reader still races it
+                    continue
+                except ValueError as exc:  # a torn file does not parse
+                    torn.append(repr(exc))
+                    continue
+                body = payload["body"]
+                if hashlib.sha256(body.encode()).hexdigest() != payload["sha256"]:
+                    torn.append(f"message {payload['index']}: checksum mismatch")
+                received.append(payload["index"])
+    finally:
+        writer.join(timeout=5)
+        if writer.is_alive():
+            writer.kill()
+        # The delivered files are 200 MB.
+        shutil.rmtree(queue.embedded_folders()["processed"], ignore_errors=True)
+    assert writer.exitcode == 0
+    assert torn == []
+    assert sorted(received) == list(range(count))
 
 
 def test_embedded_broker_status_is_ok() -> None:
