@@ -97,7 +97,8 @@ def test_unreachable_target_is_a_clear_error(capsys: pytest.CaptureFixture[str])
         "delta=0.1",
     ]
     assert main(argv) == 2
-    assert "floor" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "target loss 2 is unreachable" in err and "floor" in err and "2.68143" in err
 
 
 def test_missing_law_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

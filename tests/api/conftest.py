@@ -1,4 +1,5 @@
-"""API fixtures: an app on a migrated database, optionally seeded with synthetic data.
+"""API fixtures: an app on a migrated database, optionally seeded with synthetic data; and
+helpers that check an error response (status, strict JSON, the ``detail`` it carries).
 
 Seeding (upload + two fits, one with a bootstrap) costs seconds, so it runs once per session
 into a template SQLite file; each test that needs it gets its own copy of that file.
@@ -6,10 +7,11 @@ into a template SQLite file; each test that needs it gets its own copy of that f
 
 from __future__ import annotations
 
+import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pytest
@@ -40,7 +42,7 @@ FAMILY = "llama-3"
 
 
 def p2_loss(params: dict[str, float], n0: Any, rho: Any, l0: Any, tokens: Any) -> Any:
-    """The P² law written out independently of app.law (p2-law.md §2, billions inside)."""
+    """The P² law written out independently of app.law (docs/law.md §2, billions inside)."""
     nb = np.asarray(n0) / 1e9
     db = np.asarray(tokens) / 1e9
     gap = params["N_C"] / nb ** params["alpha"] + params["D_C"] / db ** params["beta"] + params["E"]
@@ -86,6 +88,53 @@ def synthetic_observations(
 
 
 WIDTH_LAW = {**LAW, "gamma": -0.6, "D_C": 0.03}
+
+
+class Response(Protocol):
+    """What the helpers below read of a TestClient response (httpx's or httpx2's)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+def strict_json(text: str) -> Any:
+    """``text`` parsed as strict JSON: NaN and Infinity, which ``json.loads`` accepts, fail."""
+
+    def refuse(constant: str) -> Any:
+        raise AssertionError(f"response carries the non-JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def error_detail(response: Response, status: int) -> Any:
+    """The ``detail`` of an error response, after checking its status and that it is JSON."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json", response.headers
+    body = strict_json(response.text)
+    assert isinstance(body, dict) and "detail" in body, body
+    return body["detail"]
+
+
+def error_message(response: Response, status: int) -> str:
+    """The message of a service error (``{"detail": "<message>"}``) with status ``status``."""
+    detail = error_detail(response, status)
+    assert isinstance(detail, str) and detail, detail
+    return detail
+
+
+def validation_error(response: Response) -> dict[str, Any]:
+    """The one request-validation error of a 422 (``{"detail": [{"loc", "msg", ...}]}``)."""
+    detail = error_detail(response, 422)
+    assert isinstance(detail, list) and len(detail) == 1, detail
+    error = detail[0]
+    assert isinstance(error, dict) and {"loc", "msg", "type"} <= set(error), error
+    return error
 
 
 @pytest.fixture(scope="session")

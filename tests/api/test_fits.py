@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import FAMILY, synthetic_observations
+from tests.api.conftest import FAMILY, error_message, synthetic_observations, validation_error
 
 FIT_FIELDS = {
     "id",
@@ -71,38 +71,47 @@ def test_bootstrap_count_is_reported(seeded_client: TestClient, seeded: dict[str
 
 def test_no_observations_is_422(client: TestClient) -> None:
     response = client.post("/fits", json={"family": "none", "method": "depth"})
-    assert response.status_code == 422
-    assert "POST /observations" in response.json()["detail"]
+    assert "POST /observations" in error_message(response, 422)
 
 
 def test_too_few_observations_is_422(client: TestClient) -> None:
     client.post("/observations", json={"observations": synthetic_observations()[:3]})
     response = client.post("/fits", json={"family": FAMILY})
-    assert response.status_code == 422
-    assert response.json()["detail"]
+    message = error_message(response, 422)
+    assert "7 parameters but only 3 observations" in message
 
 
-def test_mixed_protocols_are_refused(client: TestClient) -> None:
+def test_mixed_protocols_are_a_422_naming_both(client: TestClient) -> None:
     rows = synthetic_observations()[:40] + synthetic_observations(protocol="eval-2")[40:]
     client.post("/observations", json={"observations": rows})
     response = client.post("/fits", json={"family": FAMILY, "method": "depth"})
-    assert response.status_code == 422
-    detail = response.json()["detail"]
-    assert "eval-1" in detail and "eval-2" in detail
+    message = error_message(response, 422)
+    assert "mix evaluation protocols" in message
+    assert "eval-1" in message and "eval-2" in message
 
 
 @pytest.mark.parametrize(
-    "body",
-    [{"form": "nope"}, {"bootstrap": 1001}, {"bootstrap": -1}, {"holdout": {"protocol": "X"}}],
+    ("body", "loc", "says"),
+    [
+        ({"form": "nope"}, ["body", "form"], "unknown form 'nope'"),
+        ({"bootstrap": 1001}, ["body", "bootstrap"], "less than or equal to 1000"),
+        ({"bootstrap": -1}, ["body", "bootstrap"], "greater than or equal to 0"),
+        ({"holdout": {"protocol": "X"}}, ["body", "holdout", "protocol"], "'D', 'N0' or 'rho'"),
+    ],
     ids=["unknown-form", "bootstrap-too-big", "bootstrap-negative", "bad-holdout"],
 )
-def test_bad_fit_requests_are_422(client: TestClient, body: dict[str, object]) -> None:
-    assert client.post("/fits", json=body).status_code == 422
+def test_bad_fit_requests_are_422_naming_the_field(
+    client: TestClient, body: dict[str, object], loc: list[str], says: str
+) -> None:
+    error = validation_error(client.post("/fits", json=body))
+    assert error["loc"] == loc
+    assert says in error["msg"]
 
 
 def test_unknown_fit_is_404(client: TestClient) -> None:
-    assert client.get("/fits/" + "a" * 32).status_code == 404
-    assert client.get("/fits/" + "a" * 32 + "/plot.png").status_code == 404
+    fit_id = "a" * 32
+    for path in (f"/fits/{fit_id}", f"/fits/{fit_id}/plot.png"):
+        assert error_message(client.get(path), 404) == f"no fit with id '{fit_id}'"
 
 
 def test_plot_is_a_png(seeded_client: TestClient, seeded: dict[str, str]) -> None:

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import get_settings
 from app.main import create_app
-from tests.api.conftest import synthetic_observations
+from tests.api.conftest import error_message, synthetic_observations, validation_error
 
 ROWS = synthetic_observations()[:5]
 HEADER = "run_id,family,method,n0,rho,l0,tokens,loss,protocol,source"
@@ -42,6 +42,7 @@ def test_csv_upload_stores_the_same_rows(client: TestClient) -> None:
 def test_csv_without_optional_columns_is_accepted(client: TestClient) -> None:
     text = "run_id,family,method,n0,rho,l0,tokens,loss\nr1,f,depth,1e9,0.25,2.5,1e8,2.7\n"
     response = client.post("/observations", content=text, headers={"content-type": "text/csv"})
+    assert response.status_code == 201, response.text
     assert response.json() == {"inserted": 1, "duplicates": 0}
 
 
@@ -60,28 +61,57 @@ def test_csv_without_optional_columns_is_accepted(client: TestClient) -> None:
 def test_a_bad_csv_row_is_422_naming_its_line(client: TestClient, line: str, expect: str) -> None:
     text = HEADER + "\nr0,f,depth,1e9,0.25,2.5,1e8,2.7,,\n" + line + "\n"
     response = client.post("/observations", content=text, headers={"content-type": "text/csv"})
-    assert response.status_code == 422, response.text
-    assert expect in response.json()["detail"]
+    assert expect in error_message(response, 422)
     assert client.get("/observations").json()["total"] == 0
 
 
-def test_csv_header_problems_are_422(client: TestClient) -> None:
-    for text in ("", "run_id,family\nr,f\n", HEADER + ",color\n"):
-        response = client.post("/observations", content=text, headers={"content-type": "text/csv"})
-        assert response.status_code == 422, text
-        assert isinstance(response.json()["detail"], str)
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("", "the CSV is empty"),
+        ("run_id,family\nr,f\n", "the CSV header lacks method, n0, rho, l0, tokens, loss"),
+        (HEADER + ",color\n", "the CSV header has unknown columns: color"),
+    ],
+    ids=["empty", "missing-columns", "unknown-column"],
+)
+def test_csv_header_problems_are_422_saying_what_is_wrong(
+    client: TestClient, text: str, says: str
+) -> None:
+    response = client.post("/observations", content=text, headers={"content-type": "text/csv"})
+    assert says in error_message(response, 422)
+
+
+def test_a_csv_over_the_upload_row_limit_is_413_naming_the_limit(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAX_OBSERVATIONS_PER_UPLOAD", "3")
+    get_settings.cache_clear()
+    rows = synthetic_observations()[:4]
+    response = client.post(
+        "/observations", content=_csv(rows), headers={"content-type": "text/csv"}
+    )
+    assert error_message(response, 413) == "the CSV has more than 3 rows (the upload limit)"
+    assert client.get("/observations").json()["total"] == 0
+    at_limit = client.post(
+        "/observations", content=_csv(rows[:3]), headers={"content-type": "text/csv"}
+    )
+    assert at_limit.status_code == 201 and at_limit.json()["inserted"] == 3
 
 
 def test_other_content_types_are_415(client: TestClient) -> None:
     response = client.post("/observations", content=b"x", headers={"content-type": "text/plain"})
-    assert response.status_code == 415
+    message = error_message(response, 415)
+    assert message.startswith("unsupported content type 'text/plain'")
+    assert "application/json or text/csv" in message
 
 
 def test_malformed_json_is_422(client: TestClient) -> None:
     response = client.post(
         "/observations", content=b"{not json", headers={"content-type": "application/json"}
     )
-    assert response.status_code == 422
+    error = validation_error(response)
+    assert error["loc"] == ["body"] and error["type"] == "json_invalid"
+    assert error["msg"].startswith("Invalid JSON")
 
 
 def test_list_is_paged_and_filtered(client: TestClient) -> None:
@@ -95,7 +125,8 @@ def test_list_is_paged_and_filtered(client: TestClient) -> None:
     assert {"id", "run_id", "family", "method", "n0", "rho", "l0", "tokens", "loss"} <= set(
         body["items"][0]
     )
-    assert client.get("/observations", params={"limit": 0}).status_code == 422
+    error = validation_error(client.get("/observations", params={"limit": 0}))
+    assert error["loc"] == ["query", "limit"]
 
 
 def test_write_routes_need_the_api_key_when_configured(
@@ -106,19 +137,30 @@ def test_write_routes_need_the_api_key_when_configured(
     with TestClient(create_app()) as client:
         body = {"observations": ROWS}
         missing = client.post("/observations", json=body)
-        assert missing.status_code == 401 and "X-API-Key" in missing.json()["detail"]
+        assert "needs the X-API-Key header" in error_message(missing, 401)
         wrong = client.post("/observations", json=body, headers={"X-API-Key": "nope"})
-        assert wrong.status_code == 401
-        assert client.post("/fits", json={}).status_code == 401
+        assert "does not match" in error_message(wrong, 401)
+        assert "needs the X-API-Key header" in error_message(client.post("/fits", json={}), 401)
+        assert client.get("/observations").json()["total"] == 0
         ok = client.post("/observations", json=body, headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 201
         # Reads stay open.
         assert client.get("/observations").status_code == 200
 
 
-def test_text_with_a_nul_character_is_422_on_every_backend(any_client: TestClient) -> None:
+def test_text_with_a_nul_character_is_422_naming_the_field_on_every_backend(
+    any_client: TestClient,
+) -> None:
     row = {**ROWS[0], "run_id": "bad\u0000id"}
-    response = any_client.post("/observations", json={"observations": [row]})
-    assert response.status_code == 422
-    assert any_client.get("/observations", params={"family": "a\u0000b"}).status_code == 422
-    assert any_client.get("/fits/a%00b").status_code in (404, 422)
+    answers = {
+        ("body", "observations", 0, "run_id"): any_client.post(
+            "/observations", json={"observations": [row]}
+        ),
+        ("query", "family"): any_client.get("/observations", params={"family": "a\u0000b"}),
+        ("path", "fit_id"): any_client.get("/fits/a%00b"),
+    }
+    for loc, response in answers.items():
+        error = validation_error(response)
+        assert tuple(error["loc"]) == loc
+        assert error["type"] == "string_pattern_mismatch"
+    assert any_client.get("/observations").json()["total"] == 0

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import FAMILY
+from tests.api.conftest import FAMILY, error_message, validation_error
 
-REQUEST = {"family": FAMILY, "n0": 1.0e9, "l0": 2.2, "rho_min": 0.2, "token_budget": 2.0e9}
+REQUEST: dict[str, Any] = {
+    "family": FAMILY,
+    "n0": 1.0e9,
+    "l0": 2.2,
+    "rho_min": 0.2,
+    "token_budget": 2.0e9,
+}
 
 
 def test_options_are_ranked_within_the_limits_and_best_is_first(
@@ -56,14 +64,22 @@ def test_a_requested_method_without_fit_is_left_out_with_a_warning(
 
 def test_no_method_with_a_fit_is_422(client: TestClient) -> None:
     response = client.post("/plan", json=REQUEST)
-    assert response.status_code == 422
-    assert "POST /fits" in response.json()["detail"]
+    assert "POST /fits" in error_message(response, 422)
 
 
 @pytest.mark.parametrize(
-    "extra",
-    [{"rho_min": 1.0}, {"token_budget": 0}, {"rho_grid": [0.1]}, {"token_grid": [5e9]}],
+    ("extra", "loc", "says"),
+    [
+        ({"rho_min": 1.0}, ["body", "rho_min"], "less than 1"),
+        ({"token_budget": 0}, ["body", "token_budget"], "greater than 0"),
+        ({"rho_grid": [0.1]}, ["body"], "rho_grid has no value >= rho_min"),
+        ({"token_grid": [5e9]}, ["body"], "token_grid has no value <= token_budget"),
+    ],
     ids=["rho-min-one", "zero-budget", "grid-below-rho-min", "grid-above-budget"],
 )
-def test_bad_limits_are_422(client: TestClient, extra: dict[str, object]) -> None:
-    assert client.post("/plan", json={**REQUEST, **extra}).status_code == 422
+def test_bad_limits_are_422_saying_which(
+    client: TestClient, extra: dict[str, object], loc: list[str], says: str
+) -> None:
+    error = validation_error(client.post("/plan", json={**REQUEST, **extra}))
+    assert error["loc"] == loc
+    assert says in error["msg"]

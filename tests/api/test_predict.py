@@ -1,14 +1,14 @@
-"""POST /predict: law choice, points/columns, intervals, warnings, limits (api.md)."""
+"""POST /predict: law choice, points/columns, intervals, warnings, limits (docs/api.md)."""
 
 from __future__ import annotations
 
-import json
+import math
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import get_settings
-from tests.api.conftest import FAMILY, LAW
+from tests.api.conftest import FAMILY, LAW, error_message, strict_json, validation_error
 
 #: Certified values (p2-vectors.json) for LAW: raw counts in, loss out.
 CERTIFIED = [
@@ -110,33 +110,70 @@ def test_extrapolation_outside_the_fit_ranges_warns(
 
 def test_no_law_chosen_is_a_422_that_says_how_to_choose(client: TestClient) -> None:
     response = client.post("/predict", json={"points": [POINT]})
-    assert response.status_code == 422
-    assert "fit_id" in response.json()["detail"] and "family" in response.json()["detail"]
+    message = error_message(response, 422)
+    assert "fit_id" in message and "family" in message
 
 
 def test_family_method_without_a_default_fit_is_a_422(client: TestClient) -> None:
     response = client.post(
         "/predict", json={"family": "nope", "method": "depth", "points": [POINT]}
     )
-    assert response.status_code == 422
-    assert "POST /fits" in response.json()["detail"]
+    assert "POST /fits" in error_message(response, 422)
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "loc", "says"),
     [
-        {"law": INLINE},
-        {"law": INLINE, "points": [POINT], "columns": {k: [v] for k, v in POINT.items()}},
-        {"law": INLINE, "fit_id": "abc", "points": [POINT]},
-        {"law": INLINE, "columns": {"n0": [1e9, 1e9], "rho": [0.2], "l0": [2.0], "tokens": [1e8]}},
-        {"law": {"form": "nope", "params": LAW}, "points": [POINT]},
-        {"law": INLINE, "points": [{**POINT, "rho": 1.0}]},
-        {"law": INLINE, "points": [{**POINT, "rho": 0.0}]},
-        {"law": INLINE, "points": [{**POINT, "n0": 0}]},
-        {"law": INLINE, "points": [{**POINT, "tokens": -5}]},
-        {"law": INLINE, "points": [{**POINT, "l0": 0}]},
-        {"law": INLINE, "points": [POINT], "interval": 1.0},
-        {"law": {"form": "p2", "params": {"N_C": 1.0}}, "points": [POINT]},
+        ({"law": INLINE}, ["body"], "give exactly one of `points` and `columns`"),
+        (
+            {"law": INLINE, "points": [POINT], "columns": {k: [v] for k, v in POINT.items()}},
+            ["body"],
+            "give exactly one of `points` and `columns`",
+        ),
+        (
+            {"law": INLINE, "fit_id": "abc", "points": [POINT]},
+            ["body"],
+            "give at most one of `fit_id` and `law`",
+        ),
+        (
+            {
+                "law": INLINE,
+                "columns": {"n0": [1e9, 1e9], "rho": [0.2], "l0": [2.0], "tokens": [1e8]},
+            },
+            ["body", "columns"],
+            "columns must have equal lengths",
+        ),
+        (
+            {"law": {"form": "nope", "params": LAW}, "points": [POINT]},
+            ["body", "law", "form"],
+            "unknown form 'nope'",
+        ),
+        (
+            {"law": INLINE, "points": [{**POINT, "rho": 1.0}]},
+            ["body", "points", 0, "rho"],
+            "less than 1",
+        ),
+        (
+            {"law": INLINE, "points": [{**POINT, "rho": 0.0}]},
+            ["body", "points", 0, "rho"],
+            "greater than 0",
+        ),
+        (
+            {"law": INLINE, "points": [{**POINT, "n0": 0}]},
+            ["body", "points", 0, "n0"],
+            "greater than 0",
+        ),
+        (
+            {"law": INLINE, "points": [{**POINT, "tokens": -5}]},
+            ["body", "points", 0, "tokens"],
+            "greater than 0",
+        ),
+        (
+            {"law": INLINE, "points": [{**POINT, "l0": 0}]},
+            ["body", "points", 0, "l0"],
+            "greater than 0",
+        ),
+        ({"law": INLINE, "points": [POINT], "interval": 1.0}, ["body", "interval"], "less than 1"),
     ],
     ids=[
         "no-points",
@@ -150,29 +187,47 @@ def test_family_method_without_a_default_fit_is_a_422(client: TestClient) -> Non
         "tokens-negative",
         "l0-zero",
         "interval-one",
-        "params-missing",
     ],
 )
-def test_bad_requests_are_422_with_a_message(client: TestClient, body: dict[str, object]) -> None:
-    response = client.post("/predict", json=body)
-    assert response.status_code == 422, response.text
-    assert response.json()["detail"]
+def test_bad_requests_are_422_naming_the_field(
+    client: TestClient, body: dict[str, object], loc: list[object], says: str
+) -> None:
+    error = validation_error(client.post("/predict", json=body))
+    assert error["loc"] == loc
+    assert says in error["msg"]
+
+
+def test_an_inline_law_missing_parameters_is_a_422_naming_them(client: TestClient) -> None:
+    law = {"form": "p2", "params": {"N_C": 1.0}}
+    response = client.post("/predict", json={"law": law, "points": [POINT]})
+    assert "(missing D_C, E, alpha, beta, gamma, delta)" in error_message(response, 422)
 
 
 def test_overflowing_inline_law_is_a_422_not_a_non_finite_response(client: TestClient) -> None:
+    # The law's own term is clipped at e^700; an l0 at the top of the float range then sums to
+    # infinity, which strict JSON cannot carry.
+    params = {**LAW, "gamma": 3.0, "delta": -3.0, "D_C": 1e300, "beta": 3.0}
+    point = {"n0": 1e3, "rho": 1e-300, "l0": 1.7976e308, "tokens": 1.0}
+    response = client.post(
+        "/predict", json={"law": {"form": "p2", "params": params}, "points": [point]}
+    )
+    message = error_message(response, 422)
+    assert message.startswith("the law gives a non-finite loss at index 0")
+
+
+def test_a_law_term_past_exp_700_is_clipped_to_a_finite_loss(client: TestClient) -> None:
     params = {**LAW, "gamma": 3.0, "delta": -3.0, "D_C": 1e300, "beta": 3.0}
     point = {"n0": 1e3, "rho": 1e-300, "l0": 2.0, "tokens": 1.0}
     response = client.post(
         "/predict", json={"law": {"form": "p2", "params": params}, "points": [point]}
     )
-    assert response.status_code in (200, 422)
-    json.loads(response.text, parse_constant=lambda c: pytest.fail(f"non-finite {c}"))
+    assert response.status_code == 200, response.text
+    assert strict_json(response.text)["loss"] == [pytest.approx(2.0 + math.exp(700), rel=1e-12)]
 
 
 def test_unknown_fit_id_is_404(client: TestClient) -> None:
     response = client.post("/predict", json={"fit_id": "0" * 32, "points": [POINT]})
-    assert response.status_code == 404
-    assert "0" * 32 in response.json()["detail"]
+    assert error_message(response, 404) == f"no fit with id '{'0' * 32}'"
 
 
 def test_too_many_points_is_413_with_the_limit(
@@ -181,14 +236,17 @@ def test_too_many_points_is_413_with_the_limit(
     monkeypatch.setenv("MAX_POINTS", "10")
     get_settings.cache_clear()
     response = client.post("/predict", json={"law": INLINE, "points": [POINT] * 11})
-    assert response.status_code == 413
-    assert "10" in response.json()["detail"]
+    message = error_message(response, 413)
+    assert message == "11 points in one request; the limit is 10: split the request"
     assert client.post("/predict", json={"law": INLINE, "points": [POINT] * 10}).status_code == 200
 
 
-def test_the_default_limit_accepts_100000_points(client: TestClient) -> None:
+def test_by_default_100000_points_are_accepted_and_one_more_is_a_413(client: TestClient) -> None:
     n = 100_000
     columns = {"n0": [1e9] * n, "rho": [0.25] * n, "l0": [2.5] * n, "tokens": [1e8] * n}
     response = client.post("/predict", json={"law": INLINE, "columns": columns})
     assert response.status_code == 200
     assert len(response.json()["loss"]) == n
+    more = {name: [*values, values[0]] for name, values in columns.items()}
+    response = client.post("/predict", json={"law": INLINE, "columns": more})
+    assert "the limit is 100000" in error_message(response, 413)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.api.conftest import FAMILY, LAW
+from tests.api.conftest import FAMILY, LAW, error_message, validation_error
 
 BASE = {"law": {"form": "p2", "params": LAW}, "n0": 1.0e9, "rho": 0.25, "l0": 2.5}
 #: Certified answers (p2-vectors.json) for LAW at BASE: rule arguments -> tokens, predicted loss.
@@ -61,23 +61,29 @@ def test_max_tokens_caps_the_answer(client: TestClient) -> None:
 
 def test_unreachable_target_is_422_with_the_floor(client: TestClient) -> None:
     response = client.post("/recommend", json={**BASE, "rule": "target", "target_loss": 2.6})
-    assert response.status_code == 422
+    message = error_message(response, 422)
+    assert "unreachable" in message and "2.68143" in message
     body = response.json()
     assert body["floor_loss"] == pytest.approx(FLOOR, rel=1e-9)
-    assert "2.68143" in body["detail"]
+    assert body["target_loss"] == 2.6
 
 
 @pytest.mark.parametrize(
-    "extra",
-    [{"rule": "gap"}, {"rule": "target"}, {"rule": "marginal", "threshold": 0}, {"rule": "x"}],
+    ("extra", "loc", "says"),
+    [
+        ({"rule": "gap"}, ["body"], "rule 'gap' needs `threshold`"),
+        ({"rule": "target"}, ["body"], "rule 'target' needs `target_loss`"),
+        ({"rule": "marginal", "threshold": 0}, ["body", "threshold"], "greater than 0"),
+        ({"rule": "x"}, ["body", "rule"], "'marginal', 'gap' or 'target'"),
+    ],
     ids=["gap-no-threshold", "target-no-loss", "zero-threshold", "unknown-rule"],
 )
-def test_missing_or_bad_rule_arguments_are_422(
-    client: TestClient, extra: dict[str, object]
+def test_missing_or_bad_rule_arguments_are_422_saying_which(
+    client: TestClient, extra: dict[str, object], loc: list[str], says: str
 ) -> None:
-    response = client.post("/recommend", json={**BASE, **extra})
-    assert response.status_code == 422
-    assert response.json()["detail"]
+    error = validation_error(client.post("/recommend", json={**BASE, **extra}))
+    assert error["loc"] == loc
+    assert says in error["msg"]
 
 
 def test_default_fit_with_bootstrap_gives_a_token_interval_and_curve_bands(
@@ -113,4 +119,4 @@ def test_unknown_fit_is_404(client: TestClient) -> None:
             "threshold": 0.1,
         },
     )
-    assert response.status_code == 404
+    assert error_message(response, 404) == f"no fit with id '{'f' * 32}'"

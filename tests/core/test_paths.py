@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from app.api.errors import install_error_handlers
 from app.core.paths import PathOutsideRoot, resolve_inside, resolve_model
 
 
@@ -63,7 +66,7 @@ def test_missing_file_inside_the_root_is_refused(root: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["", "a\x00b"])
 def test_empty_or_nul_path_is_refused(root: Path, bad: str) -> None:
-    with pytest.raises(PathOutsideRoot):
+    with pytest.raises(PathOutsideRoot, match="an empty path or a NUL byte is not a path"):
         resolve_inside(root, bad)
 
 
@@ -91,14 +94,24 @@ def test_local_directory_that_looks_like_a_hub_id_is_local(root: Path) -> None:
     assert resolved == str((root / "models" / "org" / "name").resolve())
 
 
-def test_paths_error_is_a_422(root: Path) -> None:
-    with pytest.raises(PathOutsideRoot) as info:
-        resolve_inside(root, "../x")
-    assert info.value.status_code == 422
+def test_a_refused_path_reaches_the_client_as_a_422_with_the_reason(root: Path) -> None:
+    api = FastAPI()
+    install_error_handlers(api)
+
+    @api.get("/resolve")
+    def resolve(path: str) -> str:
+        return str(resolve_inside(root, path, what="dataset.path"))
+
+    with TestClient(api) as client:
+        response = client.get("/resolve", params={"path": "../x"})
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        assert detail.startswith("dataset.path '../x' is outside ")
+        assert client.get("/resolve", params={"path": "corpus.txt"}).status_code == 200
 
 
 def test_overlong_names_are_a_clean_refusal(root: Path) -> None:
-    with pytest.raises(PathOutsideRoot):
+    with pytest.raises(PathOutsideRoot, match="cannot be resolved"):
         resolve_inside(root, "x" * 600)
-    with pytest.raises(PathOutsideRoot):
+    with pytest.raises(PathOutsideRoot, match="hub models are disabled"):
         resolve_model(root, "org/" + "n" * 600, allow_hub=False)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.db.models import Observation
 from app.db.session import (
-    SQLITE_BUSY_TIMEOUT_MS,
     get_db,
     get_engine,
     make_sessionmaker,
@@ -41,11 +43,76 @@ def _row(run_id: str, tokens: float, loss: float = 2.0) -> dict[str, object]:
     }
 
 
-def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(sqlite_url: str) -> None:
+def _in_thread(work: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    """Start ``work`` in a daemon thread; the list collects what it raised."""
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:  # reported by the test's assertions
+            failures.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, failures
+
+
+def test_a_sqlite_reader_mid_transaction_does_not_hold_up_a_writer(sqlite_url: str) -> None:
+    database = make_url(sqlite_url).database
+    assert database is not None
+    engine = get_engine(sqlite_url)
+    reader = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM observations").fetchone() == (0,)
+
+        def write() -> None:
+            with session_scope(engine) as session:
+                observations.insert_ignore(session, [_row("while-reading", 1.0)])
+
+        # Without WAL the commit would wait for the reader's lock (busy timeout, then fail).
+        writer, failures = _in_thread(write)
+        writer.join(timeout=5)
+        assert not writer.is_alive() and failures == []
+        # The reader keeps the snapshot it started with until it ends its transaction.
+        assert reader.execute("SELECT count(*) FROM observations").fetchone() == (0,)
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT count(*) FROM observations").fetchone() == (1,)
+    finally:
+        reader.close()
+
+
+def test_a_blocked_sqlite_writer_waits_for_the_lock_instead_of_failing(sqlite_url: str) -> None:
+    database = make_url(sqlite_url).database
+    assert database is not None
+    engine = get_engine(sqlite_url)
+    holder = sqlite3.connect(database, timeout=0, isolation_level=None, check_same_thread=False)
+    release = threading.Timer(0.5, holder.execute, args=("COMMIT",))
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        release.start()
+        started = time.monotonic()
+        with session_scope(engine) as session:
+            observations.insert_ignore(session, [_row("waited", 1.0)])
+        waited = time.monotonic() - started
+        release.join()
+    finally:
+        release.cancel()
+        holder.close()
+    assert waited >= 0.4
+    with make_sessionmaker(engine)() as session:
+        assert observations.count_by_run(session, "waited") == 1
+
+
+def test_sqlite_connections_enforce_foreign_keys(sqlite_url: str) -> None:
     with get_engine(sqlite_url).connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_TIMEOUT_MS
-        assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        connection.exec_driver_sql("CREATE TEMP TABLE parent (id INTEGER PRIMARY KEY)")
+        connection.exec_driver_sql(
+            "CREATE TEMP TABLE child (parent_id INTEGER REFERENCES parent (id))"
+        )
+        with pytest.raises(IntegrityError, match="FOREIGN KEY constraint failed"):
+            connection.exec_driver_sql("INSERT INTO child (parent_id) VALUES (1)")
 
 
 def test_sqlite_transaction_holds_the_write_lock_from_its_first_read(sqlite_url: str) -> None:

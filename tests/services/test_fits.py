@@ -32,5 +32,5 @@ def test_selection_without_data_or_with_mixed_protocols_is_refused(session: Sess
 
 
 def test_unknown_fit_is_not_found(session: Session) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound, match=f"no fit with id '{'0' * 32}'"):
         get_fit(session, "0" * 32)

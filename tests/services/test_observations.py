@@ -27,7 +27,7 @@ def test_csv_columns_may_come_in_any_order_and_blank_lines_are_skipped() -> None
     assert rows == [{**ROW, "protocol": None, "source": None}]
 
 
-def test_csv_row_limit_is_a_413() -> None:
+def test_a_csv_over_the_row_limit_is_payload_too_large() -> None:
     text = HEADER + "\n" + "".join(f"r,f,depth,1e9,0.25,2.5,{t},2.7\n" for t in range(1, 5))
     with pytest.raises(PayloadTooLarge, match="3 rows"):
         parse_csv(text, max_rows=3)
