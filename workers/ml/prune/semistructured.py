@@ -9,7 +9,8 @@ projection sizes, and among equally close subsets the one that removes the least
 (within one size, projections losing the smallest share of their Σ|W|·‖X‖₂ go first).
 Granularity: half of the smallest projection, so ρ lands within a quarter of the smallest
 projection's weights ÷ N0 of the target. The maximum, every eligible projection at 2:4, is
-≈ half of the decoder layers' projection weights ÷ N0; above it is a PruneError stating it.
+≈ half of the decoder layers' projection weights ÷ N0; the rule and its message are
+``app.core.capacity``'s, shared with the API's check at submission.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from app.core.capacity import OutOfReachError, check_2of4_reach, eligible_2of4, zeroable_2of4
 from workers.ml.models import prunable_linears
 from workers.ml.prune.base import PruneError, PruneOutcome, Pruner
 from workers.ml.prune.wanda import input_norms, scores
@@ -92,17 +94,20 @@ class SemiStructuredPruner(Pruner):
     ) -> PruneOutcome:
         """Score all eligible projections, choose the subset, return their 2:4 keep-masks."""
         linears = {
-            name: lin for name, lin in prunable_linears(model).items() if lin.in_features % 4 == 0
+            name: lin
+            for name, lin in prunable_linears(model).items()
+            if eligible_2of4(lin.in_features)
         }
         if not linears:
             raise PruneError("no projection has a multiple of 4 inputs; 2:4 is not applicable")
-        zeroable = [lin.weight.numel() // 2 for lin in linears.values()]
+        zeroable = [
+            zeroable_2of4([(lin.out_features, lin.in_features)]) for lin in linears.values()
+        ]
         max_rho = sum(zeroable) / n0
-        if target_rho > max_rho:
-            raise PruneError(
-                f"2:4 sparsity can zero at most rho={max_rho:.4f} of this model's parameters "
-                f"(half of every decoder projection); requested rho={target_rho:.4f}"
-            )
+        try:
+            check_2of4_reach(target_rho, max_rho)
+        except OutOfReachError as exc:
+            raise PruneError(str(exc)) from None
         norms = input_norms(model, calib_ids, device=device, batch_size=batch_size)
         masks: dict[str, torch.Tensor] = {}
         harms: list[float] = []

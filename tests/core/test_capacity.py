@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.services.capacity import capacity_from_config
+from app.core.capacity import capacity_from_config
 from workers.ml.models import build_tiny_model, count_parameters, prunable_linears
 
 
