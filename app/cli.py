@@ -6,7 +6,7 @@
     p2law serve [--port 8000]                          # migrate, then the HTTP API
     p2law make-model --arch llama --size tiny --out var/models/demo-llama
 
-A fit file holds the form, the parameters (billions convention, p2-law.md §1) and the bootstrap
+A fit file holds the form, the parameters (billions convention, docs/law.md §1) and the bootstrap
 refits; `GET /fits/{id}` output works too (its parameters, without refits).
 """
 
@@ -19,7 +19,6 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -29,16 +28,14 @@ from app.law.errors import LawError
 from app.law.fitting import fit
 from app.law.forms import FORMS
 from app.law.recommend import loss_curve, recommend
-from app.law.types import FitResult, Protocol, Rule
+from app.law.types import Dataset, FitResult, Protocol, Rule
 
 PROTOCOLS: tuple[Protocol, ...] = ("D", "N0", "rho")
 RULES: tuple[Rule, ...] = ("marginal", "gap", "target")
 
 
-def _load_csv_dataset(path: Path, family: str | None, method: str | None) -> Any:
+def _load_csv_dataset(path: Path, family: str | None, method: str | None) -> Dataset:
     """Observations of a CSV (the upload format of POST /observations) as a law Dataset."""
-    from app.db.models.observation import Observation
-    from app.services.convert import dataset_from_rows
     from app.services.observations import parse_csv
 
     rows = parse_csv(path.read_text(encoding="utf-8"), max_rows=10_000_000)
@@ -49,7 +46,7 @@ def _load_csv_dataset(path: Path, family: str | None, method: str | None) -> Any
     ]
     if not rows:
         raise LawError(f"no observations in {path} for family={family!r} method={method!r}")
-    return dataset_from_rows([Observation(**r) for r in rows])
+    return Dataset.from_rows(rows)
 
 
 def _table(result: FitResult, refits: Sequence[Mapping[str, float]]) -> str:

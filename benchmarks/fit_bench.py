@@ -38,7 +38,7 @@ from app.law.blas import single_thread  # noqa: E402
 from app.law.bootstrap import refit_runs  # noqa: E402
 from app.law.fitting import fit, objective_function  # noqa: E402
 from app.law.forms import get_form  # noqa: E402
-from app.law.synthetic import SYNTHETIC_P2, make_rows, to_dataset  # noqa: E402
+from app.law.synthetic import SYNTHETIC_P2, make_rows  # noqa: E402
 from app.law.types import Dataset  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "fit_bench.json"
@@ -53,7 +53,7 @@ def dataset() -> Dataset:
     rows = make_rows(
         params_by_method={"depth": SYNTHETIC_P2["depth"]}, sizes=SIZES, rhos=RHOS, seed=11
     )
-    return to_dataset(rows)
+    return Dataset.from_rows(rows)
 
 
 def timed(fn: Callable[[], T], repeats: int) -> tuple[list[float], list[float], T]:

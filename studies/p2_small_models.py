@@ -3,7 +3,7 @@
     .venv/bin/python studies/p2_small_models.py --out studies/results          # full (~1 h, 2 CPUs)
     .venv/bin/python studies/p2_small_models.py --out /tmp/quick --quick       # smoke (minutes)
 
-Steps (p2-law.md §3 and §6):
+Steps (docs/law.md §3 and §6):
 1. a short throughput probe per model shape (tokens/s), printed and recorded;
 2. three dense Llama models of one family (one tokenizer, one corpus: the Python standard
    library's sources), pretrained with `make_model` (cosine decay to 1% of the peak learning
@@ -48,7 +48,6 @@ if str(ROOT) not in sys.path:  # run as a file: make `app` and `workers` importa
 
 from app.law import (  # noqa: E402
     Dataset,
-    Features,
     FitResult,
     LawError,
     fit,
@@ -360,7 +359,9 @@ def run_pruned(
     size: str, method: str, rho: float, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path
 ) -> dict[str, Any]:
     """One prune -> post-train run through `run_pipeline`; cached as JSON when finished."""
-    from workers.ml.pipeline import DatasetSpec, JobSpec, run_pipeline
+    from app.core.paths import JobPaths
+    from app.schemas.jobs import JobRequest
+    from workers.ml.pipeline import JobSpec, run_pipeline
     from workers.ml.prune import PruneError
 
     rid = run_id(size, method, rho)
@@ -370,20 +371,24 @@ def run_pruned(
         log(f"{rid}: cached")
         return dict(json.loads(result_path.read_text()), cached=True)
     _memoise_splits()
-    spec = JobSpec(
-        model=str(var / "dense" / size),
-        method=method,
-        rho=rho,
-        tokens=int(cfg.post_tpp * n0),
-        dataset=DatasetSpec(path=corpus),
-        checkpoints=cfg.checkpoints,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.post_batch,
-        lr=cfg.post_lr,
-        schedule="constant",
-        warmup_frac=cfg.warmup_frac,
-        seed=cfg.seed,
+    request = JobRequest.model_validate(
+        {
+            "model": str(var / "dense" / size),
+            "method": method,
+            "rho": rho,
+            "tokens": int(cfg.post_tpp * n0),
+            "dataset": {"path": str(corpus)},
+            "checkpoints": cfg.checkpoints,
+            "seq_len": cfg.seq_len,
+            "batch_size": cfg.post_batch,
+            "lr": cfg.post_lr,
+            "schedule": "constant",
+            "warmup_frac": cfg.warmup_frac,
+            "seed": cfg.seed,
+            "device": "cpu",
+        }
     )
+    spec = JobSpec.from_request(request, JobPaths(str(var / "dense" / size), corpus, None))
     workdir = var / "work" / slug
     hooks = Collector(rid)
     started = time.monotonic()
@@ -575,27 +580,6 @@ def write_observations_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
             )
 
 
-def to_dataset(rows: Sequence[dict[str, Any]]) -> Dataset:
-    """A law Dataset of observation rows (runs numbered in order of first appearance)."""
-    ids: dict[str, int] = {}
-    for r in rows:
-        ids.setdefault(r["run_id"], len(ids))
-    return Dataset(
-        x=Features(
-            n0=np.array([r["n0"] for r in rows], dtype=np.float64),
-            rho=np.array([r["rho"] for r in rows], dtype=np.float64),
-            l0=np.array([r["l0"] for r in rows], dtype=np.float64),
-            tokens=np.array([r["tokens"] for r in rows], dtype=np.float64),
-        ),
-        loss=np.array([r["loss"] for r in rows], dtype=np.float64),
-        run=np.array([ids[r["run_id"]] for r in rows], dtype=np.int64),
-        run_ids=tuple(ids),
-        family=tuple(r["family"] for r in rows),
-        method=tuple(r["method"] for r in rows),
-        protocol=tuple(r["protocol"] for r in rows),
-    )
-
-
 def fit_summary(result: FitResult, seconds: float) -> dict[str, Any]:
     """A FitResult as JSON (the constants, optimiser status, metrics, ranges)."""
     return {
@@ -671,7 +655,7 @@ def fit_method(rows: Sequence[dict[str, Any]], cfg: StudyConfig) -> dict[str, An
     }
     if not kept:
         return report
-    data = to_dataset(kept)
+    data = Dataset.from_rows(kept)
     report["rho_split"] = rho_split_report(data)
     plan: list[tuple[str, str | None]] = [("p2", None), ("frantar", None)]
     plan += [(form, proto) for proto in PROTOCOLS for form in ("p2", "frantar")]
@@ -727,7 +711,7 @@ def reference_extrapolation(
         if not beyond:
             out[method] = {"error": f"no points beyond the reference's D = {d_max:,.0f}"}
             continue
-        metrics = evaluate("p2", ref["params"], to_dataset(beyond))
+        metrics = evaluate("p2", ref["params"], Dataset.from_rows(beyond))
         out[method] = {
             "reference_max_tokens": d_max,
             "max_tokens": max(r["tokens"] for r in beyond),
@@ -820,7 +804,7 @@ def analyse(
             png = plot_fit(
                 "p2",
                 p2["params"],
-                to_dataset(kept),
+                Dataset.from_rows(kept),
                 title=f"P² law, {method} pruning, {FAMILY} ({len(kept)} points)",
             )
             (out / f"fit_{method_slug(method)}.png").write_bytes(png)
@@ -934,7 +918,7 @@ def write_summary(report: dict[str, Any], path: Path) -> None:
     lines += ["", "## Fits", ""]
     lines += [
         "Metrics on the held-out side for D, N0 and rho; on the fitted points for `all`. "
-        "MAPE in percent, ASD in nats per billion tokens (p2-law.md §5); coverage: share of "
+        "MAPE in percent, ASD in nats per billion tokens (docs/law.md §5); coverage: share of "
         "the evaluated points inside the bootstrap's 80% interval.",
         "",
         "| method | form | protocol | fit pts | test pts | MAPE % | RMSE | ASD | R² | "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.law.forms import get_form
-from app.law.types import Dataset, Features
+from app.law.types import Features
 
 # Constants of the synthetic P² law (billions convention), one set per pruning method: depth
 # pruning loses more and recovers more slowly than width pruning at the same ρ.
@@ -58,6 +58,7 @@ class SyntheticRow:
     tokens: float
     loss: float
     true_loss: float
+    protocol: str = "synthetic"
 
 
 def make_rows(
@@ -95,23 +96,3 @@ def make_rows(
                     for t, o, tr in zip(tokens, observed, truth, strict=True)
                 ]
     return rows
-
-
-def to_dataset(rows: Sequence[SyntheticRow]) -> Dataset:
-    """Rows → the law's Dataset (run ids in first-seen order)."""
-    run_ids = tuple(dict.fromkeys(r.run_id for r in rows))
-    index = {rid: i for i, rid in enumerate(run_ids)}
-    return Dataset(
-        x=Features(
-            np.array([r.n0 for r in rows]),
-            np.array([r.rho for r in rows]),
-            np.array([r.l0 for r in rows]),
-            np.array([r.tokens for r in rows]),
-        ),
-        loss=np.array([r.loss for r in rows]),
-        run=np.array([index[r.run_id] for r in rows], dtype=np.int64),
-        run_ids=run_ids,
-        family=tuple(r.family for r in rows),
-        method=tuple(r.method for r in rows),
-        protocol=tuple("synthetic" for _ in rows),
-    )

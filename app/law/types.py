@@ -1,15 +1,15 @@
 """Plain data types of the law engine (numpy only).
 
 Every array is float64 and every count is raw (parameters, tokens); the forms convert to their
-own units (billions for `p2`, see p2-law.md §1). These types are what services hand to the law
+own units (billions for `p2`, see docs/law.md §1). These types are what services hand to the law
 and get back: they never mention the database or HTTP.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,14 @@ class Features:
         return Features(self.n0[index], self.rho[index], self.l0[index], self.tokens[index])
 
 
+_ROW_FIELDS = ("run_id", "n0", "rho", "l0", "tokens", "loss", "family", "method", "protocol")
+
+
+def vars_of(row: object) -> dict[str, Any]:
+    """The observation fields an object carries as attributes (absent ones left out)."""
+    return {name: getattr(row, name) for name in _ROW_FIELDS if hasattr(row, name)}
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Observed losses with their features and the run each point belongs to.
@@ -57,6 +65,41 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.loss.shape[0])
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Any]) -> Dataset:
+        """Observation rows as a Dataset, runs numbered in order of first appearance.
+
+        A row is a mapping or an object with ``run_id``, ``n0``, ``rho``, ``l0``, ``tokens`` and
+        ``loss`` (raw counts), and optionally ``family``, ``method`` and ``protocol`` (kept per
+        point only when every row has them): a stored observation, a CSV or JSON record, a
+        synthetic row, a job's checkpoint. The one converter every caller uses.
+        """
+        records = [row if isinstance(row, Mapping) else vars_of(row) for row in rows]
+        run_index: dict[str, int] = {}
+        run = np.fromiter(
+            (run_index.setdefault(str(r["run_id"]), len(run_index)) for r in records),
+            dtype=np.int64,
+            count=len(records),
+        )
+
+        def column(name: str) -> FloatArray:
+            return np.fromiter((r[name] for r in records), dtype=np.float64, count=len(records))
+
+        def labels(name: str) -> tuple[str, ...]:
+            if not records or any(name not in r for r in records):
+                return ()
+            return tuple(str(r[name] or "") for r in records)
+
+        return cls(
+            x=Features(column("n0"), column("rho"), column("l0"), column("tokens")),
+            loss=column("loss"),
+            run=run,
+            run_ids=tuple(run_index),
+            family=labels("family"),
+            method=labels("method"),
+            protocol=labels("protocol"),
+        )
 
     @property
     def n_runs(self) -> int:
@@ -82,7 +125,7 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Metrics:
-    """Goodness of fit (p2-law.md §5)."""
+    """Goodness of fit (docs/law.md §5)."""
 
     r2: float
     rmse: float

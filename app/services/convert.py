@@ -11,8 +11,7 @@ import numpy as np
 
 from app.core.errors import Unprocessable
 from app.db.models.fit import Fit
-from app.db.models.observation import Observation
-from app.law.types import Dataset, Features, FloatArray, Metrics, Ranges
+from app.law.types import Features, FloatArray, Metrics, Ranges
 
 
 def features(
@@ -34,28 +33,6 @@ def points_to_features(points: Sequence[Mapping[str, Any]]) -> Features:
     """Point objects ({n0, rho, l0, tokens}) as columns, in input order."""
     table = np.array(list(map(_POINT_FIELDS, points)), dtype=np.float64).reshape(-1, 4)
     return Features(table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy(), table[:, 3].copy())
-
-
-def dataset_from_rows(rows: Sequence[Observation]) -> Dataset:
-    """Stored observations as a law `Dataset`, runs numbered in order of first appearance."""
-    run_index: dict[str, int] = {}
-    run = np.empty(len(rows), dtype=np.int64)
-    for i, row in enumerate(rows):
-        run[i] = run_index.setdefault(row.run_id, len(run_index))
-    return Dataset(
-        x=features(
-            [r.n0 for r in rows],
-            [r.rho for r in rows],
-            [r.l0 for r in rows],
-            [r.tokens for r in rows],
-        ),
-        loss=np.asarray([r.loss for r in rows], dtype=np.float64),
-        run=run,
-        run_ids=tuple(run_index),
-        family=tuple(r.family for r in rows),
-        method=tuple(r.method for r in rows),
-        protocol=tuple(r.protocol or "" for r in rows),
-    )
 
 
 def ranges_from_dict(data: Mapping[str, Any]) -> Ranges:
@@ -112,7 +89,7 @@ def finite_float(value: float, what: str) -> float:
 
 
 def fit_out(fit: Fit) -> dict[str, Any]:
-    """A stored fit as the API's fit object (api.md); undefined numbers become null."""
+    """A stored fit as the API's fit object (docs/api.md); undefined numbers become null."""
     return {
         "id": fit.id,
         "form": fit.form,

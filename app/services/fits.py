@@ -13,10 +13,10 @@ from app.db.models.observation import Observation
 from app.law.bootstrap import refit_runs
 from app.law.fitting import fit as fit_law
 from app.law.forms import get_form
-from app.law.types import Protocol
+from app.law.types import Dataset, Protocol
 from app.repositories import fits as repo
 from app.repositories import observations as observations_repo
-from app.services.convert import dataset_from_rows, finite_or_none, metrics_dict
+from app.services.convert import finite_or_none, metrics_dict
 
 
 def _describe(family: str | None, method: str | None, run_ids: Sequence[str] | None) -> str:
@@ -29,7 +29,7 @@ def _describe(family: str | None, method: str | None, run_ids: Sequence[str] | N
 
 
 def _single_protocol(rows: Sequence[Observation]) -> str:
-    """The one evaluation protocol of the selection; a mix is a 422 (p2-law.md §3)."""
+    """The one evaluation protocol of the selection; a mix is a 422 (docs/law.md §3)."""
     counts = Counter(row.protocol or "" for row in rows)
     if len(counts) > 1:
         listed = ", ".join(f"{p or '(none)'}: {n} points" for p, n in counts.most_common())
@@ -67,6 +67,39 @@ def create_fit(
     or when that pair has no default yet. Raises Unprocessable when nothing or too little is
     selected (LawError from the law for too few points per parameter).
     """
+    fit = compute_fit(
+        session,
+        form=form,
+        family=family,
+        method=method,
+        run_ids=run_ids,
+        bootstrap=bootstrap,
+        holdout=holdout,
+        include_excluded=include_excluded,
+        seed=seed,
+    )
+    store_fit(session, fit, make_default=make_default)
+    session.commit()
+    return fit
+
+
+def compute_fit(
+    session: Session,
+    *,
+    form: str,
+    family: str | None,
+    method: str | None,
+    run_ids: Sequence[str] | None = None,
+    bootstrap: int = 0,
+    holdout: Protocol | None = None,
+    include_excluded: bool = False,
+    seed: int = 0,
+) -> Fit:
+    """The fit of `form` to the selected observations as an unsaved row (see `create_fit`).
+
+    Reads, then ends the session's transaction before fitting, so that no lock is held for the
+    seconds a fit with a bootstrap takes; `store_fit` writes it in a transaction of its own.
+    """
     law_form = get_form(form)
     rows = observations_repo.select_for_fit(
         session,
@@ -82,7 +115,7 @@ def create_fit(
             "upload some with POST /observations first"
         )
     protocol = _single_protocol(rows)
-    data = dataset_from_rows(rows)
+    data = Dataset.from_rows(rows)
     # End the read before fitting: on SQLite every transaction holds the write lock
     # (BEGIN IMMEDIATE), and a fit with a bootstrap takes seconds.
     session.rollback()
@@ -113,6 +146,12 @@ def create_fit(
         ],
         is_default=False,
     )
+    return fit
+
+
+def store_fit(session: Session, fit: Fit, *, make_default: bool) -> None:
+    """Add `fit`; it becomes its (family, method)'s default when asked or when there is none.
+    Flushes, never commits: the caller owns the transaction."""
     repo.add(session, fit)
     if make_default or (
         fit.family is not None
@@ -120,8 +159,6 @@ def create_fit(
         and repo.get_default(session, fit.family, fit.method) is None
     ):
         repo.set_default(session, fit)
-    session.commit()
-    return fit
 
 
 def get_fit(session: Session, fit_id: str) -> Fit:
@@ -155,5 +192,5 @@ def plot_fit_png(session: Session, fit_id: str) -> bytes:
         raise Unprocessable(f"the observations of fit {fit_id!r} are no longer stored")
     scope = f"{fit.family or 'any family'}, {fit.method or 'any method'}"
     title = f"{fit.form} fit {fit.id[:8]} — {scope}"
-    png: bytes = plot_fit(fit.form, fit.params, dataset_from_rows(rows), title=title)
+    png: bytes = plot_fit(fit.form, fit.params, Dataset.from_rows(rows), title=title)
     return png

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.law.fitting import fit
-from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, make_rows, to_dataset
+from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, make_rows
 from app.law.types import Dataset, FitResult
 
 # A verbatim copy of the design's p2-vectors.json, so that a fresh clone tests against it.
@@ -19,7 +19,7 @@ VECTORS = Path(__file__).with_name("p2_vectors.json")
 
 @pytest.fixture(scope="session")
 def vectors() -> dict[str, Any]:
-    """p2-vectors.json (the certified values of p2-law.md)."""
+    """p2-vectors.json (the certified values of docs/law.md)."""
     data: dict[str, Any] = json.loads(VECTORS.read_text())
     return data
 
@@ -36,7 +36,7 @@ def synthetic_rows() -> list[Any]:
 
 @pytest.fixture(scope="session")
 def synthetic(synthetic_rows: list[Any]) -> Dataset:
-    return to_dataset(synthetic_rows)
+    return Dataset.from_rows(synthetic_rows)
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,8 @@ import pytest
 from app.core.errors import Unprocessable
 from app.db.models.fit import Fit
 from app.db.models.observation import Observation
-from app.law.types import Metrics, Ranges
+from app.law.types import Dataset, Metrics, Ranges
 from app.services.convert import (
-    dataset_from_rows,
     finite_list,
     fit_out,
     metrics_dict,
@@ -36,12 +35,10 @@ def _row(run_id: str, tokens: float, protocol: str = "p") -> Observation:
     )
 
 
-def test_runs_are_numbered_in_order_of_first_appearance() -> None:
-    data = dataset_from_rows([_row("b", 1e7), _row("a", 1e7), _row("b", 1e8)])
-    assert data.run_ids == ("b", "a")
-    assert data.run.tolist() == [0, 1, 0]
-    assert data.x.tokens.tolist() == [1e7, 1e7, 1e8]
-    assert data.protocol == ("p", "p", "p")
+def test_stored_observations_become_a_dataset_with_their_labels() -> None:
+    data = Dataset.from_rows([_row("b", 1e7), _row("a", 1e7), _row("b", 1e8, protocol="q")])
+    assert data.run_ids == ("b", "a") and data.run.tolist() == [0, 1, 0]
+    assert data.family == ("f", "f", "f") and data.protocol == ("p", "p", "q")
 
 
 def test_points_become_columns_in_input_order() -> None:
@@ -62,7 +59,7 @@ def test_ranges_survive_a_round_trip_through_their_dict() -> None:
 
 def test_non_finite_law_output_is_a_422() -> None:
     assert finite_list(np.array([1.0, 2.0]), "loss") == [1.0, 2.0]
-    with pytest.raises(Unprocessable, match="index 1"):
+    with pytest.raises(Unprocessable, match="non-finite loss at index 1"):
         finite_list(np.array([1.0, np.inf]), "loss")
 
 
