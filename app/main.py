@@ -28,7 +28,7 @@ Predict, plan and run post-training of pruned LLMs with the **P² law**
     L = L0 + (1/ρ)^γ · (1/N0)^δ · (N_C / N0^α + D_C / D^β + E)
 
 Requests and responses use raw counts: `n0` in parameters, `tokens` in tokens; inline law
-constants use billions (p2-law.md §1). Upload observed losses, fit a law, then predict,
+constants use billions (docs/law.md §1). Upload observed losses, fit a law, then predict,
 recommend a token budget, or plan the joint choice of pruning method, ρ and tokens.
 Errors are `{"detail": ...}`; write routes need `X-API-Key` when `API_KEY` is set.
 """

@@ -1,6 +1,6 @@
 """Write examples/synthetic_observations.csv: SYNTHETIC observations from known P² constants.
 
-Nothing here was measured. Losses are the P² law (p2-law.md §2, N0 and D in billions)
+Nothing here was measured. Losses are the P² law (docs/law.md §2, N0 and D in billions)
     L = L0 + (1/ρ)^γ · (1/N0)^δ · (N_C / N0^α + D_C / D^β + E)
 times log-normal noise of 0.5% (seeded, so the file is reproducible), with the constants
     depth: N_C=0.5, D_C=0.06, E=0.05, alpha=0.3,  beta=0.5,  gamma=-0.8, delta=0.1

@@ -1,4 +1,4 @@
-"""The Celery application of the workers, configured as reliability.md requires.
+"""The Celery application of the workers, configured as docs/reliability.md requires.
 
 Run it (one worker per GPU; ``make run`` starts one for both queues with beat embedded)::
 

@@ -2,7 +2,7 @@
 
 The default 422 handler echoes the offending input, and a non-finite float (from `NaN`,
 `Infinity` or `1e400` in the body) makes Starlette's strict JSON encoder fail with a 500
-(reliability.md). The handler here replaces non-finite numbers with their repr and anything
+(docs/reliability.md). The handler here replaces non-finite numbers with their repr and anything
 not JSON-native (exception objects in `ctx`, bytes) with a string.
 """
 

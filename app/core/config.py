@@ -1,4 +1,4 @@
-"""One settings object for the whole service, read from the environment (api.md names)."""
+"""One settings object for the whole service, read from the environment (docs/api.md names)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ VAR = PROJECT_ROOT / "var"
 
 
 class Settings(BaseSettings):
-    """Service configuration. Environment variable names are the contract in api.md."""
+    """Service configuration. Environment variable names are the contract in docs/api.md."""
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
 

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from app.core.config import Settings, get_settings
 from app.core.errors import Unprocessable
+
+if TYPE_CHECKING:
+    from app.schemas.jobs import JobRequest
 
 #: ``org/name`` as hub ids are written (letters, digits, ``-_.``; exactly one slash).
 HUB_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
@@ -87,3 +93,28 @@ def resolve_model(root: Path, user_path: str, *, allow_hub: bool) -> str:
     if not resolved.is_dir():
         raise PathOutsideRoot(f"model {user_path!r} is not a directory (an HF model folder)")
     return str(resolved)
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """A job request's paths, checked to lie inside their roots."""
+
+    model: str
+    dataset: Path
+    eval_path: Path | None
+
+
+def resolve_job_paths(request: JobRequest, settings: Settings | None = None) -> JobPaths:
+    """Resolve a job's model and dataset paths inside MODEL_ROOT and DATA_ROOT (422 if not).
+
+    The API calls it at submission, before anything is read; the worker calls it again before
+    it reads, since the roots or the files may have changed in between.
+    """
+    settings = settings or get_settings()
+    model = resolve_model(settings.model_root, request.model, allow_hub=settings.allow_hub_models)
+    dataset = request.dataset
+    data_path = resolve_inside(settings.data_root, dataset.path, what="dataset.path")
+    eval_path = None
+    if dataset.eval_path is not None:
+        eval_path = resolve_inside(settings.data_root, dataset.eval_path, what="dataset.eval_path")
+    return JobPaths(model=model, dataset=data_path, eval_path=eval_path)

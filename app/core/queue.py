@@ -2,7 +2,7 @@
 
 The API only *sends* tasks: it builds a Celery client from the settings and calls
 ``send_task("workers.tasks.run_job", args=[job_id], queue="gpu")``; the message carries the job
-id and nothing else, because the database row is the source of truth (reliability.md). A send
+id and nothing else, because the database row is the source of truth (docs/reliability.md). A send
 that fails leaves ``jobs.enqueued_at`` null and the reaper sends it again, so a failed send loses
 nothing; it must only fail *fast* (a short connect timeout, one quick retry) so the API answers
 in a second or two instead of hanging on a dead broker.

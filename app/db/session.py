@@ -4,8 +4,8 @@ SQLite (the default) is tuned for several writer processes (API, workers, CLI) s
 WAL lets readers run beside a writer, ``busy_timeout`` makes a blocked writer wait instead of
 failing, and every transaction starts with ``BEGIN IMMEDIATE`` so the write lock is taken up
 front. With a plain (deferred) ``BEGIN`` a read-then-write transaction has to upgrade its lock
-and SQLite answers "database is locked" at once, busy timeout or not (reliability.md). The cost:
-transactions, read-only ones included, run one at a time against the same file.
+and SQLite answers "database is locked" at once, busy timeout or not (docs/reliability.md).
+The cost: transactions, read-only ones included, run one at a time against the same file.
 """
 
 from __future__ import annotations

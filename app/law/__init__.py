@@ -2,7 +2,7 @@
 
 Pure science on numpy and scipy (a test asserts that importing it pulls in no web, database or
 torch module). Raw counts in (n0 in parameters, tokens in tokens); each form converts to its own
-units (p2-law.md §1).
+units (docs/law.md §1).
 """
 
 from app.law.bootstrap import predict_interval, refit_runs

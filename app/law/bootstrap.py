@@ -1,4 +1,4 @@
-"""Uncertainty by bootstrap over runs (p2-law.md §4).
+"""Uncertainty by bootstrap over runs (docs/law.md §4).
 
 Points of one run are correlated (one model, one data order), so resampling points would
 understate the spread: whole runs are resampled with replacement and the law is refitted,

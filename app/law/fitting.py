@@ -1,4 +1,4 @@
-"""Fitting a law form to observations, exactly as p2-law.md §4 says.
+"""Fitting a law form to observations, exactly as docs/law.md §4 says.
 
 Log-space parameters, the summed Huber (δ = 1e-3) of log L̂ − log L, L-BFGS-B with the analytic
 gradient inside box bounds, started from a grid that is evaluated in one vectorised pass; only
@@ -216,7 +216,7 @@ def fit(
     holdout: Protocol | None = None,
     warm_start: Mapping[str, float] | None = None,
 ) -> FitResult:
-    """Fit `form` to `data` (p2-law.md §4).
+    """Fit `form` to `data` (docs/law.md §4).
 
     With `holdout`, the law is fitted on the protocol's train split (§6) and `holdout_metrics`
     are computed on the held-out points; `metrics` are always on the data the law was fitted to.

@@ -24,7 +24,7 @@ BoolArray = npt.NDArray[np.bool_]
 # exp() of anything above this overflows float64; predictions are clipped here rather than
 # returning inf (a loss of e^700 nats is already meaningless).
 _LOG_MAX = 700.0
-# Bounds of p2-law.md §4, shared by every form that has the same kind of parameter.
+# Bounds of docs/law.md §4, shared by every form that has the same kind of parameter.
 LOG_CONSTANT_BOUNDS = (-25.0, 25.0)
 DECAY_BOUNDS = (0.0, 3.0)
 SIGNED_BOUNDS = (-3.0, 3.0)
@@ -176,7 +176,7 @@ class Form(ABC):
     def closed_form_tokens(
         self, params: Params, x: Features, rule: Rule, value: float
     ) -> FloatArray | None:
-        """Tokens a rule asks for, in closed form, or None when the form has none (p2-law.md §7)."""
+        """Tokens a rule asks for in closed form, or None if the form has none (docs/law.md §7)."""
         return None
 
     def blocks(self, data: Dataset) -> list[tuple[BoolArray, slice]] | None:

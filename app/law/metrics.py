@@ -1,4 +1,4 @@
-"""Goodness of fit and the generalisation splits (p2-law.md §5 and §6)."""
+"""Goodness of fit and the generalisation splits (docs/law.md §5 and §6)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ RHO_TOLERANCE = 0.02
 
 
 def asd(tokens: FloatArray, observed: FloatArray, predicted: FloatArray, run: IntArray) -> float:
-    """Average slope difference, our definition (p2-law.md §5).
+    """Average slope difference, our definition (docs/law.md §5).
 
     Within each run sorted by D (billions of tokens), slopes between consecutive checkpoints of
     the observed and of the predicted losses; the mean of |s_obs − s_pred| over all consecutive
@@ -63,7 +63,7 @@ def metrics_of(observed: FloatArray, predicted: FloatArray, data: Dataset) -> Me
 
 
 def evaluate(form: str, params: Mapping[str, float], data: Dataset) -> Metrics:
-    """Metrics of a law on a dataset (p2-law.md §5); MAPE is in percent."""
+    """Metrics of a law on a dataset (docs/law.md §5); MAPE is in percent."""
     if len(data) == 0:
         raise NotEnoughData("no observations to evaluate the law on")
     predicted = get_form(form).predict_data(params, data)
@@ -78,7 +78,7 @@ def _nearest(values: FloatArray, targets: tuple[float, ...]) -> tuple[IntArray, 
 
 
 def split(data: Dataset, protocol: Protocol) -> tuple[BoolArray, BoolArray]:
-    """Train and test masks of a generalisation protocol (p2-law.md §6).
+    """Train and test masks of a generalisation protocol (docs/law.md §6).
 
     - ``D``: the first 80% of each run's checkpoints by D (at least one) fit, the rest test;
     - ``N0``: per family, the largest n0 is the test side, smaller sizes fit;

@@ -1,4 +1,4 @@
-"""The fit objective shared by fitting, metrics and the start grids (p2-law.md §4).
+"""The fit objective shared by fitting, metrics and the start grids (docs/law.md §4).
 
 Summed Huber (δ = 1e-3) on log-loss residuals. Summing, not averaging, keeps the objective's scale
 proportional to the data, which is what stops L-BFGS-B from declaring convergence too early.

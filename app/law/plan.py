@@ -1,4 +1,4 @@
-"""Joint planning of method, pruning rate and tokens (p2-law.md §7, last paragraph)."""
+"""Joint planning of method, pruning rate and tokens (docs/law.md §7, last paragraph)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""How many tokens: the recommendation rules of p2-law.md §7.
+"""How many tokens: the recommendation rules of docs/law.md §7.
 
 With K = ρ^(−γ) N0^(−δ) and D in billions, for `p2` in closed form:
 - ``marginal`` (τ, loss per billion tokens): the smallest D with −dL/dD ≤ τ,
@@ -157,7 +157,7 @@ def recommend(
     refits: Sequence[Mapping[str, float]] | None = None,
     level: float | None = None,
 ) -> Recommendation:
-    """The tokens a rule asks for (p2-law.md §7), the loss predicted there and the floor.
+    """The tokens a rule asks for (docs/law.md §7), the loss predicted there and the floor.
 
     `max_tokens` caps the answer (``capped=True``). With `refits` and `level`, the rule is
     applied to every refit and ``tokens_interval`` holds the percentile interval; refits for which

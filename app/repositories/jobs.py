@@ -227,3 +227,13 @@ def expired(session: Session, now: datetime | None = None) -> list[Job]:
 def ids(session: Session, job_ids: Sequence[str]) -> list[Job]:
     """The jobs with these ids (any order)."""
     return list(session.scalars(select(Job).where(Job.id.in_(list(job_ids)))).all())
+
+
+def add_warning(session: Session, job_id: str, warning: str) -> bool:
+    """Append ``warning`` to the job's warnings unless it is there already; True if added."""
+    job = get_fresh(session, job_id)
+    if job is None or warning in (job.warnings or []):
+        return False
+    job.warnings = [*(job.warnings or []), warning]
+    session.flush()
+    return True

@@ -228,3 +228,23 @@ def count_by_run(session: Session, run_id: str) -> int:
         select(func.count()).select_from(Observation).where(Observation.run_id == run_id)
     )
     return int(total or 0)
+
+
+def other_runs(
+    session: Session, *, family: str, method: str, protocol: str, run_id: str
+) -> list[Observation]:
+    """The kept observations of ``family``/``method`` under ``protocol`` from runs other than
+    ``run_id``, ordered by (run_id, tokens): what a job's early stop learns from."""
+    return list(
+        session.scalars(
+            select(Observation)
+            .where(
+                Observation.family == family,
+                Observation.method == method,
+                Observation.protocol == protocol,
+                Observation.run_id != run_id,
+                Observation.excluded.is_(False),
+            )
+            .order_by(Observation.run_id, Observation.tokens)
+        ).all()
+    )

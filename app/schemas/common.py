@@ -2,7 +2,7 @@
 
 Every float in a request is finite (`allow_inf_nan=False`): JSON's `NaN`, `Infinity` and `1e400`
 (which parses to infinity) are rejected with a 422 instead of reaching the law. Raw counts
-(`n0`, `tokens`) are parameters and tokens, never billions (p2-law.md §1).
+(`n0`, `tokens`) are parameters and tokens, never billions (docs/law.md §1).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ EXAMPLE_LAW: dict[str, Any] = {
 
 
 class LawSpec(BaseModel):
-    """An inline law: a registered form and its parameters (constants in billions, p2-law.md §1)."""
+    """An inline law: a registered form and its parameters (billions convention, docs/law.md §1)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_LAW]})
 

@@ -1,4 +1,4 @@
-"""Fits of a law to stored observations (api.md)."""
+"""Fits of a law to stored observations (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from app.schemas.common import NO_NUL, Page
 
 
 class Holdout(BaseModel):
-    """A generalisation protocol (p2-law.md §6) whose held-out metrics are reported."""
+    """A generalisation protocol (docs/law.md §6) whose held-out metrics are reported."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -22,7 +22,7 @@ class FitCreate(BaseModel):
     """Fit a form to the observations selected by family, method and run ids.
 
     The selection must hold one evaluation protocol: a mix is refused with a 422 naming the
-    protocols (p2-law.md §3: a fit never mixes protocols silently)."""
+    protocols (docs/law.md §3: a fit never mixes protocols silently)."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -81,7 +81,7 @@ class FitCreate(BaseModel):
 
 
 class MetricsOut(BaseModel):
-    """Goodness of fit (p2-law.md §5); null where undefined (e.g. ASD with one point per run)."""
+    """Goodness of fit (docs/law.md §5); null where undefined (e.g. ASD with one point per run)."""
 
     r2: float | None
     rmse: float | None

@@ -1,7 +1,11 @@
-"""Requests and responses of the job routes (api.md, Jobs).
+"""Requests and responses of the job routes (docs/api.md, Jobs).
 
-Every float is finite (`allow_inf_nan=False`) and bounded; a 2:4 request above the pattern's
-reach is refused here (422) before anything is queued.
+Every float is finite (`allow_inf_nan=False`) and bounded. :class:`JobRequest` is the one typed
+shape of a job: the API validates a submission with it, the worker reads the stored request back
+through it (so a request stored by an earlier version gets today's defaults), and
+``workers.ml.pipeline.JobSpec.from_request`` turns it into the pipeline's spec. Every default of a
+job lives here and nowhere else. Rules that depend on the model (the 2:4 reach, paths inside their
+roots) are checked by the service at submission, still before anything is queued.
 """
 
 from __future__ import annotations
@@ -16,10 +20,6 @@ from app.schemas.observations import ObservationPage
 
 Method = Literal["depth", "width", "2:4", "unstructured"]
 JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-
-#: 2:4 zeroes half of each chosen linear layer and only the attention and MLP projections are
-#: eligible (embeddings, norms and the head are not), so the reachable ρ is below one half.
-SEMI_STRUCTURED_MAX_RHO = 0.5
 
 EXAMPLE_JOB: dict[str, Any] = {
     "model": "tiny-llama",
@@ -54,7 +54,7 @@ class StopRuleIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["marginal"] = Field("marginal", description="The rule (p2-law.md §7).")
+    kind: Literal["marginal"] = Field("marginal", description="The rule (docs/law.md §7).")
     threshold: float = Field(
         ...,
         gt=0,
@@ -66,7 +66,7 @@ class StopRuleIn(BaseModel):
 
 
 class JobRequest(BaseModel):
-    """A prune → post-train job (api.md). ``rho`` is the target; the measured ρ is reported."""
+    """A prune → post-train job (docs/api.md). ``rho`` is the target; the measured ρ is reported."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB]})
 
@@ -108,13 +108,7 @@ class JobRequest(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _reachable(self) -> JobRequest:
-        if self.method == "2:4" and self.rho >= SEMI_STRUCTURED_MAX_RHO:
-            raise ValueError(
-                f"2:4 sparsity zeroes half of the attention and MLP weights only, so rho must be "
-                f"below {SEMI_STRUCTURED_MAX_RHO} (the maximum is the attention+MLP share of "
-                f"the model divided by 2; the worker reports the exact value)"
-            )
+    def _enough_tokens(self) -> JobRequest:
         if int(self.tokens) < self.checkpoints:
             raise ValueError("tokens must be at least the number of checkpoints")
         return self
@@ -187,7 +181,7 @@ class MeasuredOut(BaseModel):
 
 
 class JobOut(BaseModel):
-    """A job (api.md's fields, plus the early-stop record and warnings)."""
+    """A job (docs/api.md's fields, plus the early-stop record and warnings)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_JOB_OUT]})
 

@@ -1,4 +1,4 @@
-"""Observed losses: upload (JSON or CSV) and paged listing (api.md)."""
+"""Observed losses: upload (JSON or CSV) and paged listing (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Request and response of `POST /predict` (api.md)."""
+"""Request and response of `POST /predict` (docs/api.md)."""
 
 from __future__ import annotations
 

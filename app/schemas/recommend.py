@@ -1,4 +1,4 @@
-"""Request and response of `POST /recommend` (api.md, p2-law.md §7)."""
+"""Request and response of `POST /recommend` (docs/api.md, docs/law.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Use-case behind `POST /plan`: joint choice of method, ρ and tokens (p2-law.md §7)."""
+"""Use-case behind `POST /plan`: joint choice of method, ρ and tokens (docs/law.md §7)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def interval(
 
 
 def predict(request: PredictRequest, session: Session | None = None) -> dict[str, Any]:
-    """Predicted losses for the request's points, with interval and warnings (api.md)."""
+    """Predicted losses for the request's points, with interval and warnings (docs/api.md)."""
     x = request_features(request)
     law = resolve_law(request, session)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):

@@ -1,4 +1,4 @@
-"""Use-case behind `POST /recommend` (p2-law.md §7)."""
+"""Use-case behind `POST /recommend` (docs/law.md §7)."""
 
 from __future__ import annotations
 

@@ -1,19 +1,20 @@
 """Law-guided early stop: end post-training when the law says more tokens barely help.
 
-Rule ``marginal`` (p2-law.md §7): after ``min_checkpoints`` checkpoints, fit the law to this run's
-points and stop once the predicted marginal gain −dL/dD, in nats per **billion** tokens at the
-current D, is below ``threshold``. With earlier runs of the same family and method in the store
+Rule ``marginal`` (docs/law.md §7): after ``min_checkpoints`` checkpoints, fit the law to this
+run's points and stop once the predicted marginal gain −dL/dD, in nats per **billion** tokens at
+the current D, is below ``threshold``. With earlier runs of the same family and method in the store
 the cross-run P² law is fitted to them plus this run (it has seen where such curves flatten);
 for a lone run the per-run power law ``curve`` (L = E + B·D^−β) is fitted instead, since P²'s
-seven constants are not identifiable from one curve. The derivative is taken numerically on the
-fitted form (a central difference in log D), so any registered form works the same way.
+seven constants are not identifiable from one curve. The derivative is the law engine's
+(``app.law.recommend.marginal_gain``), so any registered form works the same way.
 
-Uses ``app.law`` only (numpy + scipy); the caller hands in the points.
+:func:`decide` is the one entry point: the worker hands in the job's validated ``stop_rule``,
+the run's points and a loader for the earlier runs, which is called only once the rule acts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,15 +23,7 @@ from app.law.errors import LawError
 from app.law.fitting import fit
 from app.law.recommend import marginal_gain as law_marginal_gain
 from app.law.types import Dataset, Features
-
-
-@dataclass(frozen=True)
-class StopRule:
-    """A validated ``stop_rule``: ``{"kind": "marginal", "threshold", "min_checkpoints"}``."""
-
-    kind: str
-    threshold: float
-    min_checkpoints: int = 4
+from app.schemas.jobs import StopRuleIn
 
 
 @dataclass(frozen=True)
@@ -55,22 +48,6 @@ class StopDecision:
     reason: str
 
 
-def _dataset(points: Sequence[RunPoint]) -> Dataset:
-    run_index: dict[str, int] = {}
-    run = np.array([run_index.setdefault(p.run_id, len(run_index)) for p in points], np.int64)
-    return Dataset(
-        x=Features(
-            np.array([p.n0 for p in points], np.float64),
-            np.array([p.rho for p in points], np.float64),
-            np.array([p.l0 for p in points], np.float64),
-            np.array([p.tokens for p in points], np.float64),
-        ),
-        loss=np.array([p.loss for p in points], np.float64),
-        run=run,
-        run_ids=tuple(run_index),
-    )
-
-
 def marginal_gain(form: str, params: dict[str, float], point: RunPoint) -> float:
     """−dL/dD in nats per billion tokens predicted by ``form`` at ``point``'s D."""
     x = Features(
@@ -79,26 +56,28 @@ def marginal_gain(form: str, params: dict[str, float], point: RunPoint) -> float
     return float(law_marginal_gain(form, params, x)[0])
 
 
-def evaluate(
-    rule: StopRule, run: Sequence[RunPoint], earlier: Sequence[RunPoint] = ()
+def decide(
+    rule: StopRuleIn,
+    run: Sequence[RunPoint],
+    earlier: Callable[[], Sequence[RunPoint]] = tuple,
 ) -> StopDecision:
-    """Apply ``rule`` to a run's points so far (``earlier``: other runs of its family/method)."""
-    if rule.kind != "marginal":
-        return StopDecision(False, None, None, f"unknown stop rule {rule.kind!r}: not applied")
+    """Apply ``rule`` to a run's points so far; ``earlier`` loads the other runs of its family
+    and method (called only when the run has ``min_checkpoints`` points)."""
     if len(run) < rule.min_checkpoints:
         return StopDecision(
             False, None, None, f"{len(run)} of {rule.min_checkpoints} checkpoints before the rule"
         )
     current = max(run, key=lambda p: p.tokens)
+    others = earlier()
     attempts: list[tuple[str, Sequence[RunPoint]]] = []
-    if earlier:
-        attempts.append(("p2", [*earlier, *run]))
+    if others:
+        attempts.append(("p2", [*others, *run]))
     attempts.append(("curve", run))
     problems: list[str] = []
     for form, points in attempts:
         try:
             with np.errstate(all="ignore"):
-                result = fit(form, _dataset(points))
+                result = fit(form, Dataset.from_rows(points))
                 gain = marginal_gain(form, result.params, current)
         except LawError as exc:
             problems.append(f"{form}: {exc}")

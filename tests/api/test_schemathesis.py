@@ -1,4 +1,4 @@
-"""schemathesis over the whole OpenAPI schema, in-process (reliability.md): no 5xx and every
+"""schemathesis over the whole OpenAPI schema, in-process (docs/reliability.md): no 5xx and every
 documented response matches its schema. Fixed seed, few examples per operation: a smoke net
 for inputs nobody thought of, not a load test."""
 

@@ -181,10 +181,9 @@ def test_redis_settings_keep_the_visibility_timeout_above_the_hard_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("JOB_TIME_LIMIT_S", "200000")
     get_settings.cache_clear()
-    options = queue.transport_options()
-    assert options["visibility_timeout"] > get_settings().job_time_limit_s
-    assert options["socket_connect_timeout"] <= 3
+    assert queue.transport_options()["visibility_timeout"] > 200_000
 
 
 def test_broker_status_of_a_live_redis_is_ok(monkeypatch: pytest.MonkeyPatch) -> None:

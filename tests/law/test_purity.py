@@ -1,4 +1,4 @@
-"""The law engine imports numpy and scipy only (house-style.md)."""
+"""The law engine imports numpy and scipy only (the dependency direction in the README)."""
 
 from __future__ import annotations
 

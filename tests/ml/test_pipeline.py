@@ -12,13 +12,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from app.core.paths import JobPaths
+from app.schemas.jobs import JobRequest
 from tests.ml.pipeline_helpers import write_model_and_corpus
 from workers.ml import data
 from workers.ml.evaluate import eval_loss
 from workers.ml.pipeline import (
     COMPLETE,
     CheckpointPoint,
-    DatasetSpec,
     Decision,
     JobSpec,
     Measured,
@@ -85,23 +86,28 @@ def _spec(
     method: str = "depth",
     rho: float = 0.25,
     tokens: int = 24 * TOKENS_PER_STEP,
-    **kw: object,
+    **fields: object,
 ) -> JobSpec:
+    """A job spec the way the worker builds one: a validated request, then from_request."""
     model_dir, corpus = assets
-    return JobSpec(
-        model=str(model_dir),
-        method=method,
-        rho=rho,
-        tokens=tokens,
-        dataset=DatasetSpec(path=corpus, eval_tokens=8 * SEQ),
-        checkpoints=5,
-        seq_len=SEQ,
-        batch_size=BATCH,
-        lr=1e-3,
-        warmup_frac=0.1,
-        seed=3,
-        **kw,
-    )  # type: ignore[arg-type]
+    request = JobRequest.model_validate(
+        {
+            "model": str(model_dir),
+            "method": method,
+            "rho": rho,
+            "tokens": tokens,
+            "dataset": {"path": str(corpus), "eval_tokens": 8 * SEQ},
+            "checkpoints": 5,
+            "seq_len": SEQ,
+            "batch_size": BATCH,
+            "lr": 1e-3,
+            "warmup_frac": 0.1,
+            "seed": 3,
+            "device": "cpu",
+            **fields,
+        }
+    )
+    return JobSpec.from_request(request, JobPaths(str(model_dir), corpus, None))
 
 
 def test_checkpoints_are_log_spaced_whole_steps_ending_at_the_total() -> None:
@@ -247,3 +253,52 @@ def test_a_state_from_another_spec_is_not_resumed(
             artifact_dir=tmp_path / "a",
             hooks=Recorder(),
         )
+
+
+def _crash_after_first_checkpoint(
+    assets: tuple[Path, Path], tmp_path: Path
+) -> tuple[JobSpec, Path, Path]:
+    """A job killed after its first checkpoint: (spec, workdir, its saved state)."""
+    spec = _spec(assets)
+    work = tmp_path / "w"
+    with pytest.raises(CrashError):
+        run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "a", hooks=Recorder(crash_at=1))
+    saved = latest_complete_state(work)
+    assert saved is not None
+    return spec, work, saved
+
+
+class _Planted:
+    """A pickle that would create a file if unpickled with code execution allowed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))  # unpickling this creates the marker file
+
+
+def test_a_pickle_planted_in_the_saved_state_is_refused_without_running(
+    assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import pickle
+
+    spec, work, saved = _crash_after_first_checkpoint(assets, tmp_path)
+    marker = tmp_path / "code-ran"
+    torch.save({"0": _Planted(marker)}, saved / "trainer.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "a", hooks=Recorder())
+    assert not marker.exists()
+
+
+def test_a_state_of_the_pickled_format_is_not_read_and_the_job_starts_over(
+    assets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import json
+
+    spec, work, saved = _crash_after_first_checkpoint(assets, tmp_path)
+    meta = json.loads((saved / "meta.json").read_text())
+    (saved / "meta.json").write_text(json.dumps({**meta, "format": 1}))
+    hooks = Recorder()
+    out = run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "a", hooks=hooks)
+    assert hooks.resumed == [] and out.status == "succeeded" and len(out.points) == 5

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.services.stop_rule import RunPoint, StopRule, evaluate, marginal_gain
+from app.schemas.jobs import StopRuleIn
+from app.services.stop_rule import RunPoint, decide, marginal_gain
 
 
 def curve_run(
@@ -18,8 +19,15 @@ def curve_run(
 TOKENS = [float(t) for t in np.geomspace(1e4, 1e6, 8)]
 
 
-def test_too_few_checkpoints_never_stop() -> None:
-    decision = evaluate(StopRule("marginal", 1e9, 4), curve_run("r", TOKENS[:3]))
+def rule(threshold: float, min_checkpoints: int = 4) -> StopRuleIn:
+    return StopRuleIn(threshold=threshold, min_checkpoints=min_checkpoints)
+
+
+def test_too_few_checkpoints_never_stop_nor_read_earlier_runs() -> None:
+    def earlier() -> list[RunPoint]:
+        raise AssertionError("earlier runs are read only once the rule acts")
+
+    decision = decide(rule(1e9), curve_run("r", TOKENS[:3]), earlier)
     assert not decision.stop and "3 of 4" in decision.reason
 
 
@@ -34,8 +42,8 @@ def test_marginal_gain_matches_the_analytic_derivative() -> None:
 def test_a_lone_run_is_fitted_with_curve_and_stops_below_the_threshold() -> None:
     run = curve_run("r", TOKENS)
     gain = 0.5 * 0.05 * (TOKENS[-1] / 1e9) ** (-1.5)
-    stop = evaluate(StopRule("marginal", gain * 2, 4), run)
-    go_on = evaluate(StopRule("marginal", gain / 2, 4), run)
+    stop = decide(rule(gain * 2), run)
+    go_on = decide(rule(gain / 2), run)
     assert stop.stop and stop.form == "curve"
     assert stop.marginal_per_billion == pytest.approx(gain, rel=0.05)
     assert "below the threshold" in stop.reason
@@ -44,12 +52,7 @@ def test_a_lone_run_is_fitted_with_curve_and_stops_below_the_threshold() -> None
 
 def test_earlier_runs_of_the_family_bring_in_the_p2_law() -> None:
     earlier = [p for i in range(3) for p in curve_run(f"old{i}", TOKENS, e=2.0 + 0.1 * i)]
-    decision = evaluate(StopRule("marginal", 1e-9, 4), curve_run("new", TOKENS[:5]), earlier)
+    decision = decide(rule(1e-9), curve_run("new", TOKENS[:5]), lambda: earlier)
     assert decision.form == "p2" and "29 points" in decision.reason
     assert decision.marginal_per_billion is not None and decision.marginal_per_billion > 0
     assert not decision.stop
-
-
-def test_unknown_rule_is_not_applied() -> None:
-    decision = evaluate(StopRule("gap", 1.0, 4), curve_run("r", TOKENS))
-    assert not decision.stop and "unknown" in decision.reason

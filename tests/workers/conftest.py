@@ -93,7 +93,7 @@ def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     Pretrained briefly with a decaying learning rate (make-model's recipe, ~50k tokens, seconds)
     so that L0 is a floor: post-training a pruned copy at a low constant rate stays above it,
-    the observations are not excluded and the law can be refitted (p2-law.md §3).
+    the observations are not excluded and the law can be refitted (docs/law.md §3).
     """
     import torch
 

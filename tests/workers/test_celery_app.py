@@ -1,53 +1,67 @@
-"""The worker's Celery settings are the ones reliability.md requires (no worker started)."""
+"""What the worker's Celery configuration does, shown without starting a worker.
+
+Re-delivery of a killed child's job (late ack, reject on worker lost) and one job at a time in a
+fresh child are shown with real workers in ``tests/workers/test_worker_e2e.py``.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from typing import Any
-
-import pytest
+from pathlib import Path
 
 from app.core.config import PROJECT_ROOT
 
 
-@pytest.fixture
-def conf() -> Any:
-    from workers.celery_app import app
-
-    return app.conf
-
-
-def test_late_ack_and_reject_on_worker_lost(conf: Any) -> None:
-    assert conf.task_acks_late is True
-    assert conf.task_reject_on_worker_lost is True
-
-
-def test_one_job_at_a_time_in_a_fresh_child(conf: Any) -> None:
-    assert conf.worker_prefetch_multiplier == 1
-    assert conf.worker_concurrency == 1
-    assert conf.worker_max_tasks_per_child == 1
-    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
-
-
-def test_time_limits_and_visibility_timeouts(conf: Any) -> None:
-    soft, hard = conf.task_soft_time_limit, conf.task_time_limit
-    assert 0 < soft < hard
-    timeouts = {
-        conf.broker_transport_options["visibility_timeout"],
-        conf.result_backend_transport_options["visibility_timeout"],
-        conf.visibility_timeout,
+def _in_a_worker_process(code: str, tmp_path: Path, **env: str) -> list[str]:
+    """Run ``code`` after importing the worker's Celery app, configured by ``env`` and an
+    embedded broker under ``tmp_path``; its printed words."""
+    environment = {
+        **{k: v for k, v in os.environ.items() if k != "REDIS_URL"},
+        "BROKER_DIR": str(tmp_path / "broker"),
+        **env,
     }
-    assert len(timeouts) == 1 and timeouts.pop() > hard
+    out = subprocess.run(
+        [sys.executable, "-c", "from workers.celery_app import app, HARD_TIME_LIMIT_S\n" + code],
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.split()
 
 
-def test_jobs_go_to_gpu_and_the_reaper_to_cpu_on_a_beat(conf: Any) -> None:
-    assert {q.name for q in conf.task_queues} == {"gpu", "cpu"}
-    routes = conf.task_routes
-    assert routes["workers.tasks.run_job"]["queue"] == "gpu"
-    assert routes["workers.tasks.reap_expired"]["queue"] == "cpu"
-    schedule = conf.beat_schedule["reap-expired-jobs"]
-    assert schedule["task"] == "workers.tasks.reap_expired"
+def test_jobs_are_routed_to_the_gpu_queue_and_the_reaper_to_the_cpu_queue(tmp_path: Path) -> None:
+    # Sent by name without a queue, as the beat schedule and a plain send_task do: the routes
+    # decide where each message lands.
+    _in_a_worker_process(
+        "app.send_task('workers.tasks.run_job', args=['job-1'])\n"
+        "app.send_task('workers.tasks.reap_expired')\n",
+        tmp_path,
+    )
+    messages = sorted(p.name.split(".", 1)[1] for p in (tmp_path / "broker").rglob("*.msg"))
+    assert messages == ["cpu.msg", "gpu.msg"]
+
+
+def test_a_longer_job_time_limit_moves_the_soft_limit_and_every_visibility_timeout_above_it(
+    tmp_path: Path,
+) -> None:
+    # Redis re-delivers an unacknowledged message after its visibility timeout: one shorter than
+    # a job would run that job twice at once. The three timeouts follow the configured limit.
+    words = _in_a_worker_process(
+        "c = app.conf\n"
+        "print(HARD_TIME_LIMIT_S, c.task_time_limit, c.task_soft_time_limit,"
+        " c.broker_transport_options['visibility_timeout'],"
+        " c.result_backend_transport_options['visibility_timeout'], c.visibility_timeout)\n",
+        tmp_path,
+        JOB_TIME_LIMIT_S="200000",
+    )
+    configured, hard, soft, *visibility = (int(w) for w in words)
+    assert configured == hard == 200_000
+    assert 0 < soft < hard
+    assert len(set(visibility)) == 1 and visibility[0] > hard
 
 
 def test_the_worker_parent_never_imports_torch() -> None:

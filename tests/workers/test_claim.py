@@ -14,7 +14,7 @@ from app.db.migrate import upgrade
 from app.db.models.job import Job
 from app.db.session import create_engine_for, make_sessionmaker, session_scope
 from app.repositories import jobs as repo
-from app.services import jobs as service
+from app.services import job_lease, reaper
 
 REQUEST: dict[str, Any] = {
     "model": "tiny",
@@ -123,7 +123,7 @@ def test_an_attempt_beyond_max_attempts_fails_the_job_without_running(sqlite_url
         job = repo.get(session, job_id)
         assert job is not None
         job.lease_expires_at = utcnow() - timedelta(seconds=1)
-    assert service.claim(job_id, "w9", 60.0) is None
+    assert job_lease.claim(job_id, "w9", 60.0) is None
     with session_scope() as session:
         job = repo.get(session, job_id)
         assert job is not None
@@ -152,12 +152,12 @@ def test_reaper_sends_unsent_jobs_and_expired_leases_once_per_lease(sqlite_url: 
             _job(status="running", attempts=1, lease_expires_at=now + timedelta(hours=1)),
         ).id
     sent_ids: list[str] = []
-    report = service.reap(now=now, sender=sent_ids.append)
+    report = reaper.reap(now=now, sender=sent_ids.append)
     assert sorted(report.resent) == sorted([unsent, expired]) == sorted(sent_ids)
     assert fresh not in sent_ids and sent not in sent_ids and live not in sent_ids
     # Just re-sent: the next pass leaves the expired one alone until another lease period.
     again: list[str] = []
-    service.reap(now=now + timedelta(seconds=1), sender=again.append)
+    reaper.reap(now=now + timedelta(seconds=1), sender=again.append)
     assert again == []
 
 
@@ -171,7 +171,7 @@ def test_reaper_ends_jobs_that_cannot_continue(sqlite_url: str) -> None:
         exhausted = repo.add(
             session, _job(status="running", attempts=3, max_attempts=3, lease_expires_at=past)
         ).id
-    report = service.reap(sender=lambda _job_id: None)
+    report = reaper.reap(sender=lambda _job_id: None)
     assert report.cancelled == [cancelling] and report.failed == [exhausted]
     with session_scope() as session:
         assert repo.get(session, cancelling).status == "cancelled"  # type: ignore[union-attr]
@@ -185,7 +185,7 @@ def test_reaper_keeps_jobs_when_the_broker_is_down(sqlite_url: str) -> None:
     def down(_job_id: str) -> None:
         raise ConnectionError("broker down")
 
-    report = service.reap(sender=down)
+    report = reaper.reap(sender=down)
     assert report.send_errors == 1 and report.resent == []
     with session_scope() as session:
         job = repo.get(session, job_id)

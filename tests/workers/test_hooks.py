@@ -12,7 +12,7 @@ from app.db.session import session_scope
 from app.repositories import jobs as jobs_repo
 from app.repositories import observations as observations_repo
 from app.schemas.jobs import JobRequest
-from app.services import jobs as service
+from app.services import job_lease
 from workers.ml.pipeline import CheckpointPoint, Decision, Measured
 from workers.tasks import DbHooks, Heartbeat, LeaseLostError
 
@@ -53,9 +53,9 @@ def claimed_hooks(sqlite_url: str, **request: Any) -> tuple[DbHooks, str]:
         )
         jobs_repo.add(session, job)
         job_id = job.id
-    claimed = service.claim(job_id, "owner-1", 60.0)
+    claimed = job_lease.claim(job_id, "owner-1", 60.0)
     assert claimed is not None
-    hooks = DbHooks(claimed, "owner-1", 60.0, Heartbeat(job_id, "owner-1", 60.0))
+    hooks = DbHooks(claimed, Heartbeat(claimed.lease))
     hooks.on_measured(MEASURED)
     return hooks, job_id
 
@@ -148,9 +148,9 @@ def test_the_heartbeat_thread_keeps_the_lease_alive_and_notices_a_takeover(
     from app.db.base import utcnow
 
     hooks, job_id = claimed_hooks(sqlite_url)
-    with Heartbeat(job_id, "owner-1", 0.6) as beat:
+    with Heartbeat(job_lease.Lease(job_id, "owner-1", 0.6)) as beat:
         time.sleep(1.5)  # more than two leases: only the thread can have renewed it
-        job = service.claim(job_id, "thief", 0.6)
+        job = job_lease.claim(job_id, "thief", 0.6)
         assert job is None  # still held
         with session_scope() as session:
             row = jobs_repo.get(session, job_id)
@@ -163,3 +163,60 @@ def test_the_heartbeat_thread_keeps_the_lease_alive_and_notices_a_takeover(
         assert beat.lost.is_set()
     with pytest.raises(LeaseLostError):
         hooks.on_progress(100, 10_000)
+
+
+def _seed_family_observations() -> None:
+    """Enough depth runs of family "fam" for a P² refit (synthetic, known constants)."""
+    from dataclasses import asdict
+
+    from app.law.synthetic import make_rows
+
+    rows = [
+        {**asdict(r), "family": "fam", "source": "synthetic"}
+        for r in make_rows(n_checkpoints=6, seed=1)
+        if r.method == "depth"
+    ]
+    for row in rows:
+        row.pop("true_loss")
+    with session_scope() as session:
+        observations_repo.upsert(session, rows)
+
+
+def _take_over(job_id: str) -> None:
+    with session_scope() as session:
+        job = jobs_repo.get(session, job_id)
+        assert job is not None
+        job.lease_owner = "someone-else"
+
+
+def _fit_ids() -> set[str]:
+    from app.repositories import fits as fits_repo
+
+    with session_scope() as session:
+        fits, _ = fits_repo.list_page(session, family="fam", method="depth")
+        return {f.id for f in fits}
+
+
+def test_a_worker_whose_lease_was_taken_over_adds_no_warning_and_no_refit(
+    sqlite_url: str,
+) -> None:
+    hooks, job_id = claimed_hooks(sqlite_url)
+    _seed_family_observations()
+    _take_over(job_id)
+    assert not job_lease.add_warning(hooks.lease, "late warning")
+    assert job_lease.refit(hooks.lease, "fam", "depth") is None
+    assert _fit_ids() == set()
+    with session_scope() as session:
+        job = jobs_repo.get(session, job_id)
+        assert job is not None and job.warnings == []
+
+
+def test_a_worker_holding_its_lease_refits_and_names_the_new_default(sqlite_url: str) -> None:
+    hooks, job_id = claimed_hooks(sqlite_url)
+    _seed_family_observations()
+    fit_id = job_lease.refit(hooks.lease, "fam", "depth")
+    assert fit_id is not None and _fit_ids() == {fit_id}
+    with session_scope() as session:
+        job = jobs_repo.get(session, job_id)
+        assert job is not None
+        assert job.warnings == [f"refit {fit_id} of fam/depth is now the default fit"]

@@ -10,6 +10,7 @@ import pytest
 
 from app.db.session import session_scope
 from app.repositories import jobs as jobs_repo
+from app.repositories import observations as observations_repo
 from app.schemas.jobs import JobRequest
 from app.services import jobs as service
 from tests.workers.conftest import job_row
@@ -69,3 +70,38 @@ def test_a_job_already_claimed_or_finished_is_not_run_again(job_roots: dict[str,
         service.cancel(session, job_id)
     assert execute_job(job_id) == "not claimed"
     assert job_row(job_id).attempts == 0
+
+
+#: A request as an earlier version stored it: before grad_accum, schedule, warmup_frac,
+#: weight_decay, calib_samples, device, dtype, idempotency_key and dataset.text_field existed.
+EARLIER_REQUEST: dict[str, Any] = {
+    "model": "tiny-llama",
+    "method": "depth",
+    "rho": 0.25,
+    "tokens": 1280,
+    "dataset": {"path": "corpus.txt", "eval_tokens": 1024},
+    "checkpoints": 3,
+    "seq_len": 32,
+    "batch_size": 4,
+    "lr": 3e-4,
+    "seed": 0,
+    "family": "tiny-llama",
+    "refit": False,
+    "stop_rule": None,
+}
+
+
+def test_a_request_stored_by_an_earlier_version_runs_with_todays_defaults(
+    job_roots: dict[str, Path],
+) -> None:
+    job_id = submit()
+    with session_scope() as session:
+        row = jobs_repo.get(session, job_id)
+        assert row is not None
+        row.request = dict(EARLIER_REQUEST)
+    assert execute_job(job_id) == "succeeded"
+    job = job_row(job_id)
+    assert job.status == "succeeded" and job.error is None
+    assert job.measured is not None and job.measured["schedule"].startswith("constant")
+    with session_scope() as session:
+        assert observations_repo.count_by_run(session, job_id) == 3

@@ -3,7 +3,7 @@
 A corpus is turned into one long token stream (EOS after every document) and cut into
 `seq_len` blocks. The held-out evaluation set is fixed by the data alone (an explicit
 `eval_path`, or the last blocks of the corpus), so every checkpoint of a run and L0 are
-measured on the same token ids (p2-law.md §3); its fingerprint becomes the observation's
+measured on the same token ids (docs/law.md §3); its fingerprint becomes the observation's
 `protocol`. Training never sees an evaluation block; calibration sequences for pruning
 come from the training blocks only.
 """

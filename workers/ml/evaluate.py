@@ -1,4 +1,4 @@
-"""Held-out loss: mean token cross-entropy in nats, with its standard error (p2-law.md §3)."""
+"""Held-out loss: mean token cross-entropy in nats, with its standard error (docs/law.md §3)."""
 
 from __future__ import annotations
 

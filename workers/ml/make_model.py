@@ -5,7 +5,7 @@
 A byte-level BPE tokenizer is trained with `tokenizers` on the corpus (default: the Python
 standard library's sources), a Llama or Qwen2 model is built from a config, and it is
 pretrained with a cosine schedule decayed to 1% of the peak learning rate for ~30 tokens per
-parameter, because the law assumes a converged dense model (p2-law.md §3): an under-trained
+parameter, because the law assumes a converged dense model (docs/law.md §3): an under-trained
 one falls below L0 during post-training and its curves are useless for the law.
 """
 

@@ -245,7 +245,7 @@ def _unique_tensors(module: nn.Module) -> list[torch.Tensor]:
 def count_parameters(model: nn.Module) -> int:
     """All parameters, embeddings and head included, a tied (shared) tensor counted once.
 
-    This is N0 of the P² law (p2-law.md §1) when called on the dense model.
+    This is N0 of the P² law (docs/law.md §1) when called on the dense model.
     """
     return sum(p.numel() for p in _unique_tensors(model))
 

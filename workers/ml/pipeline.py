@@ -18,21 +18,26 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workers.ml import data as data_mod
-from workers.ml import models
+from workers.ml import models, safe_state
 from workers.ml.evaluate import eval_loss
 from workers.ml.prune import apply_masks, prune
 from workers.ml.train import TrainConfig, Trainer, describe_schedule
 
+if TYPE_CHECKING:
+    from app.core.paths import JobPaths
+    from app.schemas.jobs import JobRequest
+
 STATE_PREFIX = "state-"
 TMP_PREFIX = ".tmp-"
 COMPLETE = "COMPLETE"
-STATE_FORMAT = 1
+#: 2: trainer and mask states as tensors (.pt, read with weights_only) + JSON; 1 pickled them.
+STATE_FORMAT = 2
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,32 +51,72 @@ class DatasetSpec:
     """Where the job's text is; paths are already resolved inside DATA_ROOT by the caller."""
 
     path: Path
-    text_field: str = "text"
-    eval_path: Path | None = None
-    eval_tokens: int | None = None  # default: data.default_eval_tokens(seq_len)
+    text_field: str
+    eval_path: Path | None
+    eval_tokens: int | None  # None: data.default_eval_tokens(seq_len)
 
 
 @dataclass(frozen=True)
 class JobSpec:
-    """Everything that determines a job's results."""
+    """Everything that determines a job's results.
+
+    Built from a validated request by :meth:`from_request`; no field has a default here, since
+    the defaults of a job are the request model's (``app.schemas.jobs.JobRequest``) and live
+    there only.
+    """
 
     model: str
     method: str  # "depth" | "width" | "2:4" | "unstructured"
     rho: float
     tokens: int
     dataset: DatasetSpec
-    checkpoints: int = 12
-    seq_len: int = 128
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 3e-4
-    schedule: str = "constant"
-    warmup_frac: float = 0.02
-    weight_decay: float = 0.0
-    seed: int = 0
-    calib_samples: int = 32
-    device: str = "cpu"
-    dtype: str = "float32"
+    checkpoints: int
+    seq_len: int
+    batch_size: int
+    grad_accum: int
+    lr: float
+    schedule: str
+    warmup_frac: float
+    weight_decay: float
+    seed: int
+    calib_samples: int
+    device: str  # "cpu" | "cuda" (resolved)
+    dtype: str  # "float32" | "bfloat16" (resolved)
+
+    @classmethod
+    def from_request(cls, request: JobRequest, paths: JobPaths) -> JobSpec:
+        """The spec of a validated job request whose paths were resolved inside their roots;
+        ``auto`` device and dtype are decided here, on the machine that runs the job."""
+        device = request.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = request.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device == "cuda" else "float32"
+        return cls(
+            model=paths.model,
+            method=request.method,
+            rho=request.rho,
+            tokens=int(request.tokens),
+            dataset=DatasetSpec(
+                path=paths.dataset,
+                text_field=request.dataset.text_field,
+                eval_path=paths.eval_path,
+                eval_tokens=request.dataset.eval_tokens,
+            ),
+            checkpoints=request.checkpoints,
+            seq_len=request.seq_len,
+            batch_size=request.batch_size,
+            grad_accum=request.grad_accum,
+            lr=request.lr,
+            schedule=request.schedule,
+            warmup_frac=request.warmup_frac,
+            weight_decay=request.weight_decay,
+            seed=request.seed,
+            calib_samples=request.calib_samples,
+            device=device,
+            dtype=dtype,
+        )
 
 
 @dataclass(frozen=True)
@@ -162,7 +207,7 @@ def below_l0(loss: float, measured: Measured) -> tuple[bool, str | None]:
     if loss < measured.l0 - 2.0 * noise:
         return True, (
             f"loss {loss:.4f} < L0 {measured.l0:.4f} - 2x eval noise {noise:.4f}: post-training "
-            "improves on the dense model, so it was not converged (p2-law.md §3)"
+            "improves on the dense model, so it was not converged (docs/law.md §3)"
         )
     return False, None
 
@@ -185,6 +230,15 @@ def latest_complete_state(workdir: Path) -> Path | None:
         return None
     complete = [path for _step, path in _state_dirs(workdir) if (path / COMPLETE).is_file()]
     return complete[-1] if complete else None
+
+
+def _state_format(state: Path) -> int | None:
+    try:
+        meta = json.loads((state / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = meta.get("format") if isinstance(meta, dict) else None
+    return value if isinstance(value, int) else None
 
 
 def _clean_workdir(workdir: Path, keep: Path | None) -> None:
@@ -228,8 +282,8 @@ def _save_state(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     models.save_pretrained(model, tokenizer, tmp / "model")
-    torch.save(trainer.state_dict(), tmp / "trainer.pt")
-    torch.save({k: v.to("cpu") for k, v in masks.items()}, tmp / "masks.pt")
+    safe_state.save(trainer.state_dict(), tmp, "trainer")
+    safe_state.save(masks, tmp, "masks")
     meta = {
         "format": STATE_FORMAT,
         "spec": _spec_key(spec),
@@ -289,6 +343,10 @@ def run_pipeline(
     eval_batch = max(1, spec.batch_size)
 
     resume_from = latest_complete_state(workdir)
+    if resume_from is not None and _state_format(resume_from) != STATE_FORMAT:
+        # Written by a version that stored its state another way (format 1 pickled it): start
+        # over rather than read it.
+        resume_from = None
     _clean_workdir(workdir, keep=resume_from)
 
     # The tokenizer is the dense model's either way; a resumed model is the pruned one.
@@ -350,19 +408,17 @@ def run_pipeline(
 
     if resume_from is not None:
         meta = json.loads((resume_from / "meta.json").read_text())
-        if meta.get("format") != STATE_FORMAT or meta["spec"] != _spec_key(spec):
+        if meta["spec"] != _spec_key(spec):
             raise PipelineError(f"{resume_from} was saved by a different job spec; not resuming")
         measured = Measured(**meta["measured"])
         if measured.protocol != splits.protocol:
             raise PipelineError("the evaluation set changed since the saved state was written")
         points = [CheckpointPoint(**p) for p in meta["points"]]
         masks: dict[str, torch.Tensor] = {
-            k: v.to(device) for k, v in torch.load(resume_from / "masks.pt").items()
+            k: v.to(device) for k, v in safe_state.load(resume_from, "masks").items()
         }
         trainer = make_trainer(masks)
-        trainer.load_state_dict(
-            torch.load(resume_from / "trainer.pt", map_location="cpu", weights_only=False)
-        )
+        trainer.load_state_dict(safe_state.load(resume_from, "trainer"))
         hooks.on_measured(measured)
         hooks.on_resume(trainer.tokens_done, list(points))
     else:

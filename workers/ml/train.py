@@ -66,7 +66,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def describe_schedule(cfg: TrainConfig) -> str:
-    """Human-readable schedule, recorded with the observations (p2-law.md §3)."""
+    """Human-readable schedule, recorded with the observations (docs/law.md §3)."""
     warm = f"warmup={cfg.warmup_steps / cfg.total_steps:.0%}"
     if cfg.schedule == "constant":
         return f"constant lr={cfg.lr:g} {warm}"

@@ -1,4 +1,4 @@
-"""Prune → post-train jobs: the database row is the source of truth (reliability.md).
+"""Prune → post-train jobs: the database row is the source of truth (docs/reliability.md).
 
 The broker message carries only ``id``. A worker claims the row with one conditional UPDATE that
 sets a lease (``lease_owner``, ``lease_expires_at``) and counts ``attempts``; the training loop

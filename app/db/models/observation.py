@@ -14,7 +14,7 @@ class Observation(Base):
     """A loss measured on run ``run_id`` after ``tokens`` post-training tokens.
 
     ``n0``, ``rho``, ``l0`` describe the run (dense parameter count, fraction of it removed
-    by pruning, loss of the dense model before pruning; p2-law.md §1); (run_id, tokens) is
+    by pruning, loss of the dense model before pruning; docs/law.md §1); (run_id, tokens) is
     unique so a repeated upload or a resumed job cannot store a point twice. ``excluded``
     marks points left out of fits unless asked for (for example a loss below ``l0`` beyond
     the noise).

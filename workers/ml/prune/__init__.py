@@ -1,7 +1,7 @@
 """Pruning methods behind one registry, each reaching a target ρ as closely as it can.
 
 ``prune(model, method, rho, calib_ids)`` prunes in place and measures ρ from the model
-(p2-law.md §1): for structural methods (``depth``, ``width``) ρ = removed parameters ÷ N0; for
+(docs/law.md §1): for structural methods (``depth``, ``width``) ρ = removed parameters ÷ N0; for
 mask methods (``2:4``, ``unstructured``) ρ = weights set to zero ÷ N0, and the returned keep-masks
 must be re-applied after every optimizer step (``apply_masks``) so zeros stay zero.
 

@@ -1,7 +1,7 @@
 """Shared types of the pruning methods: the pruner interface, its outcome, errors, calibration.
 
 Calibration tokens always come from the caller and must be drawn from the *training* split: the
-evaluation set measures L0 and L (p2-law.md §3), and scoring weights on it would leak it into the
+evaluation set measures L0 and L (docs/law.md §3), and scoring weights on it would leak it into the
 pruning decision.
 """
 
