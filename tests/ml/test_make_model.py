@@ -47,9 +47,19 @@ def test_command_trains_a_small_model_whose_files_reload(
     assert splits.protocol == info["protocol"]
 
 
-def test_size_presets_are_consistent_gqa_shapes() -> None:
-    for shape in SIZES.values():
-        assert shape.hidden % shape.heads == 0 and shape.heads % shape.kv_heads == 0
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_each_size_preset_builds_a_model_that_runs_and_whose_config_counts_it(size: str) -> None:
+    from app.core.capacity import capacity_from_config
+    from workers.ml.make_model import build_model
+    from workers.ml.models import count_parameters
+
+    tok = train_tokenizer(default_documents(30_000), 300)
+    model = build_model("llama", SIZES[size], len(tok), seq_len=16, tokenizer=tok, seed=0)
+    with torch.no_grad():
+        logits = model(torch.arange(8)[None, :]).logits
+    assert logits.shape == (1, 8, len(tok)) and torch.isfinite(logits).all()
+    capacity = capacity_from_config(model.config.to_dict())
+    assert capacity is not None and capacity.n0 == count_parameters(model)
 
 
 @pytest.mark.parametrize("config_cls", [LlamaConfig, Qwen2Config])
