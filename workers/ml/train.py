@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -22,6 +22,55 @@ from workers.ml.data import BatchStream
 from workers.ml.evaluate import autocast_context
 
 MaskFn = Callable[[nn.Module, dict[str, torch.Tensor]], None]
+
+
+class BlockSource(Protocol):
+    """Training blocks ``[n_blocks, seq_len]`` read by index: a tensor in memory, or token
+    shards on disk read through a memory map (host memory per batch, not per corpus)."""
+
+    @property
+    def n_blocks(self) -> int: ...
+
+    @property
+    def seq_len(self) -> int: ...
+
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """The blocks at ``indices`` as an int64 ``[len(indices), seq_len]`` tensor."""
+        ...
+
+
+class TensorBlocks:
+    """Blocks held as one tensor on the training device, so a batch is one gather there instead
+    of a host copy that a GPU would wait on every step (8 bytes a token: 80 MB for 10M tokens)."""
+
+    def __init__(self, blocks: torch.Tensor, device: torch.device) -> None:
+        if blocks.dim() != 2:
+            raise ValueError("training blocks must be [n_blocks, seq_len]")
+        self.blocks = blocks.to(device)
+
+    @property
+    def n_blocks(self) -> int:
+        return int(self.blocks.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.blocks.shape[1])
+
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.blocks[indices.to(self.blocks.device, non_blocking=True)]
+
+
+@dataclass(frozen=True)
+class DataShard:
+    """This process's part of data-parallel training: rank ``rank`` of ``world`` processes.
+
+    Every process draws the same global batch (``batch_size × world`` blocks) from the stream and
+    trains on its own ``batch_size`` rows, so ``world`` processes at ``batch_size`` see exactly
+    the sequences one process sees at ``batch_size × world``.
+    """
+
+    rank: int = 0
+    world: int = 1
 
 
 @dataclass(frozen=True)
@@ -92,29 +141,36 @@ class Trainer:
     def __init__(
         self,
         model: nn.Module,
-        train_ids: torch.Tensor,
+        train_ids: torch.Tensor | BlockSource,
         cfg: TrainConfig,
         *,
         device: torch.device | str = "cpu",
         autocast_dtype: torch.dtype | None = None,
         masks: dict[str, torch.Tensor] | None = None,
         apply_masks: MaskFn | None = None,
+        shard: DataShard = DataShard(),
     ) -> None:
         if masks and apply_masks is None:
             raise ValueError("masks given without the function that applies them")
+        if not 0 <= shard.rank < shard.world:
+            raise ValueError(f"rank {shard.rank} is not one of {shard.world} processes")
         self.model = model
         self.cfg = cfg
         self.device = torch.device(device)
         self.autocast_dtype = autocast_dtype
         self.masks = masks or None
         self._apply_masks = apply_masks
-        # The blocks live on the device (8 bytes a token: 80 MB for 10M tokens), so a batch is
-        # one gather there instead of a host copy that a GPU would wait on every step.
-        self.train_ids = train_ids.to(self.device)
-        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * train_ids.shape[1]
+        self.shard = shard
+        self.blocks: BlockSource = (
+            TensorBlocks(train_ids, self.device)
+            if isinstance(train_ids, torch.Tensor)
+            else train_ids
+        )
+        # Tokens of one optimizer step over all processes.
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum * self.blocks.seq_len * shard.world
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.stream = BatchStream(train_ids.shape[0], cfg.batch_size, seed=cfg.seed)
+        self.stream = BatchStream(self.blocks.n_blocks, cfg.batch_size * shard.world, seed=cfg.seed)
         self.optimizer = make_optimizer(model, cfg, self.device)
         self.step = 0
         self._loss_sum = torch.zeros((), device=self.device)
@@ -131,15 +187,16 @@ class Trainer:
         """Step until `self.step == until_step`, calling `on_step(step)` every `every` steps."""
         model, opt, cfg = self.model, self.optimizer, self.cfg
         masks, apply_masks = self.masks, self._apply_masks
-        dev, ids = self.device, self.train_ids
+        dev, blocks = self.device, self.blocks
         accum = cfg.grad_accum
+        mine = slice(self.shard.rank * cfg.batch_size, (self.shard.rank + 1) * cfg.batch_size)
         model.train()
         while self.step < until_step:
             lr = lr_at(self.step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
             for _ in range(accum):
-                batch = ids[self.stream.next_indices().to(dev, non_blocking=True)]
+                batch = blocks.take(self.stream.next_indices()[mine]).to(dev, non_blocking=True)
                 with autocast_context(dev, self.autocast_dtype):
                     loss = model(input_ids=batch, labels=batch, use_cache=False).loss
                 if accum > 1:
