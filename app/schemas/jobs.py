@@ -95,6 +95,21 @@ class JobRequest(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="auto: bfloat16 on cuda, float32 on cpu."
     )
+    devices: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "Data-parallel sharded training (FSDP2) over this many devices of the worker: GPUs, "
+            "or CPU processes with device 'cpu'. batch_size is per device, so one optimizer "
+            "step sees batch_size × grad_accum × devices sequences. A worker with fewer "
+            "devices fails the job with the reason."
+        ),
+    )
+    activation_checkpointing: bool = Field(
+        False,
+        description="Recompute activations in the backward pass: less memory, ~1/3 more compute.",
+    )
     family: str | None = Field(
         None, min_length=1, max_length=64, description="Family label of the observations."
     )

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,6 +83,8 @@ class JobSpec:
     calib_samples: int
     device: str  # "cpu" | "cuda" (resolved)
     dtype: str  # "float32" | "bfloat16" (resolved)
+    devices: int  # data-parallel processes (1: this process; more: workers/ml/sharded.py)
+    activation_checkpointing: bool
 
     @classmethod
     def from_request(cls, request: JobRequest, paths: JobPaths) -> JobSpec:
@@ -116,7 +119,18 @@ class JobSpec:
             calib_samples=request.calib_samples,
             device=device,
             dtype=dtype,
+            devices=request.devices,
+            activation_checkpointing=request.activation_checkpointing,
         )
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens of one optimizer step over all data-parallel processes."""
+        return self.batch_size * self.grad_accum * self.seq_len * self.devices
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, round(self.tokens / self.tokens_per_step))
 
 
 @dataclass(frozen=True)
@@ -332,25 +346,12 @@ def _train_config(spec: JobSpec, total_steps: int) -> TrainConfig:
     )
 
 
-def run_pipeline(
-    spec: JobSpec, *, workdir: Path, artifact_dir: Path, hooks: JobHooks
-) -> JobOutcome:
-    """Run (or resume) one prune -> post-train job; see the module docstring."""
-    if spec.tokens < 1:
-        raise PipelineError("tokens must be positive")
-    device, autocast_dtype = _resolve_dtypes(spec)
-    workdir.mkdir(parents=True, exist_ok=True)
-    eval_batch = max(1, spec.batch_size)
-
-    resume_from = latest_complete_state(workdir)
-    if resume_from is not None and _state_format(resume_from) != STATE_FORMAT:
-        # Written by a version that stored its state another way (format 1 pickled it): start
-        # over rather than read it.
-        resume_from = None
-    _clean_workdir(workdir, keep=resume_from)
-
-    # The tokenizer is the dense model's either way; a resumed model is the pruned one.
-    model_source = str(resume_from / "model") if resume_from else spec.model
+def load_model_and_data(
+    spec: JobSpec, pruned: Path | None, device: torch.device
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, data_mod.Splits]:
+    """The job's model (the dense one, or the pruned one saved at ``pruned``), its tokenizer
+    and the dataset's training and held-out splits."""
+    model_source = str(pruned) if pruned is not None else spec.model
     # Weights stay float32 (master copies for AdamW); bf16 is the autocast compute dtype.
     # A relative name that is no directory is a hub id; resolved local paths are absolute.
     model, tokenizer = models.load_causal_lm(
@@ -367,9 +368,73 @@ def run_pipeline(
         eval_path=spec.dataset.eval_path,
         eval_tokens=spec.dataset.eval_tokens,
     )
+    return model, tokenizer, splits
 
-    tokens_per_step = spec.batch_size * spec.grad_accum * spec.seq_len
-    total_steps = max(1, round(spec.tokens / tokens_per_step))
+
+def enable_activation_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them:
+    activation memory falls from every layer's to about one layer's, for ~1/3 more compute."""
+    model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
+
+
+def prune_and_measure(
+    spec: JobSpec,
+    model: PreTrainedModel,
+    *,
+    splits: data_mod.Splits,
+    evaluate: Callable[[], tuple[float, float]],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> tuple[Measured, dict[str, torch.Tensor]]:
+    """L0 on the held-out set, the pruning (calibrated on the training split), ρ measured from
+    the model and the loss right after pruning; the keep-masks of mask methods."""
+    l0, eval_noise = evaluate()
+    calib = data_mod.calibration_ids(splits.train, spec.calib_samples, seed=spec.seed)
+    result = prune(model, spec.method, spec.rho, calib, device=device, batch_size=spec.batch_size)
+    loss_after, _ = evaluate()
+    measured = Measured(
+        n0=int(result.n0),
+        n_after=int(result.n_after),
+        rho=float(result.rho),
+        l0=l0,
+        loss_after_prune=loss_after,
+        protocol=splits.protocol,
+        eval_noise=eval_noise,
+        schedule=describe_schedule(cfg),
+        details=dict(result.details),
+    )
+    return measured, {k: v.to(device) for k, v in result.masks.items()}
+
+
+def run_pipeline(
+    spec: JobSpec, *, workdir: Path, artifact_dir: Path, hooks: JobHooks
+) -> JobOutcome:
+    """Run (or resume) one prune -> post-train job; see the module docstring."""
+    if spec.tokens < 1:
+        raise PipelineError("tokens must be positive")
+    if spec.devices != 1:
+        raise PipelineError("a job on several devices runs through workers.ml.sharded")
+    device, autocast_dtype = _resolve_dtypes(spec)
+    workdir.mkdir(parents=True, exist_ok=True)
+    eval_batch = max(1, spec.batch_size)
+
+    resume_from = latest_complete_state(workdir)
+    if resume_from is not None and _state_format(resume_from) != STATE_FORMAT:
+        # Written by a version that stored its state another way (format 1 pickled it): start
+        # over rather than read it.
+        resume_from = None
+    _clean_workdir(workdir, keep=resume_from)
+
+    # The tokenizer is the dense model's either way; a resumed model is the pruned one.
+    model, tokenizer, splits = load_model_and_data(
+        spec, resume_from / "model" if resume_from else None, device
+    )
+    if spec.activation_checkpointing:
+        enable_activation_checkpointing(model)
+
+    tokens_per_step, total_steps = spec.tokens_per_step, spec.total_steps
     cfg = _train_config(spec, total_steps)
     steps = checkpoint_steps(total_steps, spec.checkpoints)
 
@@ -422,24 +487,9 @@ def run_pipeline(
         hooks.on_measured(measured)
         hooks.on_resume(trainer.tokens_done, list(points))
     else:
-        l0, eval_noise = evaluate()
-        calib = data_mod.calibration_ids(splits.train, spec.calib_samples, seed=spec.seed)
-        result = prune(
-            model, spec.method, spec.rho, calib, device=device, batch_size=spec.batch_size
+        measured, masks = prune_and_measure(
+            spec, model, splits=splits, evaluate=evaluate, cfg=cfg, device=device
         )
-        loss_after, _ = evaluate()
-        measured = Measured(
-            n0=int(result.n0),
-            n_after=int(result.n_after),
-            rho=float(result.rho),
-            l0=l0,
-            loss_after_prune=loss_after,
-            protocol=splits.protocol,
-            eval_noise=eval_noise,
-            schedule=describe_schedule(cfg),
-            details=dict(result.details),
-        )
-        masks = {k: v.to(device) for k, v in result.masks.items()}
         points = []
         trainer = make_trainer(masks)
         hooks.on_measured(measured)
