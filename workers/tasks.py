@@ -90,8 +90,8 @@ class DbHooks:
     finds the lease gone raises :class:`LeaseLostError`, which ends the attempt without writing.
     """
 
-    def __init__(self, claimed: Claimed, beat: Heartbeat) -> None:
-        self.claimed, self.lease, self.beat = claimed, claimed.lease, beat
+    def __init__(self, claimed: Claimed, lease_lost: threading.Event) -> None:
+        self.claimed, self.lease, self.lease_lost = claimed, claimed.lease, lease_lost
         self.measured: dict[str, Any] | None = None
         self._last_write = 0.0
         # Progress writes: often enough for a live ETA, rarely enough to cost nothing.
@@ -100,7 +100,7 @@ class DbHooks:
         self.tokens_total = int(claimed.request.tokens)
 
     def _check_lease(self) -> None:
-        if self.beat.lost.is_set():
+        if self.lease_lost.is_set():
             raise LeaseLostError(f"job {self.claimed.id}: the lease was taken over")
 
     def _eta(self, tokens_done: int, tokens_total: int) -> float | None:
@@ -227,9 +227,23 @@ def _run_claimed(claimed: Claimed, beat: Heartbeat) -> str:
         # Paths are resolved inside their roots again: the roots or the files may have changed
         # since submission.
         spec = JobSpec.from_request(claimed.request, resolve_job_paths(claimed.request))
-        hooks = DbHooks(claimed, beat)
-        outcome = run_pipeline(spec, workdir=workdir, artifact_dir=artifact_dir, hooks=hooks)
-    except LeaseLostError as exc:
+        if spec.devices == 1:
+            hooks = DbHooks(claimed, beat.lost)
+            outcome = run_pipeline(spec, workdir=workdir, artifact_dir=artifact_dir, hooks=hooks)
+        else:
+            from workers.launch import check_devices, run_on_devices
+
+            check_devices(spec, get_settings().worker_devices)
+            outcome = run_on_devices(
+                spec,
+                workdir=workdir,
+                artifact_dir=artifact_dir,
+                job_id=claimed.id,
+                owner=lease.owner,
+                lease_s=lease.seconds,
+                lease_lost=beat.lost,
+            )
+    except (LeaseLostError, InterruptedError) as exc:
         log.warning("%s; leaving the job to its new owner", exc)
         return "lease lost"
     except SoftTimeLimitExceeded:

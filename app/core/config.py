@@ -36,6 +36,14 @@ class Settings(BaseSettings):
 
     job_lease_s: float = Field(120.0, description="A running job's lease; renewed at heartbeats.")
     job_max_attempts: int = Field(3, description="Attempts before a job is failed for good.")
+    worker_devices: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Devices this worker may give one job (devices > 1 runs sharded training): GPUs "
+            "(capped by those visible), or CPU processes. Unset: every visible GPU, or every core."
+        ),
+    )
     job_time_limit_s: int = Field(24 * 3600, description="Hard time limit of one job attempt.")
     reaper_interval_s: float = Field(30.0, description="How often expired leases are reaped.")
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from app.db.models.job import Job
 from app.db.session import session_scope
 from app.repositories import jobs as repo
 from app.repositories import observations as observations_repo
@@ -87,14 +88,28 @@ def claim(job_id: str, owner: str, lease_s: float) -> Claimed | None:
                 ),
             )
             return None
-        return Claimed(
-            lease=Lease(job.id, owner, lease_s),
-            request=JobRequest.model_validate(job.request),
-            family=job.family,
-            method=job.method,
-            attempts=job.attempts,
-            max_attempts=job.max_attempts,
-        )
+        return _claimed(job, owner, lease_s)
+
+
+def held(job_id: str, owner: str, lease_s: float) -> Claimed | None:
+    """The job as :func:`claim` returned it, for another process of the same attempt (a
+    training rank) that writes under the attempt's lease; None when ``owner`` no longer holds it."""
+    with session_scope() as session:
+        job = repo.get_fresh(session, job_id)
+        if job is None or job.lease_owner != owner or job.status not in repo.LEASED_STATUSES:
+            return None
+        return _claimed(job, owner, lease_s)
+
+
+def _claimed(job: Job, owner: str, lease_s: float) -> Claimed:
+    return Claimed(
+        lease=Lease(job.id, owner, lease_s),
+        request=JobRequest.model_validate(job.request),
+        family=job.family,
+        method=job.method,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+    )
 
 
 def _while_held(lease: Lease, write: Callable[[Session], T], **values: Any) -> T | None:

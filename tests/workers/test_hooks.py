@@ -4,6 +4,7 @@ and a lost lease that stops the attempt from writing."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
@@ -55,7 +56,7 @@ def claimed_hooks(sqlite_url: str, **request: Any) -> tuple[DbHooks, str]:
         job_id = job.id
     claimed = job_lease.claim(job_id, "owner-1", 60.0)
     assert claimed is not None
-    hooks = DbHooks(claimed, Heartbeat(claimed.lease))
+    hooks = DbHooks(claimed, threading.Event())
     hooks.on_measured(MEASURED)
     return hooks, job_id
 

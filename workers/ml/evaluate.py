@@ -46,11 +46,33 @@ def eval_loss(
     means. The standard error is taken over blocks (std of block means / sqrt(n)): tokens of
     one block are correlated, so a per-token error would understate the noise.
     """
+    means = block_losses(
+        model, eval_ids, batch_size=batch_size, device=device, autocast_dtype=autocast_dtype
+    )
+    n = means.numel()
+    mean = float(means.mean())
+    stderr = float(means.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
+    return mean, stderr
+
+
+def block_losses(
+    model: nn.Module,
+    eval_ids: torch.Tensor,
+    *,
+    batch_size: int = 8,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of each ``[n, seq_len]`` block (float64, on the CPU).
+
+    ``no_grad`` rather than ``inference_mode``: a sharded (FSDP) model gathers its parameters
+    for the forward pass and must be able to train on them again afterwards.
+    """
     if eval_ids.dim() != 2 or eval_ids.shape[1] < 2:
         raise ValueError("eval_ids must be [n, seq_len] with seq_len >= 2")
     dev = torch.device(device)
     block_means: list[torch.Tensor] = []
-    with _eval_mode(model), torch.inference_mode():
+    with _eval_mode(model), torch.no_grad():
         for start in range(0, eval_ids.shape[0], batch_size):
             batch = eval_ids[start : start + batch_size].to(dev, non_blocking=True)
             with autocast_context(dev, autocast_dtype):
@@ -62,8 +84,4 @@ def eval_loss(
                 reduction="none",
             ).view(batch.shape[0], -1)
             block_means.append(losses.mean(dim=1).double())
-    means = torch.cat(block_means).cpu()
-    n = means.numel()
-    mean = float(means.mean())
-    stderr = float(means.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return mean, stderr
+    return torch.cat(block_means).cpu()

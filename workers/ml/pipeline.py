@@ -255,10 +255,10 @@ def _state_format(state: Path) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _clean_workdir(workdir: Path, keep: Path | None) -> None:
-    """Remove temp dirs, incomplete states and every complete state but `keep`."""
+def _clean_workdir(workdir: Path, keep: Path | None, also: Path | None = None) -> None:
+    """Remove temp dirs, incomplete states and every complete state but `keep` (and `also`)."""
     for child in workdir.iterdir():
-        if child == keep:
+        if child in (keep, also):
             continue
         if child.name.startswith(TMP_PREFIX) or child.name.startswith(STATE_PREFIX):
             shutil.rmtree(child, ignore_errors=True)

@@ -1,0 +1,138 @@
+"""Jobs on several devices: FSDP2 over CPU processes (gloo), launched by the task via torchrun.
+
+``execute_job`` runs in this process as the Celery child would; the ranks are real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.core.config import get_settings
+from app.db.session import session_scope
+from app.repositories import observations as observations_repo
+from app.schemas.jobs import JobRequest
+from app.services import jobs as service
+from tests.workers.conftest import job_row
+from workers.tasks import execute_job, job_dirs
+
+pytestmark = pytest.mark.xdist_group("celery-workers")
+
+SEQ = 32
+
+
+def submit(**overrides: Any) -> str:
+    body: dict[str, Any] = {
+        "model": "tiny-llama",
+        "method": "2:4",
+        "rho": 0.2,
+        "tokens": 24 * 8 * SEQ,
+        "dataset": {"path": "corpus.txt", "eval_tokens": 1024},
+        "checkpoints": 3,
+        "seq_len": SEQ,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "calib_samples": 4,
+        "family": "tiny-llama",
+        "device": "cpu",
+        "seed": 1,
+    }
+    body.update(overrides)
+    with session_scope() as session:
+        job, _ = service.submit(session, JobRequest.model_validate(body))
+        return job.id
+
+
+def checkpoints(job_id: str) -> list[tuple[float, float]]:
+    with session_scope() as session:
+        rows, _ = observations_repo.list_page(session, run_id=job_id)
+        return [(r.tokens, r.loss) for r in rows]
+
+
+def test_two_processes_match_one_at_the_same_global_batch(job_roots: dict[str, Path]) -> None:
+    one = submit(devices=1, batch_size=8)
+    two = submit(devices=2, batch_size=4)
+    assert execute_job(one) == "succeeded"
+    assert execute_job(two) == "succeeded", job_row(two).error
+    single, sharded = checkpoints(one), checkpoints(two)
+    assert [t for t, _ in sharded] == [t for t, _ in single] and len(single) == 3
+    for (_, expected), (_, loss) in zip(single, sharded, strict=True):
+        assert loss == pytest.approx(expected, rel=0.01)
+    first, second = job_row(one), job_row(two)
+    assert second.measured["rho"] == first.measured["rho"]
+    assert second.measured["l0"] == pytest.approx(first.measured["l0"], rel=1e-6)
+    assert second.artifact is not None and (Path(second.artifact) / "config.json").is_file()
+
+
+def test_the_artifact_of_a_sharded_job_keeps_its_2_4_masks(job_roots: dict[str, Path]) -> None:
+    from transformers import AutoModelForCausalLM
+
+    job_id = submit(devices=2, batch_size=4, activation_checkpointing=True)
+    assert execute_job(job_id) == "succeeded", job_row(job_id).error
+    job = job_row(job_id)
+    model = AutoModelForCausalLM.from_pretrained(job.artifact)
+    weights = dict(model.named_parameters())
+    sparsified = job.measured["details"]["sparsified_layers"]
+    assert sparsified
+    for name in sparsified:
+        groups = weights[f"{name}.weight"].detach().reshape(-1, 4)
+        assert int((groups == 0).sum(dim=1).min()) >= 2
+
+
+def test_a_job_asking_for_more_devices_than_the_worker_has_fails_with_the_reason(
+    job_roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORKER_DEVICES", "2")
+    get_settings.cache_clear()
+    job_id = submit(devices=3, batch_size=2)
+    assert execute_job(job_id) == "failed"
+    job = job_row(job_id)
+    assert "devices=3" in job.error and "has 2 CPU processes" in job.error
+    assert job.attempts == 1 and checkpoints(job_id) == []
+
+
+def test_killing_one_rank_mid_job_resumes_from_the_sharded_checkpoint(
+    job_roots: dict[str, Path],
+) -> None:
+    job_id = submit(
+        devices=2, batch_size=4, method="depth", rho=0.25, tokens=400 * 8 * SEQ, checkpoints=4
+    )
+    result: list[str] = []
+    runner = threading.Thread(target=lambda: result.append(execute_job(job_id)))
+    runner.start()
+    workdir, _ = job_dirs(job_id)
+    deadline = time.monotonic() + 300
+    while len(checkpoints(job_id)) < 3 and runner.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(checkpoints(job_id)) == 3, "the job should be between its 3rd and 4th checkpoint"
+    os.kill(int((workdir / "rank-1.pid").read_text()), signal.SIGKILL)
+    runner.join(timeout=600)
+    assert result == ["succeeded"], job_row(job_id).error
+    points = checkpoints(job_id)
+    assert len(points) == 4 and len({t for t, _ in points}) == 4
+    assert job_row(job_id).resumed_from_tokens == points[2][0]
+
+
+def test_cancel_of_a_sharded_job_ends_it_at_the_next_checkpoint(job_roots: dict[str, Path]) -> None:
+    job_id = submit(
+        devices=2, batch_size=4, method="depth", rho=0.25, tokens=400 * 8 * SEQ, checkpoints=4
+    )
+    result: list[str] = []
+    runner = threading.Thread(target=lambda: result.append(execute_job(job_id)))
+    runner.start()
+    deadline = time.monotonic() + 300
+    while not checkpoints(job_id) and runner.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with session_scope() as session:
+        assert service.cancel(session, job_id).status == "cancelling"
+    runner.join(timeout=600)
+    assert result == ["cancelled"]
+    job = job_row(job_id)
+    assert job.status == "cancelled" and job.artifact is None
+    assert 1 <= len(checkpoints(job_id)) <= 2
