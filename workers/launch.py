@@ -117,6 +117,8 @@ def _command(spec: JobSpec, workdir: Path, artifact_dir: Path, lease: Sequence[s
         str(artifact_dir),
         "--lease",
         *lease,
+        "--task-pid",
+        str(os.getpid()),
     ]
 
 
@@ -214,7 +216,9 @@ def _rank_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--artifact-dir", type=Path, required=True)
     parser.add_argument("--lease", nargs=3, metavar=("JOB_ID", "OWNER", "SECONDS"), required=True)
+    parser.add_argument("--task-pid", type=int, required=True)
     args = parser.parse_args(argv)
+    _exit_with(args.task_pid)
 
     import torch
     import torch.distributed as dist
@@ -239,6 +243,23 @@ def _rank_main(argv: Sequence[str] | None = None) -> int:
         if dist.is_initialized():
             dist.destroy_process_group()
     return 0
+
+
+def _exit_with(task_pid: int) -> None:
+    """End this rank when the task that launched the group is gone (a worker killed by its hard
+    time limit, say): the group would otherwise train on, unsupervised, in a session of its own."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(2.0)
+            try:
+                os.kill(task_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                continue
+
+    threading.Thread(target=watch, name="task-watch", daemon=True).start()
 
 
 def _lost_peer(exc: BaseException) -> bool:
