@@ -1,11 +1,12 @@
 """The API's job use-cases: submit, read, list, cancel, and a job's response shape.
 
 The database row is the source of truth (docs/reliability.md). Submitting checks the request
-against what only the server knows (paths inside their roots, the 2:4 reach of the model), writes
-and *commits* the row, then sends the job id by name; a failed send leaves ``enqueued_at`` null
-and the reaper sends it later, so the API answers 202 even while the broker is down (503 only if
-the row could not be written). The worker's lease-guarded writes are in
-``app.services.job_lease``, the reaper in ``app.services.reaper``.
+against what only the server knows (paths inside their roots, the 2:4 reach of the model, a
+tokenised dataset's manifest and tokenizer), writes and *commits* the row, then sends the job id
+by name; a failed send leaves ``enqueued_at`` null and the reaper sends it later, so the API
+answers 202 even while the broker is down (503 only if the row could not be written). The
+worker's lease-guarded writes are in ``app.services.job_lease``, the reaper in
+``app.services.reaper``.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from app.core import queue
+from app.core import queue, tokens
 from app.core.capacity import OutOfReachError, check_2of4_reach, max_rho_2of4_from_config
 from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
-from app.core.paths import resolve_job_paths
+from app.core.paths import JobPaths, resolve_job_paths
 from app.db.models.job import FINAL_STATUSES, Job
 from app.db.models.observation import Observation
 from app.repositories import jobs as repo
@@ -67,6 +68,62 @@ def check_reachable(request: JobRequest, model: str) -> None:
         raise Unprocessable(str(exc)) from None
 
 
+def check_dataset(request: JobRequest, paths: JobPaths) -> None:
+    """A tokenised dataset directory must hold a valid manifest, be tokenised with the job's
+    model's tokenizer and have room for the job's split; each failure is a 422 that says which
+    dataset, which model and why (both fingerprints on a mismatch). The same rules hold in the
+    worker (``workers/ml/tokenized.py``); here they are decided from the files alone, before
+    anything is queued, without torch or transformers."""
+    dataset = request.dataset
+    if paths.eval_path is not None and tokens.is_token_dir(paths.eval_path):
+        raise Unprocessable(
+            f"dataset.eval_path {dataset.eval_path!r} is a tokenised dataset; an eval_path must "
+            "be text (a tokenised dataset.path carries its own held-out set)"
+        )
+    if not paths.dataset.is_dir():
+        return
+    if not tokens.is_token_dir(paths.dataset):
+        if (paths.dataset / "dataset_info.json").exists() or any(paths.dataset.glob("*.arrow")):
+            return  # a saved Hugging Face dataset: raw text
+        raise Unprocessable(
+            f"dataset.path {dataset.path!r} is a directory with neither a manifest.json (a "
+            "tokenised dataset, made by `p2law tokenize`) nor a saved Hugging Face dataset"
+        )
+    try:
+        manifest = tokens.read_manifest(paths.dataset)
+    except tokens.ManifestError as exc:
+        raise Unprocessable(f"dataset.path {dataset.path!r} has no valid manifest: {exc}") from None
+    if dataset.eval_path is not None:
+        raise Unprocessable(
+            f"dataset.path {dataset.path!r} is a tokenised dataset, which carries its held-out "
+            "set; dataset.eval_path cannot be given with it"
+        )
+    if not Path(paths.model).is_dir():
+        raise Unprocessable(
+            f"dataset.path {dataset.path!r} is a tokenised dataset, which needs a local model "
+            f"directory to check the tokenizer against, not the hub id {request.model!r}"
+        )
+    try:
+        model_fp = tokens.tokenizer_fingerprint(Path(paths.model))
+    except tokens.TokenizerFilesError as exc:
+        raise Unprocessable(
+            f"model {request.model!r} cannot be checked against the tokenised dataset "
+            f"{dataset.path!r}: {exc}"
+        ) from None
+    if model_fp != manifest.tokenizer_fingerprint:
+        made_with = manifest.tokenizer_model or "another model"
+        raise Unprocessable(
+            f"dataset {dataset.path!r} was tokenised with tokenizer "
+            f"{manifest.tokenizer_fingerprint} ({made_with}), but model {request.model!r} has "
+            f"tokenizer {model_fp}: tokenise the text again with this model "
+            "(p2law tokenize SOURCE --model MODEL --name NAME)"
+        )
+    try:
+        tokens.plan_split(manifest, request.seq_len, dataset.eval_tokens)
+    except tokens.SplitError as exc:
+        raise Unprocessable(f"dataset {dataset.path!r}: {exc}") from None
+
+
 # --------------------------------------------------------------------------- API side
 
 
@@ -87,6 +144,7 @@ def submit(session: Session, request: JobRequest) -> tuple[Job, bool]:
                 return existing, False
         paths = resolve_job_paths(request, settings)
         check_reachable(request, paths.model)
+        check_dataset(request, paths)
         job = Job(
             idempotency_key=request.idempotency_key,
             status="queued",

@@ -6,6 +6,12 @@ A corpus is turned into one long token stream (EOS after every document) and cut
 measured on the same token ids (docs/law.md §3); its fingerprint becomes the observation's
 `protocol`. Training never sees an evaluation block; calibration sequences for pruning
 come from the training blocks only.
+
+Documents are read as a stream (:func:`iter_pieces`), never a whole file at once; jobs
+tokenise them once into memory-mapped token shards (``workers/ml/tokenized.py``) and draw their
+batches from there (a ``workers.ml.train.BlockSource``). The in-memory functions below
+(:func:`make_splits` and friends) remain for ``make_model`` and as the reference the shards are
+tested against.
 """
 
 from __future__ import annotations
@@ -13,21 +19,37 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from app.core import tokens as core_tokens
+
+if TYPE_CHECKING:
+    from workers.ml.train import BlockSource
+
 # Plain-text files may hold several documents separated by this character (ASCII record
 # separator, which ordinary text never contains); a file without it is one document.
 DOC_SEPARATOR = "\x1e"
+_SEPARATOR_BYTE = b"\x1e"
 
 # Documents tokenised per call: the fast tokenizer parallelises inside a batch, and a bounded
 # batch keeps peak memory at a few copies of the batch's text.
 _TOKENIZE_BATCH = 256
+
+# Bytes read from a text file at a time; a document longer than PIECE_BYTES is handed on in
+# pieces cut after a newline (see `iter_pieces`), so no file is ever held whole in memory.
+_READ_BYTES = 1 << 22
+PIECE_BYTES = 1 << 23
+# A cut goes after b"\n" when the next byte is printable ASCII (not a space): regex
+# pre-tokenizers start a new pre-token there, so both sides tokenise as they would together
+# (the tokeniser still checks every cut, `workers/ml/tokenized.py`).
+_CUT = re.compile(rb"\n(?=[\x21-\x7e])")
 
 
 class DataError(ValueError):
@@ -46,19 +68,63 @@ class Splits:
 
 def default_eval_tokens(seq_len: int) -> int:
     """Size of the held-out set when a job does not choose one: 128 sequences."""
-    return 16 * seq_len * 8
+    return core_tokens.default_eval_tokens(seq_len)
 
 
 # --------------------------------------------------------------------------- reading
 
 
-def _read_txt(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return [doc for doc in text.split(DOC_SEPARATOR) if doc.strip()]
+@dataclass(frozen=True)
+class Piece:
+    """Text of one document, or of a part of it; `end`: the document ends with this piece."""
+
+    text: str
+    end: bool
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[str]:
-    docs: list[str] = []
+def _decode_txt(raw: bytes) -> str:
+    # What `Path.read_text(encoding="utf-8", errors="replace")` gives: replacement characters
+    # for bad bytes and universal newlines. Every cut is at b"\x1e" or right after b"\n", never
+    # inside a UTF-8 sequence or a "\r\n" pair, so decoding part by part gives the same text.
+    return raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _txt_pieces(path: Path, piece_bytes: int) -> Iterator[Piece]:
+    """Documents of a .txt file (split on DOC_SEPARATOR, blank ones dropped), read in chunks."""
+    pending = bytearray()  # bytes of the current document not yet handed on
+    emitted = False  # a piece of the current document was already handed on
+    with path.open("rb") as fh:
+        while True:
+            chunk = fh.read(_READ_BYTES)
+            pending += chunk
+            start = 0
+            while (sep := pending.find(_SEPARATOR_BYTE, start)) >= 0:
+                text = _decode_txt(bytes(pending[start:sep]))
+                start = sep + 1
+                if emitted or text.strip():
+                    yield Piece(text, True)
+                emitted = False
+            del pending[:start]
+            while len(pending) > piece_bytes:
+                cuts = [m.end() for m in _CUT.finditer(pending, 0, piece_bytes)]
+                head = _decode_txt(bytes(pending[: cuts[-1]])) if cuts else ""
+                # A blank head stays with what follows: a document that turns out blank as a
+                # whole is dropped, as it always was.
+                if not cuts or (not emitted and not head.strip()):
+                    break
+                del pending[: cuts[-1]]
+                yield Piece(head, False)
+                emitted = True
+            if not chunk:
+                break
+    text = _decode_txt(bytes(pending))
+    if emitted or text.strip():
+        yield Piece(text, True)
+
+
+def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
+    # Text mode, as the file was always read (universal newlines, strict UTF-8), one line at a
+    # time, so the file is never whole in memory.
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -73,43 +139,89 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
             if not isinstance(value, str):
                 raise DataError(f"{path}:{lineno}: field {text_field!r} is not a string")
             if value.strip():
-                docs.append(value)
-    return docs
+                yield value
 
 
-def _read_hf_dir(path: Path, text_field: str) -> list[str]:
-    """Read a directory written by `datasets.Dataset.save_to_disk` (Arrow IPC stream files)."""
+def hf_arrow_files(path: Path) -> list[Path]:
+    """The Arrow files of a directory written by `datasets.Dataset.save_to_disk`, in order."""
+    return sorted(path.glob("data-*.arrow")) or sorted(path.glob("*.arrow"))
+
+
+def _hf_documents(path: Path, text_field: str) -> Iterator[str]:
+    """Rows of a saved HF dataset (Arrow IPC stream files), one record batch at a time."""
     import pyarrow as pa  # imported here: only this format needs it
 
-    files = sorted(path.glob("data-*.arrow")) or sorted(path.glob("*.arrow"))
+    files = hf_arrow_files(path)
     if not files:
         raise DataError(f"{path}: no .arrow files in the dataset directory")
-    docs: list[str] = []
     for file in files:
         with pa.memory_map(str(file)) as source:
-            table = pa.ipc.open_stream(source).read_all()
-        if text_field not in table.column_names:
-            raise DataError(f"{file}: no column {text_field!r} (has {table.column_names})")
-        docs.extend(v for v in table.column(text_field).to_pylist() if isinstance(v, str) and v)
-    return docs
+            reader = pa.ipc.open_stream(source)
+            names = reader.schema.names
+            if text_field not in names:
+                raise DataError(f"{file}: no column {text_field!r} (has {names})")
+            column = names.index(text_field)
+            for batch in reader:
+                for value in batch.column(column).to_pylist():
+                    if isinstance(value, str) and value:
+                        yield value
 
 
-def read_documents(path: Path, *, text_field: str = "text") -> list[str]:
-    """Read the documents of a .txt file, a JSONL file or a saved HF dataset directory."""
+def source_format(path: Path) -> str:
+    """``txt``, ``jsonl`` or ``hf`` (a saved HF dataset directory) for a dataset path.
+
+    Raises:
+        DataError: the path names nothing, or nothing these formats cover.
+    """
     if path.is_dir():
         if (path / "dataset_info.json").exists() or any(path.glob("*.arrow")):
-            return _read_hf_dir(path, text_field)
+            return "hf"
         raise DataError(f"{path}: a directory but not a saved Hugging Face dataset")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".json", ".ndjson"}:
-        return _read_jsonl(path, text_field)
+        return "jsonl"
     if suffix in {".txt", ".text", ".md", ".py", ""}:
-        return _read_txt(path)
+        return "txt"
     raise DataError(
         f"{path}: unsupported format {suffix!r} (use .txt, .jsonl or an HF dataset dir)"
     )
+
+
+def iter_pieces(
+    path: Path, *, text_field: str = "text", piece_bytes: int = PIECE_BYTES
+) -> Iterator[Piece]:
+    """The documents of a dataset as a stream of pieces, holding at most one document (or one
+    `piece_bytes` piece of a longer .txt document) in memory.
+
+    A .txt document longer than `piece_bytes` comes in several pieces, cut after a newline
+    followed by printable ASCII; joined, they are the document. JSONL records and HF rows are
+    whole documents.
+    """
+    fmt = source_format(path)
+    if fmt == "txt":
+        yield from _txt_pieces(path, piece_bytes)
+        return
+    docs = _jsonl_documents(path, text_field) if fmt == "jsonl" else _hf_documents(path, text_field)
+    for doc in docs:
+        yield Piece(doc, True)
+
+
+def iter_documents(path: Path, *, text_field: str = "text") -> Iterator[str]:
+    """The documents of a .txt file, a JSONL file or a saved HF dataset directory, one at a
+    time (a long .txt document is read in pieces and joined)."""
+    parts: list[str] = []
+    for piece in iter_pieces(path, text_field=text_field):
+        parts.append(piece.text)
+        if piece.end:
+            yield "".join(parts)
+            parts = []
+
+
+def read_documents(path: Path, *, text_field: str = "text") -> list[str]:
+    """Read the documents of a .txt file, a JSONL file or a saved HF dataset directory."""
+    return list(iter_documents(path, text_field=text_field))
 
 
 # --------------------------------------------------------------------------- tokenising
@@ -199,11 +311,16 @@ def split_blocks(
     return Splits(train, eval_blocks, seq_len, fingerprint(eval_blocks, seq_len))
 
 
-def calibration_ids(train: torch.Tensor, n: int, *, seed: int) -> torch.Tensor:
-    """`n` distinct training blocks (all of them when fewer), chosen by a seeded draw."""
+def calibration_ids(train: torch.Tensor | BlockSource, n: int, *, seed: int) -> torch.Tensor:
+    """`n` distinct training blocks (all of them when fewer), chosen by a seeded draw.
+
+    The draw depends on the number of blocks only, so a tensor and the memory-mapped shards of
+    the same blocks (a `BlockSource`) give the same calibration sequences.
+    """
+    n_blocks = int(train.shape[0]) if isinstance(train, torch.Tensor) else train.n_blocks
     gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(train.shape[0], generator=gen)[: min(n, train.shape[0])]
-    return train[order.sort().values]
+    order = torch.randperm(n_blocks, generator=gen)[: min(n, n_blocks)].sort().values
+    return train[order] if isinstance(train, torch.Tensor) else train.take(order)
 
 
 # --------------------------------------------------------------------------- batch stream
@@ -229,7 +346,9 @@ class BatchStream:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed + epoch)
-        return torch.randperm(self.n_blocks, generator=gen)
+        # int32 halves the one array the order keeps per block (int64 gives the same sequence).
+        dtype = torch.int32 if self.n_blocks < 2**31 else torch.int64
+        return torch.randperm(self.n_blocks, generator=gen, dtype=dtype)
 
     def next_indices(self) -> torch.Tensor:
         """Indices of the next batch of blocks."""
@@ -244,7 +363,7 @@ class BatchStream:
                 self.epoch += 1
                 self.cursor = 0
                 self._perm = self._permutation(self.epoch)
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(torch.int64)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:

@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workers.ml import data as data_mod
-from workers.ml import models, safe_state
+from workers.ml import models, safe_state, tokenized
 from workers.ml.evaluate import eval_loss
 from workers.ml.prune import apply_masks, prune
 from workers.ml.train import TrainConfig, Trainer, describe_schedule
@@ -348,7 +348,7 @@ def _train_config(spec: JobSpec, total_steps: int) -> TrainConfig:
 
 def load_model_and_data(
     spec: JobSpec, pruned: Path | None, device: torch.device
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, data_mod.Splits]:
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, tokenized.JobSplits]:
     """The job's model (the dense one, or the pruned one saved at ``pruned``), its tokenizer
     and the dataset's training and held-out splits."""
     model_source = str(pruned) if pruned is not None else spec.model
@@ -360,10 +360,14 @@ def load_model_and_data(
         dtype=torch.float32,
         allow_hub=not Path(model_source).is_absolute() and not Path(model_source).is_dir(),
     )
-    splits = data_mod.make_splits(
+    # Batches come from memory-mapped token shards (a token directory, or raw text tokenised
+    # once into a cache keyed by the source and the dense model's tokenizer): host memory per
+    # batch, not per corpus; raw text gets the blocks and protocol data.make_splits would give.
+    splits = tokenized.job_splits(
         spec.dataset.path,
         tokenizer,
         spec.seq_len,
+        model=spec.model,
         text_field=spec.dataset.text_field,
         eval_path=spec.dataset.eval_path,
         eval_tokens=spec.dataset.eval_tokens,
@@ -383,7 +387,7 @@ def prune_and_measure(
     spec: JobSpec,
     model: PreTrainedModel,
     *,
-    splits: data_mod.Splits,
+    splits: tokenized.JobSplits,
     evaluate: Callable[[], tuple[float, float]],
     cfg: TrainConfig,
     device: torch.device,
