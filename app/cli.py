@@ -6,6 +6,7 @@
     p2law serve [--port 8000]                          # migrate, then the HTTP API
     p2law make-model --arch llama --size tiny --out var/models/demo-llama
     p2law import-gguf [--gguf FILE.gguf] [--name NAME] [--out DIR]   # a real model (GGUF -> HF)
+    p2law tokenize corpus.txt --model demo-llama --name corpus-demo  # token shards in DATA_ROOT
 
 A fit file holds the form, the parameters (billions convention, docs/law.md §1) and the bootstrap
 refits; `GET /fits/{id}` output works too (its parameters, without refits).
@@ -191,6 +192,43 @@ def _import_gguf_command(argv: Sequence[str]) -> int:
     return 0  # pragma: no cover (execv does not return)
 
 
+def _under_root(path: str, root: Path) -> Path:
+    """``path`` as given when it exists, else taken from ``root`` (where jobs look for it)."""
+    given = Path(path).expanduser()
+    if given.exists() or given.is_absolute():
+        return given.resolve()
+    return (root.expanduser() / given).resolve()
+
+
+def _tokenize_command(args: argparse.Namespace) -> int:
+    from app.core.config import get_settings
+    from app.core.paths import resolve_inside
+
+    settings = get_settings()
+    out = resolve_inside(settings.data_root, args.name, what="--name", must_exist=False)
+    if out == settings.data_root.expanduser().resolve():
+        raise ValueError("--name must name a directory inside DATA_ROOT, not DATA_ROOT itself")
+    argv = [
+        str(_under_root(args.source, settings.data_root)),
+        "--model",
+        str(_under_root(args.model, settings.model_root)),
+        "--out",
+        str(out),
+        "--text-field",
+        args.text_field,
+        "--shard-tokens",
+        str(args.shard_tokens),
+    ]
+    if args.heldout_tokens is not None:
+        argv += ["--heldout-tokens", str(args.heldout_tokens)]
+    if args.overwrite:
+        argv.append("--overwrite")
+    # The tokeniser lives in workers.ml (tokenizers, transformers): hand the process over, as
+    # make-model does, so that the API package never imports the workers.
+    os.execv(sys.executable, [sys.executable, "-m", "workers.ml.tokenized", *argv])
+    return 0  # pragma: no cover (execv does not return)
+
+
 def _features_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit", help="fit file written by `p2law fit` (or GET /fits/{id})")
     parser.add_argument("--form", default="p2", choices=sorted(FORMS), help="form of --param")
@@ -232,6 +270,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     serve_p.add_argument("--no-migrate", action="store_true")
 
+    tok_p = commands.add_parser(
+        "tokenize",
+        help="tokenise text once into memory-mapped token shards under DATA_ROOT (docs/jobs.md)",
+    )
+    tok_p.add_argument("source", help=".txt, .jsonl or saved HF dataset dir (or under DATA_ROOT)")
+    tok_p.add_argument("--model", required=True, help="HF model directory (or under MODEL_ROOT)")
+    tok_p.add_argument("--name", required=True, help="writes DATA_ROOT/NAME/")
+    tok_p.add_argument("--text-field", default="text", help="JSONL/HF field (default: text)")
+    tok_p.add_argument(
+        "--heldout-tokens",
+        type=int,
+        help="held-out tokens at the end of the stream (default: min(2^20, tokens / 10))",
+    )
+    tok_p.add_argument("--shard-tokens", type=int, default=1 << 26, help="tokens per shard file")
+    tok_p.add_argument("--overwrite", action="store_true", help="replace another dataset there")
+
     commands.add_parser("migrate", help="upgrade the database to the latest schema")
     commands.add_parser(
         "make-model",
@@ -264,6 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _recommend_command(args)
         if args.command == "serve":
             return _serve_command(args)
+        if args.command == "tokenize":
+            return _tokenize_command(args)
         if args.command == "migrate":
             from app.db.migrate import upgrade
 

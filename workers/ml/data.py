@@ -44,7 +44,7 @@ _TOKENIZE_BATCH = 256
 
 # Bytes read from a text file at a time; a document longer than PIECE_BYTES is handed on in
 # pieces cut after a newline (see `iter_pieces`), so no file is ever held whole in memory.
-_READ_BYTES = 1 << 22
+_READ_BYTES = 1 << 20
 PIECE_BYTES = 1 << 23
 # A cut goes after b"\n" when the next byte is printable ASCII (not a space): regex
 # pre-tokenizers start a new pre-token there, so both sides tokenise as they would together

@@ -508,6 +508,8 @@ def tokenize_to_dir(
         "shard_tokens": shard_tokens,
         "heldout": heldout,
     }
+    if out.is_dir() and not core.is_token_dir(out) and any(c.name != LOCK for c in out.iterdir()):
+        raise DataError(f"{out} holds other files; a token directory needs one of its own")
     with _locked(out):
         if (out / core.MANIFEST).exists():
             try:
