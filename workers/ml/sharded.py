@@ -48,8 +48,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import PreTrainedModel
 
 from workers.ml import models, safe_state
-from workers.ml.data import DataError
-from workers.ml.evaluate import block_losses
+from workers.ml.evaluate import block_losses, eval_loss
 from workers.ml.pipeline import (
     COMPLETE,
     STATE_FORMAT,
@@ -98,8 +97,6 @@ def _prepare(spec: JobSpec, workdir: Path, hooks: JobHooks | None) -> None:
     cfg = _train_config(spec, spec.total_steps)
 
     def evaluate() -> tuple[float, float]:
-        from workers.ml.evaluate import eval_loss
-
         return eval_loss(
             model,
             splits.eval,
@@ -398,6 +395,3 @@ def read_outcome(workdir: Path) -> JobOutcome | None:
         artifact=Path(artifact) if artifact else None,
         reason=data["reason"],
     )
-
-
-__all__ = ["DataError", "read_outcome", "run_sharded", "write_outcome"]
