@@ -136,3 +136,22 @@ def test_cancel_of_a_sharded_job_ends_it_at_the_next_checkpoint(job_roots: dict[
     job = job_row(job_id)
     assert job.status == "cancelled" and job.artifact is None
     assert 1 <= len(checkpoints(job_id)) <= 2
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() < 2, reason="needs two CUDA devices")
+def test_two_gpus_train_in_bf16_and_match_one_within_two_percent(
+    job_roots: dict[str, Path],
+) -> None:
+    one = submit(device="cuda", dtype="bfloat16", devices=1, batch_size=8)
+    two = submit(device="cuda", dtype="bfloat16", devices=2, batch_size=4)
+    assert execute_job(one) == "succeeded", job_row(one).error
+    assert execute_job(two) == "succeeded", job_row(two).error
+    for (_, expected), (_, loss) in zip(checkpoints(one), checkpoints(two), strict=True):
+        assert loss == pytest.approx(expected, rel=0.02)
