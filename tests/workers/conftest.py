@@ -6,7 +6,7 @@
 - ``job_roots``: copies of the model and the corpus inside this test's MODEL_ROOT / DATA_ROOT,
   on a migrated SQLite file that the test and the worker processes share.
 - ``redis_url``: a dedicated database of the local Redis, flushed before and after (skips with
-  the reason when Redis is not reachable).
+  the reason when Redis is not reachable); a module may name its own (``REDIS_DB``).
 - ``worker_factory``: starts ``celery -A workers.celery_app worker`` subprocesses (prefork,
   concurrency 1, beat embedded) in their own process group, so a test can ``kill -9`` the
   child running a job or the whole worker; every worker is killed at the end of the test.
@@ -143,11 +143,16 @@ def redis_reachable(url: str) -> str | None:
 
 
 @pytest.fixture
-def redis_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A flushed, dedicated database of the local Redis, set as REDIS_URL for the test."""
+def redis_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A flushed, dedicated database of the local Redis, set as REDIS_URL for the test.
+
+    The database is ``REDIS_TEST_DB`` unless the test module sets its own ``REDIS_DB``: tests
+    that share a database flush each other's queues, so they must share an xdist group too; a
+    module with its own database can run beside them in another group.
+    """
     import redis
 
-    url = f"{REDIS_BASE}/{REDIS_TEST_DB}"
+    url = f"{REDIS_BASE}/{getattr(request.module, 'REDIS_DB', REDIS_TEST_DB)}"
     reason = redis_reachable(url)
     if reason is not None:
         pytest.skip(reason)

@@ -25,7 +25,10 @@ from app.services import jobs as service
 from tests.real_model import MODEL_NAME, cached_model, install_model
 from tests.workers.conftest import WorkerFactory, job_row, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("celery-workers")]
+# Its own Redis database (the fixture flushes it), so these minutes-long jobs run in their own
+# xdist group beside the other worker tests (group "celery-workers", database 13), not after them.
+REDIS_DB = 12
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("real-model")]
 
 SEQ_LEN, BATCH = 64, 4
 #: Eight optimizer steps of 4 × 64 tokens (2,048 tokens), evaluated after steps 1, 3 and 8.
