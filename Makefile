@@ -72,6 +72,8 @@ bench: dev
 	$(BIN)/python benchmarks/predict_bench.py
 	$(BIN)/python benchmarks/prune_bench.py
 	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/tokenize_bench.py --keep
+	$(BIN)/python benchmarks/dataset_rss_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -35,14 +35,24 @@ EXAMPLE_JOB: dict[str, Any] = {
 
 
 class DatasetIn(BaseModel):
-    """Training text inside ``DATA_ROOT``: a text file, JSONL or a saved HF dataset."""
+    """Training text inside ``DATA_ROOT``: a text file, JSONL, a saved HF dataset, or a tokenised
+    directory made by ``p2law tokenize`` (its manifest, tokenizer and held-out range are checked
+    at submission by ``app.services.jobs.check_dataset``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(..., min_length=1, max_length=1024, description="Inside DATA_ROOT.")
+    path: str = Field(
+        ...,
+        min_length=1,
+        max_length=1024,
+        description="Inside DATA_ROOT: .txt, JSONL, a saved HF dataset or a tokenised directory.",
+    )
     text_field: str = Field("text", min_length=1, max_length=128, description="JSONL/HF field.")
     eval_path: str | None = Field(
-        None, min_length=1, max_length=1024, description="Held-out text inside DATA_ROOT."
+        None,
+        min_length=1,
+        max_length=1024,
+        description="Held-out text inside DATA_ROOT (not with a tokenised directory).",
     )
     eval_tokens: int | None = Field(
         None, ge=64, le=100_000_000, description="Size of the held-out evaluation set (tokens)."

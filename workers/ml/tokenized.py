@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import json
@@ -60,6 +62,8 @@ SHARD_TOKENS = 1 << 26
 #: (on 2 cores 1 MiB encodes as fast as 4 MiB), small enough that what the tokenizer allocates
 #: for a batch (about 100 bytes a character at its peak) stays near 100 MB.
 BATCH_CHARS = 1 << 20
+#: Characters tokenised between two returns of freed memory to the system (`malloc_trim`).
+TRIM_CHARS = 1 << 25
 #: Held-out tokens of ``p2law tokenize`` unless asked otherwise: 2^20 (128 sequences of 8,192),
 #: at most a tenth of the corpus.
 HELDOUT_TOKENS = 1 << 20
@@ -68,6 +72,18 @@ _CUT_WINDOW = 4096
 #: Bytes of each end of a source file hashed into its fingerprint.
 _EDGE_BYTES = 1 << 20
 _NP_DTYPES: dict[str, np.dtype[Any]] = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 class TokenizeInterruptedError(RuntimeError):
@@ -233,6 +249,20 @@ def _encoded(
 
 
 # --------------------------------------------------------------------------- writing
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed after a batch back to the system (glibc's ``malloc_trim``).
+
+    The tokenizer's threads allocate and free a batch's encodings in per-thread malloc arenas;
+    glibc keeps what they free, and the process's resident set creeps up over a long run with
+    nothing in use (measured: 600 MB after 200 MB of text, 860 MB after 1 GB). Trimming every
+    `TRIM_CHARS` keeps it near what a batch needs; not after every batch, because the pages
+    handed back are faulted in again by the next one (~15% more CPU when trimming every MiB).
+    A no-op where the C library has no ``malloc_trim``.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -491,8 +521,8 @@ def tokenize_to_dir(
     or None for ``min(2^20, tokens // 10)``. Finds a finished directory of the same source,
     tokenizer and settings and returns it as it is; continues an interrupted run from its last
     complete shard; refuses a directory that holds another dataset unless ``overwrite``.
-    ``on_shard(index)`` runs after each complete shard, ``on_progress(tokens, bytes)`` after
-    each batch.
+    ``on_shard(index)`` runs after each complete shard, ``on_progress(tokens, characters)``
+    after each batch.
     """
     encoder = tokenizer if isinstance(tokenizer, Encoder) else Encoder.from_tokenizer(tokenizer)
     if shard_tokens < 1 or batch_chars < 1:
@@ -539,7 +569,7 @@ def tokenize_to_dir(
         )
         np_dtype = _NP_DTYPES[dtype]
         eos = np.array([encoder.eos_id], dtype=np_dtype)
-        chars = 0
+        chars = trimmed_at = 0
         try:
             for batch, ids in _encoded(_units(pieces, encoder), encoder, batch_chars):
                 for unit, unit_ids in zip(batch, ids, strict=True):
@@ -553,6 +583,9 @@ def tokenize_to_dir(
                         arr = np.concatenate([arr, eos])
                     writer.write(arr, ends_document=unit.end)
                     chars += len(unit.text)
+                if chars - trimmed_at >= TRIM_CHARS:
+                    _release_freed_memory()
+                    trimmed_at = chars
                 if on_progress is not None:
                     on_progress(writer.pos, chars)
             n_tokens = writer.finish()
@@ -769,6 +802,9 @@ def cached_tokens(
         tokenizer_fingerprint=tokenizer_fingerprint,
         text_field=text_field,
         heldout="tail",
+        # The key already pins the source, tokenizer and field: a directory there that does not
+        # read back (a file deleted by hand) is rebuilt rather than refused.
+        overwrite=True,
     )
 
 
