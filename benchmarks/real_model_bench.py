@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus-bytes", type=int, default=4_000_000)
     parser.add_argument("--eval-blocks", type=int, default=32, help="blocks per seq_len")
     parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train: {out['train']['tokens_per_s']} tokens/s", flush=True)
     out["load_average_at_end"] = round(os.getloadavg()[0], 2)
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
     return 0
 
 
