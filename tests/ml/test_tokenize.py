@@ -218,10 +218,11 @@ def test_peak_memory_of_tokenising_does_not_grow_with_the_corpus(
         peaks[megabytes] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert manifest.n_tokens > megabytes * 200_000
-    # Python-side peak: the batch in flight and a read buffer, not the corpus (a corpus held in
-    # memory would be ten times larger at 20 MB than at 2 MB).
-    assert peaks[20] < 1.25 * peaks[2] + (1 << 20), peaks
-    assert peaks[2] < 20 * (1 << 20), peaks
+    # Python-side peak: the batches in flight and a read buffer, not the corpus. A corpus held in
+    # memory would be ten times larger at 20 MB than at 2 MB, and 20 MB of text at least; how
+    # many batches are held at the peak depends on thread timing, hence the slack.
+    assert peaks[20] < 2 * peaks[2], peaks
+    assert peaks[20] < 20_000_000, peaks
 
 
 def test_batches_from_the_memory_map_are_the_tensor_batches_and_resume_exactly(

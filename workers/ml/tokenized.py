@@ -38,6 +38,7 @@ import re
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ SHARD_TOKENS = 1 << 26
 #: (on 2 cores 1 MiB encodes as fast as 4 MiB), small enough that what the tokenizer allocates
 #: for a batch (about 100 bytes a character at its peak) stays near 100 MB.
 BATCH_CHARS = 1 << 20
+#: Batches encoding at once (see `_encoded`).
+IN_FLIGHT = 2
 #: Characters tokenised between two returns of freed memory to the system (`malloc_trim`).
 TRIM_CHARS = 1 << 25
 #: Held-out tokens of ``p2law tokenize`` unless asked otherwise: 2^20 (128 sequences of 8,192),
@@ -232,20 +235,23 @@ def _batches(units: Iterable[_Unit], batch_chars: int) -> Iterator[list[_Unit]]:
 def _encoded(
     units: Iterable[_Unit], encoder: Encoder, batch_chars: int
 ) -> Iterator[tuple[list[_Unit], list[list[int]]]]:
-    """Batches of units with their ids; the next batch encodes while the caller writes this one.
+    """Batches of units with their ids, in order, with ``IN_FLIGHT`` batches encoding at once.
 
     The tokenizer releases the GIL while it encodes, so reading the source, converting ids and
-    writing shards here overlap with it instead of adding to it.
+    writing shards overlap with it instead of adding to it; and with a second batch already
+    encoding, the tokenizer's threads that finish their share of one batch early take up the
+    next instead of waiting for the last long document of the first.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
-        pending: tuple[list[_Unit], Future[list[list[int]]]] | None = None
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="encode") as pool:
+        pending: deque[tuple[list[_Unit], Future[list[list[int]]]]] = deque()
         for batch in _batches(units, batch_chars):
-            future = pool.submit(encoder.encode, [u.text for u in batch])
-            if pending is not None:
-                yield pending[0], pending[1].result()
-            pending = (batch, future)
-        if pending is not None:
-            yield pending[0], pending[1].result()
+            pending.append((batch, pool.submit(encoder.encode, [u.text for u in batch])))
+            if len(pending) >= IN_FLIGHT:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
 # --------------------------------------------------------------------------- writing
