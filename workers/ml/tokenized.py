@@ -262,9 +262,9 @@ def _release_freed_memory() -> None:
 
     The tokenizer's threads allocate and free a batch's encodings in per-thread malloc arenas;
     glibc keeps what they free, and the process's resident set creeps up over a long run with
-    nothing in use (measured: 600 MB after 200 MB of text, 860 MB after 1 GB). Trimming every
-    `TRIM_CHARS` keeps it near what a batch needs; not after every batch, because the pages
-    handed back are faulted in again by the next one (~15% more CPU when trimming every MiB).
+    nothing in use. Trimming every `TRIM_CHARS` keeps it near what the batches in flight need
+    (a 1 GB corpus peaks at 630 MB, imports included: benchmarks/results/tokenize_bench.json);
+    not after every batch, because the pages handed back are faulted in again by the next one.
     A no-op where the C library has no ``malloc_trim``.
     """
     if _MALLOC_TRIM is not None:
