@@ -53,6 +53,7 @@ from transformers import PreTrainedTokenizerBase
 from app.core import tokens as core
 from workers.ml import data as data_mod
 from workers.ml.data import DataError, Piece
+from workers.ml.models import fsync_dir
 
 PROGRESS = "progress.json"
 LOCK = ".lock"
@@ -271,14 +272,6 @@ def _release_freed_memory() -> None:
         _MALLOC_TRIM(0)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -286,7 +279,7 @@ def _write_json_atomic(path: Path, value: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _shard_name(index: int) -> str:
@@ -379,7 +372,7 @@ class _ShardWriter:
         self.in_shard = 0
         self._offsets.flush()
         os.fsync(self._offsets.fileno())
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         progress = {
             "settings": self.settings,
             "shards": [{"file": s.file, "tokens": s.tokens} for s in self.shards],
@@ -652,7 +645,7 @@ def tokenize_to_dir(
         }
         _write_json_atomic(out / core.MANIFEST, manifest)
         (out / PROGRESS).unlink(missing_ok=True)
-        _fsync_dir(out)
+        fsync_dir(out)
         return core.read_manifest(out)
 
 
