@@ -412,6 +412,62 @@ def prune_and_measure(
     return measured, {k: v.to(device) for k, v in result.masks.items()}
 
 
+def evaluator(
+    model: PreTrainedModel,
+    splits: tokenized.JobSplits,
+    spec: JobSpec,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None,
+) -> Callable[[], tuple[float, float]]:
+    """The held-out loss (and its standard error) of ``model`` as it is when called."""
+
+    def evaluate() -> tuple[float, float]:
+        return eval_loss(
+            model,
+            splits.eval,
+            batch_size=max(1, spec.batch_size),
+            device=device,
+            autocast_dtype=autocast_dtype,
+        )
+
+    return evaluate
+
+
+def start_fresh(
+    spec: JobSpec,
+    workdir: Path,
+    *,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: tokenized.JobSplits,
+    cfg: TrainConfig,
+    device: torch.device,
+    evaluate: Callable[[], tuple[float, float]],
+    make_trainer: Callable[[dict[str, torch.Tensor]], Trainer],
+    hooks: JobHooks | None,
+) -> tuple[Measured, dict[str, torch.Tensor], Trainer]:
+    """A job's first attempt up to training: L0, pruning and the measurements, a fresh trainer,
+    and the complete state of step 0, which keeps the (possibly slow) pruning and L0 out of every
+    retry. Used by the one-device pipeline and by rank 0 of a sharded job."""
+    measured, masks = prune_and_measure(
+        spec, model, splits=splits, evaluate=evaluate, cfg=cfg, device=device
+    )
+    trainer = make_trainer(masks)
+    if hooks is not None:
+        hooks.on_measured(measured)
+    _save_state(
+        workdir,
+        spec=spec,
+        model=model,
+        tokenizer=tokenizer,
+        trainer=trainer,
+        masks=masks,
+        measured=measured,
+        points=[],
+    )
+    return measured, masks, trainer
+
+
 def run_pipeline(
     spec: JobSpec, *, workdir: Path, artifact_dir: Path, hooks: JobHooks
 ) -> JobOutcome:
@@ -422,8 +478,6 @@ def run_pipeline(
         raise PipelineError("a job on several devices runs through workers.ml.sharded")
     device, autocast_dtype = _resolve_dtypes(spec)
     workdir.mkdir(parents=True, exist_ok=True)
-    eval_batch = max(1, spec.batch_size)
-
     resume_from = latest_complete_state(workdir)
     if resume_from is not None and _state_format(resume_from) != STATE_FORMAT:
         # Written by a version that stored its state another way (format 1 pickled it): start
@@ -442,10 +496,7 @@ def run_pipeline(
     cfg = _train_config(spec, total_steps)
     steps = checkpoint_steps(total_steps, spec.checkpoints)
 
-    def evaluate() -> tuple[float, float]:
-        return eval_loss(
-            model, splits.eval, batch_size=eval_batch, device=device, autocast_dtype=autocast_dtype
-        )
+    evaluate = evaluator(model, splits, spec, device, autocast_dtype)
 
     def make_trainer(masks: dict[str, torch.Tensor]) -> Trainer:
         return Trainer(
@@ -491,14 +542,19 @@ def run_pipeline(
         hooks.on_measured(measured)
         hooks.on_resume(trainer.tokens_done, list(points))
     else:
-        measured, masks = prune_and_measure(
-            spec, model, splits=splits, evaluate=evaluate, cfg=cfg, device=device
+        measured, masks, trainer = start_fresh(
+            spec,
+            workdir,
+            model=model,
+            tokenizer=tokenizer,
+            splits=splits,
+            cfg=cfg,
+            device=device,
+            evaluate=evaluate,
+            make_trainer=make_trainer,
+            hooks=hooks,
         )
         points = []
-        trainer = make_trainer(masks)
-        hooks.on_measured(measured)
-        # A state at step 0 keeps the (possibly slow) pruning and L0 out of every retry.
-        save_state(trainer, masks, measured, points)
 
     total_tokens = total_steps * tokens_per_step
     progress_every = max(1, min(50, total_steps // 200))

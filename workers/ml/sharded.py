@@ -48,7 +48,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from transformers import PreTrainedModel
 
 from workers.ml import models, safe_state
-from workers.ml.evaluate import block_losses, eval_loss
+from workers.ml.evaluate import block_losses
 from workers.ml.pipeline import (
     COMPLETE,
     STATE_FORMAT,
@@ -62,16 +62,17 @@ from workers.ml.pipeline import (
     Measured,
     PipelineError,
     _clean_workdir,
-    _save_state,
+    _resolve_dtypes,
     _spec_key,
     _state_format,
     _train_config,
     below_l0,
     checkpoint_steps,
     enable_activation_checkpointing,
+    evaluator,
     latest_complete_state,
     load_model_and_data,
-    prune_and_measure,
+    start_fresh,
 )
 from workers.ml.prune import apply_masks
 from workers.ml.train import DataShard, Trainer
@@ -92,34 +93,24 @@ def rank_device(spec: JobSpec) -> torch.device:
 def _prepare(spec: JobSpec, workdir: Path, hooks: JobHooks | None) -> None:
     """Rank 0: L0, pruning and the measurements, saved as the complete state of step 0."""
     device = rank_device(spec)
+    _, compute = _resolve_dtypes(spec)
     model, tokenizer, splits = load_model_and_data(spec, None, device)
-    compute = None if spec.dtype == "float32" else getattr(torch, spec.dtype)
     cfg = _train_config(spec, spec.total_steps)
-
-    def evaluate() -> tuple[float, float]:
-        return eval_loss(
-            model,
-            splits.eval,
-            batch_size=max(1, spec.batch_size),
-            device=device,
-            autocast_dtype=compute,
-        )
-
-    measured, masks = prune_and_measure(
-        spec, model, splits=splits, evaluate=evaluate, cfg=cfg, device=device
-    )
-    if hooks is not None:
-        hooks.on_measured(measured)
-    trainer = Trainer(model, splits.train, cfg, masks=masks, apply_masks=apply_masks)
-    _save_state(
+    start_fresh(
+        spec,
         workdir,
-        spec=spec,
         model=model,
         tokenizer=tokenizer,
-        trainer=trainer,
-        masks=masks,
-        measured=measured,
-        points=[],
+        splits=splits,
+        cfg=cfg,
+        device=device,
+        evaluate=evaluator(model, splits, spec, device, compute),
+        # Only for the step-0 state (an empty optimizer, the stream at its start); the ranks
+        # build their own trainers over the sharded model.
+        make_trainer=lambda masks: Trainer(
+            model, splits.train, cfg, masks=masks, apply_masks=apply_masks
+        ),
+        hooks=hooks,
     )
 
 
@@ -268,7 +259,7 @@ def run_sharded(
     measured = Measured(**meta["measured"])
     points = [CheckpointPoint(**p) for p in meta["points"]]
 
-    model, tokenizer, splits = load_model_and_data(spec, pruned, device)
+    model, _tokenizer, splits = load_model_and_data(spec, pruned, device)
     if measured.protocol != splits.protocol:
         raise PipelineError("the evaluation set changed since the saved state was written")
     if spec.activation_checkpointing:
@@ -349,7 +340,6 @@ def run_sharded(
             return finish("stopped_early", reason)
     if hooks is not None:
         hooks.on_progress(trainer.tokens_done, total_tokens)
-    del tokenizer
     return finish("succeeded", None)
 
 
