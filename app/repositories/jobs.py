@@ -229,10 +229,9 @@ def ids(session: Session, job_ids: Sequence[str]) -> list[Job]:
     return list(session.scalars(select(Job).where(Job.id.in_(list(job_ids)))).all())
 
 
-def add_warning(session: Session, job_id: str, warning: str) -> bool:
+def add_warning(session: Session, job: Job, warning: str) -> bool:
     """Append ``warning`` to the job's warnings unless it is there already; True if added."""
-    job = get_fresh(session, job_id)
-    if job is None or warning in (job.warnings or []):
+    if warning in (job.warnings or []):
         return False
     job.warnings = [*(job.warnings or []), warning]
     session.flush()

@@ -195,10 +195,12 @@ def record_checkpoint(
 
     def write(session: Session) -> CheckpointState:
         observations_repo.upsert(session, [row])
-        if warning is not None:
-            repo.add_warning(session, lease.job_id, warning)
         job = repo.get_fresh(session, lease.job_id)
-        return CheckpointState(True, bool(job is not None and job.cancel_requested))
+        if job is None:
+            return CheckpointState(True, False)
+        if warning is not None:
+            repo.add_warning(session, job, warning)
+        return CheckpointState(True, bool(job.cancel_requested))
 
     state = _while_held(lease, write, **progress)
     return state if state is not None else CheckpointState(False, False)
@@ -219,7 +221,12 @@ def earlier_runs(claimed: Claimed, protocol: str) -> list[RunPoint]:
 
 def add_warning(lease: Lease, warning: str) -> bool:
     """Append a warning to the job; False (nothing written) when the lease was lost."""
-    return _while_held(lease, lambda s: repo.add_warning(s, lease.job_id, warning)) is not None
+    return _while_held(lease, lambda s: _add_warning(s, lease.job_id, warning)) is not None
+
+
+def _add_warning(session: Session, job_id: str, warning: str) -> bool:
+    job = repo.get_fresh(session, job_id)
+    return job is not None and repo.add_warning(session, job, warning)
 
 
 def refit(lease: Lease, family: str, method: str) -> str | None:
@@ -238,7 +245,7 @@ def refit(lease: Lease, family: str, method: str) -> str | None:
 
     def write(session: Session) -> str:
         fits_service.store_fit(session, fit, make_default=True)
-        repo.add_warning(
+        _add_warning(
             session, lease.job_id, f"refit {fit.id} of {family}/{method} is now the default fit"
         )
         return fit.id
