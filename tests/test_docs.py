@@ -8,8 +8,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CITATION = re.compile(r"docs/([\w-]+\.md)(?: §(\d+))?")
-# Names of design notes kept outside the repository: a user's clone has none of them.
-OUTSIDE = re.compile(r"shared/design|p2-law\.md|house-style\.md|(?<![\w/])field\.md")
+# Names of design notes kept outside the repository (a user's clone has none of them), spelled
+# in pieces so that this file does not name them itself.
+_NOTES = ("/".join(("shared", "design")), *(f"{n}\\.md" for n in ("p2-law", "house-style")))
+OUTSIDE = re.compile("|".join((*_NOTES, r"(?<![\w/])field\.md")))
 
 
 def tracked_text_files() -> list[Path]:
@@ -32,7 +34,6 @@ def test_no_file_points_outside_the_repository() -> None:
     offenders = [
         f"{path.relative_to(ROOT)}:{number}"
         for path in tracked_text_files()
-        if path.name != "test_docs.py"
         for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
         if OUTSIDE.search(line)
     ]
