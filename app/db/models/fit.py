@@ -46,6 +46,11 @@ class Fit(Base):
     holdout_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     ranges: Mapped[dict[str, Any]] = mapped_column(JSONType)
     bootstrap: Mapped[list[dict[str, float]]] = mapped_column(JSONType, default=list)
+    # `form: "auto"`: the forms compared, their error per fold and the one kept (None otherwise).
+    selection: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # Prediction intervals: the out-of-sample residual pools and the measured coverage per
+    # protocol (docs/law.md §4); None for fits made before intervals were calibrated.
+    calibration: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     is_default: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
