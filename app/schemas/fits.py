@@ -69,6 +69,13 @@ class FitCreate(BaseModel):
     )
     include_excluded: bool = Field(False, description="Also use observations marked excluded.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the bootstrap resampling.")
+    interval: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Level at which the coverage of the fit's intervals is measured on each "
+        "protocol (with bootstrap > 0; docs/law.md §4).",
+    )
 
     @field_validator("form")
     @classmethod
@@ -125,9 +132,33 @@ EXAMPLE_FIT: dict[str, Any] = {
         "protocols": ["eval-4f2a"],
     },
     "bootstrap": 50,
+    "coverage": [
+        {
+            "protocol": "D",
+            "level": 0.8,
+            "prediction": 0.81,
+            "confidence": 0.35,
+            "points": 27,
+            "runs": 9,
+        }
+    ],
+    "interval_notes": [],
     "is_default": True,
     "created_at": "2026-01-01T00:00:00Z",
 }
+
+
+class CoverageOut(BaseModel):
+    """Share of one protocol's held-out points inside the intervals at `level`."""
+
+    protocol: Literal["D", "N0", "rho"]
+    level: float
+    prediction: float = Field(..., description="Coverage of the prediction interval (default).")
+    confidence: float | None = Field(
+        None, description="Coverage of the confidence interval of the mean curve."
+    )
+    points: int = Field(..., description="Held-out points counted.")
+    runs: int = Field(..., description="Held-out runs they belong to.")
 
 
 class FitOut(BaseModel):
@@ -153,6 +184,15 @@ class FitOut(BaseModel):
     holdout_metrics: MetricsOut | None
     ranges: dict[str, Any]
     bootstrap: int = Field(..., description="Number of bootstrap refits stored with the fit.")
+    coverage: list[CoverageOut] = Field(
+        default_factory=list,
+        description="Measured coverage of the fit's intervals per protocol (fits with a "
+        "bootstrap; a protocol the data do not allow is absent).",
+    )
+    interval_notes: list[str] = Field(
+        default_factory=list,
+        description="What the calibration of the prediction intervals could not measure.",
+    )
     is_default: bool
     created_at: datetime
 

@@ -111,9 +111,14 @@ def fit_out(fit: Fit) -> dict[str, Any]:
         else {k: finite_or_none(fit.holdout_metrics.get(k)) for k in _METRIC_NAMES},
         "ranges": fit.ranges,
         "bootstrap": len(fit.bootstrap or []),
+        "coverage": [
+            {k: c[k] for k in _COVERAGE_FIELDS} for c in (fit.calibration or {}).get("coverage", [])
+        ],
+        "interval_notes": list((fit.calibration or {}).get("notes", [])),
         "is_default": bool(fit.is_default),
         "created_at": fit.created_at,
     }
 
 
 _METRIC_NAMES = ("r2", "rmse", "mape", "huber", "asd")
+_COVERAGE_FIELDS = ("protocol", "level", "prediction", "confidence", "points", "runs")

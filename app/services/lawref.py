@@ -16,6 +16,7 @@ from app.core.errors import NotFound, Unprocessable
 from app.db.models.fit import Fit
 from app.db.session import session_scope
 from app.law.forms import Form, get_form
+from app.law.intervals import Calibration
 from app.law.types import Ranges
 from app.repositories import fits as fits_repo
 from app.schemas.predict import LawChoice
@@ -37,6 +38,7 @@ class LawRef:
     protocol: str | None = None
     refits: tuple[Mapping[str, float], ...] = ()
     ranges: Ranges | None = None
+    calibration: Calibration | None = None
 
 
 class _FitCache:
@@ -81,6 +83,7 @@ def law_from_fit(fit: Fit) -> LawRef:
         protocol=fit.protocol,
         refits=tuple(dict(p) for p in (fit.bootstrap or [])),
         ranges=ranges_from_dict(fit.ranges) if fit.ranges else None,
+        calibration=Calibration.from_dict(fit.calibration) if fit.calibration else None,
     )
     fit_cache.put(ref)
     return ref

@@ -55,6 +55,7 @@ def create_fit(
         run_ids=body.run_ids,
         bootstrap=body.bootstrap,
         holdout=body.holdout.protocol if body.holdout is not None else None,
+        interval=body.interval,
         make_default=body.make_default,
         include_excluded=body.include_excluded,
         seed=body.seed,
