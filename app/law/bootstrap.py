@@ -89,12 +89,30 @@ def percentile_interval(samples: FloatArray, level: float) -> tuple[FloatArray, 
     return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
 
 
-def predict_interval(
-    form: str, refits: Sequence[Mapping[str, float]], x: Features, level: float
-) -> tuple[FloatArray, FloatArray]:
-    """Percentile interval (at `level`, e.g. 0.8) of the refits' predicted losses at `x`."""
+def refit_predictions(
+    form: str,
+    refits: Sequence[Mapping[str, float]],
+    x: Features,
+    *,
+    thetas: FloatArray | None = None,
+) -> FloatArray:
+    """Every refit's predicted loss at `x`, shape (refits, points), in one vectorised
+    evaluation where the form has one. `thetas` is the refits' `params_matrix`, for a caller
+    that keeps it (a cached fit); it is computed here when not given."""
     if not refits:
         raise LawError("no bootstrap refits to make an interval from")
-    law = get_form(form)
-    samples = np.stack([law.predict(p, x) for p in refits])
-    return percentile_interval(samples, level)
+    return get_form(form).predict_sets(refits, x, thetas)
+
+
+def predict_interval(
+    form: str,
+    refits: Sequence[Mapping[str, float]],
+    x: Features,
+    level: float,
+    *,
+    thetas: FloatArray | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """Percentile interval (at `level`, e.g. 0.8) of the refits' predicted losses at `x`
+    (`thetas` as in `refit_predictions`)."""
+    _quantiles(level)
+    return percentile_interval(refit_predictions(form, refits, x, thetas=thetas), level)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -87,6 +88,18 @@ def _p(params: Params, key: str) -> float:
     return value
 
 
+def _stack(vectors: list[FloatArray], p: int) -> FloatArray:
+    """Fit vectors as the rows of one (R, p) matrix (R may be 0)."""
+    return np.array(vectors, dtype=np.float64).reshape(len(vectors), p)
+
+
+def _check_thetas(thetas: FloatArray, p: int) -> FloatArray:
+    matrix = np.asarray(thetas, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[1] != p:
+        raise LawError(f"expected fit vectors of shape (R, {p}), got {matrix.shape}")
+    return matrix
+
+
 def _log_param(params: Params, key: str) -> float:
     if key not in params:
         raise LawError(f"law parameters lack {key!r}")
@@ -157,6 +170,32 @@ class Form(ABC):
     def predict_data(self, params: Params, data: Dataset) -> FloatArray:
         """Predicted loss for the points of a dataset (forms with per-run parameters use `run`)."""
         return self.predict(params, data.x)
+
+    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray | None:
+        """Many parameter sets (e.g. bootstrap refits) as one (R, p) matrix of fit vectors for
+        `predict_many`, each set converted and checked once. None for a form whose fit vector
+        depends on the data (per-run parameters): `predict_sets` then predicts set by set."""
+        return None
+
+    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
+        """Predicted loss of each fit vector (the rows of `thetas`, from `params_matrix`) at
+        each point, shape (R, n): row i equals `predict` with the i-th parameter set."""
+        raise LawError(f"form {self.name!r} predicts one parameter set at a time")
+
+    def predict_sets(
+        self, params_list: Sequence[Params], x: Features, thetas: FloatArray | None = None
+    ) -> FloatArray:
+        """Predicted losses of many parameter sets at each point, shape (R, n).
+
+        One vectorised evaluation where the form has one (`thetas` is `params_matrix` of
+        `params_list`, computed here when not given), else a loop over `predict`.
+        """
+        if thetas is None:
+            thetas = self.params_matrix(params_list)
+        if thetas is None:
+            rows = [self.predict(p, x) for p in params_list]
+            return np.array(rows, dtype=np.float64).reshape(len(rows), len(x))
+        return self.predict_many(thetas, x)
 
     def check_params(self, params: Params) -> None:
         """LawError unless `params` are exactly this form's, all finite (for inline laws)."""
@@ -297,9 +336,15 @@ class P2Form(Form):
         return log_pred, jac
 
     def predict(self, params: Params, x: Features) -> FloatArray:
+        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
+
+    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
+        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
+
+    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
         check_features(x)
-        u, _, _ = self._log_gap(self.to_vector(params)[None, :], x, grad=False)
-        return np.asarray(x.l0 + np.exp(u[0]), dtype=np.float64)
+        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
+        return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
 
     def floor(self, params: Params, x: Features) -> FloatArray:
         check_features(x)
@@ -416,9 +461,15 @@ class FrantarForm(Form):
         return self._log_pred(theta, data.x, grad=grad)
 
     def predict(self, params: Params, x: Features) -> FloatArray:
+        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
+
+    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
+        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
+
+    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
         check_features(x)
-        log_pred, _ = self._log_pred(self.to_vector(params)[None, :], x, grad=False)
-        return np.asarray(np.exp(log_pred[0]), dtype=np.float64)
+        log_pred, _ = self._log_pred(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
+        return np.asarray(np.exp(log_pred), dtype=np.float64)
 
     def floor(self, params: Params, x: Features) -> FloatArray:
         check_features(x)
@@ -471,8 +522,15 @@ class CompressionForm(Form):
         return log_pred, np.broadcast_to(design, (theta.shape[0], *design.shape))
 
     def predict(self, params: Params, x: Features) -> FloatArray:
+        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
+
+    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
+        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
+
+    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
         check_features(x)
-        log_pred = np.minimum(self._design(x) @ self.to_vector(params), _LOG_MAX)
+        matrix = _check_thetas(thetas, len(self._fit_names))
+        log_pred = np.minimum(matrix @ self._design(x).T, _LOG_MAX)
         return np.asarray(np.exp(log_pred), dtype=np.float64)
 
     def floor(self, params: Params, x: Features) -> FloatArray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.law.bootstrap import predict_interval, refit_runs
+from app.law.bootstrap import predict_interval, refit_predictions, refit_runs
 from app.law.errors import LawError
 from app.law.forms import get_form
 from app.law.types import Dataset, FitResult
@@ -54,3 +54,22 @@ def test_interval_level_must_be_a_fraction(
 ) -> None:
     with pytest.raises(LawError, match="between 0 and 1"):
         predict_interval("p2", refits, synthetic.x, 80)
+
+
+def test_an_interval_from_a_kept_refit_matrix_is_the_percentile_of_each_refit(
+    refits: list[dict[str, float]], synthetic: Dataset
+) -> None:
+    law = get_form("p2")
+    each = np.stack([law.predict(r, synthetic.x) for r in refits])
+    expected = np.percentile(each, [10, 90], axis=0)
+    thetas = law.params_matrix(refits)
+    np.testing.assert_allclose(
+        refit_predictions("p2", refits, synthetic.x, thetas=thetas), each, rtol=1e-12
+    )
+    for got in (
+        predict_interval("p2", refits, synthetic.x, 0.8),
+        predict_interval("p2", refits, synthetic.x, 0.8, thetas=thetas),
+    ):
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    with pytest.raises(LawError, match="no bootstrap refits"):
+        refit_predictions("p2", [], synthetic.x)

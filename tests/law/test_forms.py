@@ -197,3 +197,38 @@ def test_check_params_names_missing_and_unknown_keys() -> None:
     curve.check_params(run)
     with pytest.raises(LawError, match="l0@a"):
         curve.check_params({k: v for k, v in run.items() if k != "l0@a"})
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_many_parameter_sets_predict_as_one_set_at_a_time(form: str) -> None:
+    law = get_form(form)
+    data = _random_data(seed=3)
+    rng = np.random.default_rng(4)
+    grid = law.start_grid(data)
+    thetas = grid[rng.choice(grid.shape[0], size=23)] + rng.normal(0, 0.1, (23, grid.shape[1]))
+    lower, upper = np.array(law.bounds(data)).T
+    params_list = [law.from_vector(np.clip(t, lower, upper), data) for t in thetas]
+    # 37 points on the data's runs (the curve form predicts only those), tokens 1e6 to 1e12.
+    pick = rng.integers(0, len(data), size=37)
+    x = data.x.take(pick)
+    x = Features(x.n0, x.rho, x.l0, 10 ** rng.uniform(6, 12, size=37))
+    loop = np.stack([law.predict(p, x) for p in params_list])
+    many = law.predict_sets(params_list, x)
+    assert many.shape == (23, 37)
+    np.testing.assert_allclose(many, loop, rtol=1e-12, atol=0)
+    thetas_once = law.params_matrix(params_list)
+    if thetas_once is not None:
+        assert thetas_once.shape == (23, len(law.fit_names(data)))
+        np.testing.assert_array_equal(law.predict_sets(params_list, x, thetas_once), many)
+
+
+@pytest.mark.parametrize("form", ["p2", "frantar", "compression"])
+def test_a_parameter_matrix_is_checked_once_and_must_have_the_forms_width(form: str) -> None:
+    law = get_form(form)
+    good = law.from_vector(law.start_grid(_random_data())[0], _random_data())
+    matrix = law.params_matrix([good, good])
+    assert matrix is not None and matrix.shape == (2, len(law.param_names))
+    with pytest.raises(LawError, match="finite"):
+        law.params_matrix([good, {**good, law.param_names[0]: float("nan")}])
+    with pytest.raises(LawError, match="shape"):
+        law.predict_many(matrix[:, :-1], _x(1e9, 0.25, 2.5, 1e8))
