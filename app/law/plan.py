@@ -10,6 +10,7 @@ import numpy as np
 from app.law.bootstrap import predict_interval
 from app.law.errors import LawError
 from app.law.forms import get_form
+from app.law.intervals import Calibration, interval
 from app.law.types import Features, FloatArray
 
 DEFAULT_RHO_GRID: tuple[float, ...] = tuple(
@@ -27,6 +28,7 @@ class PlanCandidate:
     form: str
     params: Mapping[str, float]
     refits: Sequence[Mapping[str, float]] | None = None
+    calibration: Calibration | None = None
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,8 @@ def plan(
       considered; the default D grid is 13 log-spaced values from budget/1000 to the budget.
     - Every option is predicted with its method's law; options are ranked by predicted loss,
       ties broken by fewer tokens, then by larger ρ (a smaller model). `best` is the first.
-    - With `level` and refits on a candidate, `lower`/`upper` are the percentile interval of the
-      refits' predictions (None otherwise).
+    - With `level`, `lower`/`upper` are a candidate's prediction interval when it has a
+      calibration, else the percentile interval of its refits' predictions (None without either).
     - At most `max_options` options are returned (the best ones).
     """
     if not candidates:
@@ -107,7 +109,12 @@ def plan(
         loss = get_form(cand.form).predict(cand.params, x)
         lower: FloatArray | None = None
         upper: FloatArray | None = None
-        if level is not None and cand.refits:
+        if level is not None and cand.calibration is not None:
+            band = interval(
+                cand.form, cand.params, cand.refits or [], cand.calibration, x, level=level
+            )
+            lower, upper = band.lower, band.upper
+        elif level is not None and cand.refits:
             lower, upper = predict_interval(cand.form, cand.refits, x, level)
         for i in range(rho_col.size):
             options.append(

@@ -21,6 +21,7 @@ from scipy.optimize import brentq
 from app.law.bootstrap import percentile_interval, predict_interval
 from app.law.errors import LawError, UnreachableTarget
 from app.law.forms import Form, get_form
+from app.law.intervals import Calibration, interval
 from app.law.types import Features, FloatArray, Params, Recommendation, Rule
 
 # The search range of the numeric path: one token to 1e15 tokens (far beyond any recovery run).
@@ -156,13 +157,17 @@ def recommend(
     max_tokens: float | None = None,
     refits: Sequence[Mapping[str, float]] | None = None,
     level: float | None = None,
+    calibration: Calibration | None = None,
 ) -> Recommendation:
     """The tokens a rule asks for (docs/law.md §7), the loss predicted there and the floor.
 
     `max_tokens` caps the answer (``capped=True``). With `refits` and `level`, the rule is
     applied to every refit and ``tokens_interval`` holds the percentile interval; refits for which
     a target is unreachable, or a rule is not met below 1e15 tokens without a cap, are left out
-    (None when none remain).
+    (None when none remain). With a `calibration` (a prediction interval) the `target` rule's
+    interval is instead where the prediction band's lower and upper edges reach the target:
+    the tokens within which a run's loss reaches it (docs/law.md §4); `marginal` and `gap` are
+    properties of the mean curve and keep the refits' interval.
     """
     law = get_form(form)
     value = _rule_value(rule, threshold, target_loss)
@@ -180,8 +185,23 @@ def recommend(
     x = _point(n0, rho, l0, np.array([tokens]))
     predicted = float(law.predict(params, x)[0])
     floor = float(law.floor(params, x)[0])
-    interval = None
-    if refits and level is not None:
+    tokens_interval = None
+    notes: tuple[str, ...] = ()
+    if calibration is not None and level is not None and rule == "target":
+        tokens_interval, notes = band_tokens(
+            form,
+            params,
+            refits or [],
+            calibration,
+            n0=n0,
+            rho=rho,
+            l0=l0,
+            target=value,
+            around=tokens,
+            level=level,
+            max_tokens=max_tokens,
+        )
+    elif refits and level is not None:
         samples: list[float] = []
         for p in refits:
             try:
@@ -194,14 +214,73 @@ def recommend(
                 samples.append(t)
         if samples:
             lo, hi = percentile_interval(np.array(samples)[:, None], level)
-            interval = (float(lo[0]), float(hi[0]))
+            tokens_interval = (float(lo[0]), float(hi[0]))
     return Recommendation(
         tokens=float(tokens),
         predicted_loss=predicted,
         floor_loss=floor,
         capped=capped,
-        tokens_interval=interval,
+        tokens_interval=tokens_interval,
+        notes=notes,
     )
+
+
+#: Points per decade of the token grid on which the band's crossing of a target is found.
+_BAND_POINTS_PER_DECADE = 40
+#: The band is searched this many decades on each side of the recommended tokens.
+_BAND_DECADES = 4
+
+
+def _first_crossing(log_t: FloatArray, values: FloatArray, target: float) -> float | None:
+    """The smallest log D where `values` (on the grid `log_t`) falls to `target`, linear
+    between grid points; None when it never does."""
+    below = np.flatnonzero(values <= target)
+    if below.size == 0:
+        return None
+    i = int(below[0])
+    if i == 0:
+        return float(log_t[0])
+    v0, v1 = values[i - 1], values[i]
+    share = (v0 - target) / (v0 - v1) if v0 != v1 else 1.0
+    return float(log_t[i - 1] + share * (log_t[i] - log_t[i - 1]))
+
+
+def band_tokens(
+    form: str,
+    params: Params,
+    refits: Sequence[Mapping[str, float]],
+    calibration: Calibration,
+    *,
+    n0: float,
+    rho: float,
+    l0: float,
+    target: float,
+    around: float,
+    level: float,
+    max_tokens: float | None,
+) -> tuple[tuple[float, float] | None, tuple[str, ...]]:
+    """Tokens at which the prediction band's lower and upper edges reach `target`.
+
+    The band is evaluated on a log grid of ±4 decades around `around`; an edge that does not
+    reach the target there (or below `max_tokens`) leaves the interval open: None, with a note.
+    """
+    top = around * 10.0**_BAND_DECADES
+    if max_tokens is not None:
+        top = min(top, float(max_tokens))
+    bottom = max(MIN_TOKENS, min(around, top) / 10.0**_BAND_DECADES)
+    n = max(2, int(np.ceil(np.log10(top / bottom) * _BAND_POINTS_PER_DECADE)) + 1)
+    grid = np.geomspace(bottom, top, n)
+    band = interval(form, params, refits, calibration, _point(n0, rho, l0, grid), level=level)
+    log_t = np.log(grid)
+    low = _first_crossing(log_t, band.lower, target)
+    high = _first_crossing(log_t, band.upper, target)
+    if low is None or high is None:
+        edge = "lower" if low is None else "upper"
+        return None, (
+            f"the {edge} edge of the {level:.0%} prediction band does not reach the target "
+            f"below {top:.3g} tokens: the token interval is open",
+        )
+    return (float(np.exp(low)), float(np.exp(high))), band.notes
 
 
 def loss_curve(
@@ -214,12 +293,16 @@ def loss_curve(
     tokens: FloatArray,
     refits: Sequence[Mapping[str, float]] | None = None,
     level: float | None = None,
+    calibration: Calibration | None = None,
 ) -> tuple[FloatArray, FloatArray | None, FloatArray | None]:
-    """Predicted loss over `tokens` for one (n0, ρ, L0), with a percentile band when `refits`
-    and `level` are given (else None, None)."""
+    """Predicted loss over `tokens` for one (n0, ρ, L0), with a band when `level` is given:
+    the prediction band with a `calibration`, else the refits' percentile band (else None)."""
     law = get_form(form)
     x = _point(n0, rho, l0, tokens)
     loss = law.predict(params, x)
+    if calibration is not None and level is not None:
+        band = interval(form, params, refits or [], calibration, x, level=level)
+        return loss, band.lower, band.upper
     if refits and level is not None:
         lower, upper = predict_interval(form, refits, x, level)
         return loss, lower, upper

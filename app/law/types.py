@@ -213,3 +213,4 @@ class Recommendation:
     floor_loss: float
     capped: bool
     tokens_interval: tuple[float, float] | None = None
+    notes: tuple[str, ...] = ()

@@ -7,7 +7,7 @@ Every float in a request is finite (`allow_inf_nan=False`): JSON's `NaN`, `Infin
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -48,6 +48,13 @@ Level = Annotated[
     ),
 ]
 Label = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+IntervalKind = Annotated[
+    Literal["prediction", "confidence"],
+    Field(
+        description="prediction (default): where a new run's loss will land, calibrated on "
+        "held-out runs; confidence: where the mean curve lies (bootstrap only). docs/law.md §4.",
+    ),
+]
 
 T = TypeVar("T")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import L0, N0, Label, Level, Rho, Tokens
+from app.schemas.common import L0, N0, IntervalKind, Label, Level, Rho, Tokens
 
 
 class PlanRequest(BaseModel):
@@ -57,6 +57,7 @@ class PlanRequest(BaseModel):
         None, min_length=1, max_length=200, description="Token counts to try (default: a grid)."
     )
     interval: Level | None = Field(None, description="Interval level (needs bootstrap refits).")
+    interval_kind: IntervalKind = "prediction"
     max_options: int = Field(50, ge=1, le=1000, description="How many ranked options to return.")
 
     @model_validator(mode="after")

@@ -7,7 +7,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from typing_extensions import TypedDict
 
-from app.schemas.common import EXAMPLE_LAW, L0, N0, NO_NUL, Label, LawSpec, Level, Rho, Tokens
+from app.schemas.common import (
+    EXAMPLE_LAW,
+    L0,
+    N0,
+    NO_NUL,
+    IntervalKind,
+    Label,
+    LawSpec,
+    Level,
+    Rho,
+    Tokens,
+)
 
 
 class Point(TypedDict):
@@ -96,6 +107,7 @@ class PredictRequest(LawChoice):
     interval: Level | None = Field(
         None, description="Interval level; needs a fit with bootstrap refits."
     )
+    interval_kind: IntervalKind = "prediction"
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> PredictRequest:

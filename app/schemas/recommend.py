@@ -6,7 +6,17 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import EXAMPLE_LAW, L0, N0, Level, Loss, PositiveFloat, Rho, Tokens
+from app.schemas.common import (
+    EXAMPLE_LAW,
+    L0,
+    N0,
+    IntervalKind,
+    Level,
+    Loss,
+    PositiveFloat,
+    Rho,
+    Tokens,
+)
 from app.schemas.predict import LawChoice
 
 
@@ -52,6 +62,7 @@ class RecommendRequest(LawChoice):
     target_loss: Loss | None = Field(None, description="For `target`.")
     max_tokens: Tokens | None = Field(None, description="Cap on the answer (then capped=true).")
     interval: Level | None = Field(None, description="Interval level (needs bootstrap refits).")
+    interval_kind: IntervalKind = "prediction"
 
     @model_validator(mode="after")
     def _rule_arguments(self) -> RecommendRequest:

@@ -14,7 +14,7 @@ from app.repositories import fits as fits_repo
 from app.schemas.plan import PlanRequest
 from app.services.convert import features, finite_or_none
 from app.services.lawref import LawRef, law_from_fit
-from app.services.predict import range_warnings
+from app.services.predict import UNCALIBRATED, calibration_for, range_warnings
 
 
 def _default_laws(session: Session, family: str) -> dict[str, LawRef]:
@@ -61,19 +61,31 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
             f"no method to plan with: family {request.family!r} has default fits for: {have}; "
             "create fits with POST /fits (make_default=true)"
         )
+    asked = request.interval is not None
+    calibrations = {m: calibration_for(available[m], request.interval_kind, []) for m in chosen}
     candidates = [
         PlanCandidate(
             method=m,
             form=available[m].form.name,
             params=available[m].params,
-            refits=list(available[m].refits) if request.interval is not None else None,
+            refits=list(available[m].refits) if asked else None,
+            calibration=calibrations[m] if asked else None,
         )
         for m in chosen
     ]
-    if request.interval is not None:
+    if asked:
         bare = [m for m in chosen if not available[m].refits]
         if bare:
             warnings.append(f"no interval for {', '.join(bare)}: those fits have no bootstrap")
+        uncalibrated = [
+            m
+            for m in chosen
+            if available[m].refits
+            and request.interval_kind == "prediction"
+            and calibrations[m] is None
+        ]
+        if uncalibrated:
+            warnings.append(f"{', '.join(uncalibrated)}: {UNCALIBRATED}")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         result = plan_options(
             candidates,

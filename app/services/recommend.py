@@ -12,7 +12,7 @@ from app.law.recommend import recommend as recommend_tokens
 from app.schemas.recommend import RecommendRequest
 from app.services.convert import features, finite_float, finite_list, finite_or_none
 from app.services.lawref import resolve_law
-from app.services.predict import range_warnings
+from app.services.predict import NO_REFITS, calibration_for, range_warnings
 
 #: The curve spans two decades below the answer and one above, 10 points per decade: enough
 #: to see where the loss flattens without the response growing with the law's scale.
@@ -32,10 +32,12 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
     law = resolve_law(request, session)
     refits = list(law.refits) if (request.interval is not None and law.refits) else None
     warnings: list[str] = []
-    if request.interval is not None and not law.refits:
-        warnings.append(
-            "no interval: the law has no bootstrap refits (fit with bootstrap > 0 to get one)"
-        )
+    calibration = None
+    if request.interval is not None:
+        if law.refits:
+            calibration = calibration_for(law, request.interval_kind, warnings)
+        else:
+            warnings.append(NO_REFITS)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         answer = recommend_tokens(
             law.form.name,
@@ -49,7 +51,9 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
             max_tokens=request.max_tokens,
             refits=refits,
             level=request.interval if refits else None,
+            calibration=calibration,
         )
+        warnings.extend(answer.notes)
         tokens = finite_float(answer.tokens, "token count")
         grid = curve_tokens(tokens)
         loss, lower, upper = loss_curve(
@@ -61,6 +65,7 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
             tokens=grid,
             refits=refits,
             level=request.interval if refits else None,
+            calibration=calibration,
         )
     losses = finite_list(loss, "loss on the curve")
     lows = [finite_or_none(v) for v in lower] if lower is not None else [None] * len(grid)
