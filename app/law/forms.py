@@ -760,6 +760,160 @@ class CurveForm(Form):
         return np.asarray(e, dtype=np.float64)
 
 
+class P2TppForm(Form):
+    """P² on tokens per parameter, shifted:
+    L = L0 + (1/ρ)^γ · (N_C / N0^α + D_C / (D/N0 + T_s)^β + E).
+
+    The token axis is D/N0, post-training tokens per parameter of the dense model (both raw
+    counts, so unit-free), shifted by T_s ≥ 0 (in tokens per parameter) for the flat start of a
+    run while the learning rate warms up. Size enters through tokens per parameter and N_C/N0^α
+    (N0 in billions) with no N0^(−δ) factor, so the N0 dependence is measured along every curve
+    rather than across a few sizes. Fitted with log N_C, log D_C, log E and log T_s.
+    Floor (D → ∞): L0 + ρ^(−γ) (N_C N0^(−α) + E).
+    """
+
+    name = "p2-tpp"
+    param_names = ("N_C", "D_C", "E", "alpha", "beta", "gamma", "T_s")
+    description = (
+        "L = L0 + (1/rho)^gamma * (N_C/N0^alpha + D_C/(D/N0 + T_s)^beta + E), "
+        "D/N0 in tokens per parameter"
+    )
+    _fit_names = ("log_N_C", "log_D_C", "log_E", "alpha", "beta", "gamma", "log_T_s")
+    _bounds = (
+        LOG_CONSTANT_BOUNDS,
+        LOG_CONSTANT_BOUNDS,
+        LOG_CONSTANT_BOUNDS,
+        DECAY_BOUNDS,
+        DECAY_BOUNDS,
+        SIGNED_BOUNDS,
+        LOG_CONSTANT_BOUNDS,
+    )
+
+    def start_grid(self, data: Dataset) -> FloatArray:
+        # 3·4·3·3·4·4·3 = 5,184 starts, like p2. D_C multiplies a power of tokens per
+        # parameter (about 0.01 to 100 in post-training), so its starts sit higher than p2's;
+        # T_s starts at 0.02, 0.14 and 1 token per parameter.
+        axes = (
+            (-6.0, -2.0, 1.0),
+            (-6.0, -4.0, -2.0, 0.0),
+            (-8.0, -3.0, -0.5),
+            (0.1, 0.5, 1.0),
+            (0.15, 0.35, 0.6, 1.0),
+            (-2.0, -1.0, -0.3, 0.5),
+            (-4.0, -2.0, 0.0),
+        )
+        return np.array(list(itertools.product(*axes)), dtype=np.float64)
+
+    def to_vector(self, params: Params, data: Dataset | None = None) -> FloatArray:
+        return np.array(
+            [
+                _log_param(params, "N_C"),
+                _log_param(params, "D_C"),
+                _log_param(params, "E"),
+                _p(params, "alpha"),
+                _p(params, "beta"),
+                _p(params, "gamma"),
+                _log_param(params, "T_s"),
+            ]
+        )
+
+    def from_vector(self, theta: FloatArray, data: Dataset | None = None) -> dict[str, float]:
+        t = np.asarray(theta, dtype=np.float64)
+        return {
+            "N_C": float(np.exp(t[0])),
+            "D_C": float(np.exp(t[1])),
+            "E": float(np.exp(t[2])),
+            "alpha": float(t[3]),
+            "beta": float(t[4]),
+            "gamma": float(t[5]),
+            "T_s": float(np.exp(t[6])),
+        }
+
+    def _log_gap(
+        self, theta: FloatArray, x: Features, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+        """log of the term added to L0 (clipped), log L̂, and the Jacobian of log L̂."""
+        ln_n = np.log(x.n0 / 1e9)
+        ln_rho = np.log(x.rho)
+        ln_l0 = np.log(x.l0)
+        # log(D/N0 + T_s), and its slope in log T_s (the share of T_s in the shifted axis).
+        with np.errstate(divide="ignore"):
+            ln_u, (_, w_s) = logsumexp_terms(
+                [np.broadcast_to(np.log(x.tokens / x.n0), (theta.shape[0], len(x))), _col(theta, 6)]
+            )
+        a1 = _col(theta, 0) - _col(theta, 3) * ln_n
+        a2 = _col(theta, 1) - _col(theta, 4) * ln_u
+        a3 = np.broadcast_to(_col(theta, 2), a1.shape)
+        log_g, (w1, w2, w3) = logsumexp_terms([a1, a2, a3])
+        u = np.minimum(-_col(theta, 5) * ln_rho + log_g, _LOG_MAX)
+        log_pred = np.logaddexp(ln_l0, u)
+        if not grad:
+            return u, log_pred, None
+        with np.errstate(invalid="ignore"):
+            s = np.where(np.isfinite(u), np.exp(u - log_pred), 0.0)
+        jac = np.stack(
+            [
+                s * w1,
+                s * w2,
+                s * w3,
+                -s * w1 * ln_n,
+                -s * w2 * ln_u,
+                -s * ln_rho,
+                -s * w2 * _col(theta, 4) * w_s,
+            ],
+            axis=-1,
+        )
+        return u, log_pred, jac
+
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
+        return log_pred, jac
+
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
+
+    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
+        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
+
+    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
+        check_features(x)
+        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
+        return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
+
+    def floor(self, params: Params, x: Features) -> FloatArray:
+        check_features(x)
+        n = x.n0 / 1e9
+        with np.errstate(over="ignore"):
+            k = np.exp(np.minimum(-_p(params, "gamma") * np.log(x.rho), _LOG_MAX))
+            rest = _p(params, "N_C") * np.exp(
+                np.minimum(-_p(params, "alpha") * np.log(n), _LOG_MAX)
+            ) + _p(params, "E")
+            gap = k * rest
+        return np.asarray(x.l0 + np.minimum(gap, np.finfo(np.float64).max / 4), dtype=np.float64)
+
+    def closed_form_tokens(
+        self, params: Params, x: Features, rule: Rule, value: float
+    ) -> FloatArray | None:
+        # With u = D/N0 + T_s: L − L∞ = K D_C u^(−β) and −dL/dD (per billion tokens) =
+        # β K D_C u^(−β−1) · 1e9/N0; each rule gives u*, and D* = N0 (u* − T_s).
+        beta = _p(params, "beta")
+        t_s = _p(params, "T_s")
+        if t_s < 0:
+            raise LawError(f"parameter T_s must be ≥ 0, got {t_s!r}")
+        k_dc = x.rho ** (-_p(params, "gamma")) * _p(params, "D_C")
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+            if rule == "marginal":
+                u_star = (beta * k_dc * 1e9 / (x.n0 * value)) ** (1.0 / (beta + 1.0))
+            elif rule == "gap":
+                u_star = (k_dc / value) ** (1.0 / beta)
+            else:
+                u_star = (k_dc / (value - self.floor(params, x))) ** (1.0 / beta)
+            d_star = x.n0 * (u_star - t_s)
+        return np.asarray(d_star, dtype=np.float64)
+
+
 FORMS: dict[str, Form] = {}
 
 
@@ -771,7 +925,7 @@ def register(form: Form) -> Form:
     return form
 
 
-for _form in (P2Form(), FrantarForm(), CompressionForm(), CurveForm()):
+for _form in (P2Form(), FrantarForm(), CompressionForm(), CurveForm(), P2TppForm()):
     register(_form)
 
 DEFAULT_FORM = "p2"

@@ -72,11 +72,13 @@ def make_rows(
     noise: float = 0.005,
     family: str = "synthetic-llama",
     seed: int = 0,
+    form: str = "p2",
 ) -> list[SyntheticRow]:
     """Runs on a (method, size, ρ) grid, each with log-spaced checkpoints and multiplicative
-    log-normal noise of relative size `noise` on the P² law's loss."""
+    log-normal noise of relative size `noise` on the loss of `form` (P² by default) with the
+    constants of `params_by_method`."""
     rng = np.random.default_rng(seed)
-    law = get_form("p2")
+    law = get_form(form)
     tokens = np.geomspace(min_tokens, max_tokens, n_checkpoints)
     rows: list[SyntheticRow] = []
     for method, params in params_by_method.items():
