@@ -82,11 +82,34 @@ def _quantiles(level: float) -> tuple[float, float]:
     return 100 * (1 - level) / 2, 100 * (1 + level) / 2
 
 
+def _sorted_percentile(ordered: FloatArray, q: float) -> FloatArray:
+    """`np.percentile(samples, q, axis=0)` (its default, linear method, the same arithmetic)
+    from the samples sorted along axis 0."""
+    last = ordered.shape[0] - 1
+    virtual = last * (q / 100)
+    below = min(int(np.floor(virtual)), last)
+    above = min(below + 1, last)
+    gamma = virtual - below if virtual < last else 0.0
+    a, b = ordered[below], ordered[above]
+    diff = b - a
+    value = b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+    # np.sort puts NaN last, and a column holding one has a NaN percentile.
+    return np.where(np.isnan(ordered[-1]), np.nan, value)
+
+
 def percentile_interval(samples: FloatArray, level: float) -> tuple[FloatArray, FloatArray]:
-    """Lower and upper percentiles over axis 0 of (refits, points) samples."""
+    """Lower and upper percentiles over axis 0 of (refits, points) samples.
+
+    Equal to `np.percentile(samples, [lo, hi], axis=0)`, from one sort: numpy partitions along
+    axis 0 of a C-ordered array slowly (0.4 ms for 100 × 100, against 0.03 ms for the sort).
+    """
     lo_q, hi_q = _quantiles(level)
-    lower, upper = np.percentile(samples, [lo_q, hi_q], axis=0)
-    return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    values = np.asarray(samples, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] == 0:
+        lower, upper = np.percentile(values, [lo_q, hi_q], axis=0)
+        return np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    ordered = np.sort(values, axis=0)
+    return _sorted_percentile(ordered, lo_q), _sorted_percentile(ordered, hi_q)
 
 
 def refit_predictions(

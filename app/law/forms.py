@@ -73,6 +73,22 @@ def logsumexp_terms(terms: list[FloatArray]) -> tuple[FloatArray, list[FloatArra
     return lse, [e * inv for e in expd]
 
 
+def logsumexp_value(terms: list[FloatArray]) -> FloatArray:
+    """log Σ exp(tᵢ) as `logsumexp_terms` computes it (the same arithmetic), without the
+    weights: the prediction path, where only the value is needed."""
+    top = terms[0]
+    for t in terms[1:]:
+        top = np.maximum(top, t)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        finite_top = np.isfinite(top)
+        if not np.all(finite_top):
+            top = np.where(finite_top, top, 0.0)
+        total = np.exp(terms[0] - top)
+        for t in terms[1:]:
+            total = total + np.exp(t - top)
+        return np.asarray(np.log(total) + top, dtype=np.float64)
+
+
 def _col(theta: FloatArray, j: int) -> FloatArray:
     """Column j of a (starts, p) fit matrix as a (starts, 1) array that broadcasts over points."""
     return theta[:, j : j + 1]
@@ -343,7 +359,19 @@ class P2Form(Form):
 
     def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
         check_features(x)
-        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
+        theta = _check_thetas(thetas, len(self._fit_names))
+        # The log of the term added to L0, as `_log_gap` computes it, without the weights and
+        # log L̂ that only fitting needs.
+        ln_n = np.log(x.n0 / 1e9)
+        log_g = logsumexp_value(
+            [
+                _col(theta, 0) - _col(theta, 3) * ln_n,
+                _col(theta, 1) - _col(theta, 4) * np.log(x.tokens / 1e9),
+                _col(theta, 2),
+            ]
+        )
+        log_k = -_col(theta, 5) * np.log(x.rho) - _col(theta, 6) * ln_n
+        u = np.minimum(log_k + log_g, _LOG_MAX)
         return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
 
     def floor(self, params: Params, x: Features) -> FloatArray:
@@ -468,8 +496,18 @@ class FrantarForm(Form):
 
     def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
         check_features(x)
-        log_pred, _ = self._log_pred(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
-        return np.asarray(np.exp(log_pred), dtype=np.float64)
+        theta = _check_thetas(thetas, len(self._fit_names))
+        # `_log_pred` without the weights that only fitting needs.
+        ln_n = np.log(x.n0 / 1e9)
+        log_pred = logsumexp_value(
+            [
+                _col(theta, 0) + _col(theta, 1) * np.log1p(-x.rho) - _col(theta, 3) * ln_n,
+                _col(theta, 2) - _col(theta, 3) * ln_n,
+                _col(theta, 4) - _col(theta, 5) * np.log(x.tokens / 1e9),
+                _col(theta, 6),
+            ]
+        )
+        return np.asarray(np.exp(np.minimum(log_pred, _LOG_MAX)), dtype=np.float64)
 
     def floor(self, params: Params, x: Features) -> FloatArray:
         check_features(x)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.law.bootstrap import predict_interval, refit_predictions, refit_runs
+from app.law.bootstrap import (
+    percentile_interval,
+    predict_interval,
+    refit_predictions,
+    refit_runs,
+)
 from app.law.errors import LawError
 from app.law.forms import get_form
 from app.law.types import Dataset, FitResult
@@ -73,3 +78,20 @@ def test_an_interval_from_a_kept_refit_matrix_is_the_percentile_of_each_refit(
         np.testing.assert_allclose(got, expected, rtol=1e-12)
     with pytest.raises(LawError, match="no bootstrap refits"):
         refit_predictions("p2", [], synthetic.x)
+
+
+@pytest.mark.parametrize("refits", [1, 2, 7, 100, 101])
+@pytest.mark.parametrize("level", [0.01, 1 / 3, 0.8, 0.95, 0.999])
+def test_percentile_interval_equals_numpy_percentile(refits: int, level: float) -> None:
+    rng = np.random.default_rng(refits)
+    for samples in (
+        rng.normal(size=(refits, 9)),
+        np.round(rng.normal(size=(refits, 9)), 1),  # ties
+    ):
+        samples[0, 3] = np.nan  # a column with a NaN has a NaN percentile, as in numpy
+        samples[-1, 5] = np.inf
+        lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+        with np.errstate(invalid="ignore"):
+            expected = np.percentile(samples, [lo, hi], axis=0)
+            got = np.array(percentile_interval(samples, level))
+        np.testing.assert_array_equal(got, expected)

@@ -220,6 +220,10 @@ def test_many_parameter_sets_predict_as_one_set_at_a_time(form: str) -> None:
     if thetas_once is not None:
         assert thetas_once.shape == (23, len(law.fit_names(data)))
         np.testing.assert_array_equal(law.predict_sets(params_list, x, thetas_once), many)
+        # The prediction path agrees with the model that fitting uses.
+        points = Dataset(x, np.ones(37), data.run[pick], data.run_ids)
+        log_pred, _ = law.log_model(thetas_once, points, grad=False)
+        np.testing.assert_allclose(many, np.exp(log_pred), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("form", ["p2", "frantar", "compression"])
