@@ -1,0 +1,193 @@
+"""Prediction intervals calibrated on held-out runs (app/law/intervals.py, docs/law.md §4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from app.law import Dataset, LawError, fit, get_form, predict_interval, refit_runs
+from app.law.intervals import (
+    MIN_RUNS_PER_BIN,
+    Bin,
+    Calibration,
+    calibrate,
+    interval,
+    make_bins,
+    measure_coverage,
+)
+from app.law.synthetic import SYNTHETIC_P2
+from app.law.types import Features
+
+LAW = SYNTHETIC_P2["depth"]
+SIZES = ((0.5e9, 3.0), (1.0e9, 2.75), (3.0e9, 2.45), (8.0e9, 2.2))
+RHOS = (0.15, 0.25, 0.35)
+TOKENS = np.geomspace(1e7, 3e9, 8)
+
+
+def make_runs(
+    rng: np.random.Generator,
+    configs: list[tuple[float, float, float]],
+    prefix: str,
+    *,
+    run_sd: float = 0.01,
+    noise: float = 0.003,
+) -> list[dict[str, Any]]:
+    """Runs of the synthetic P² law, each with its own log offset (a run's level) and
+    per-checkpoint noise: the exchangeable runs the intervals assume."""
+    p2 = get_form("p2")
+    rows: list[dict[str, Any]] = []
+    for k, (n0, l0, rho) in enumerate(configs):
+        n = TOKENS.size
+        x = Features(np.full(n, n0), np.full(n, rho), np.full(n, l0), TOKENS.copy())
+        loss = p2.predict(LAW, x) * np.exp(
+            run_sd * rng.standard_normal() + noise * rng.standard_normal(n)
+        )
+        rows += [
+            {"run_id": f"{prefix}{k}", "n0": n0, "rho": rho, "l0": l0, "tokens": t, "loss": v}
+            for t, v in zip(TOKENS, loss, strict=True)
+        ]
+    return rows
+
+
+def fitted(rows: list[dict[str, Any]], refits: int = 20) -> tuple[Any, list[Any], Calibration]:
+    data = Dataset.from_rows(rows)
+    result = fit("p2", data)
+    return result, refit_runs("p2", data, result, refits), calibrate("p2", data, result)
+
+
+def test_weighted_quantiles_count_each_run_once() -> None:
+    # One run of 9 points at 0 and one run of 1 point at 1: with a weight per run the 80%
+    # quantile is the second run's value; counting points it would be the first run's.
+    residuals = np.array([0.0] * 9 + [1.0])
+    (by_run,) = make_bins(residuals, np.array([1 / 9] * 9 + [1.0]), np.zeros(10))
+    (by_point,) = make_bins(residuals, np.full(10, 0.1), np.zeros(10))
+    assert by_run.quantiles([0.8])[0] == pytest.approx(1.0)
+    assert by_point.quantiles([0.8])[0] == pytest.approx(0.0)
+
+
+def test_bins_hold_at_least_the_minimum_weight_of_runs() -> None:
+    rng = np.random.default_rng(0)
+    n = 40
+    bins = make_bins(rng.normal(size=n), np.full(n, 0.5), rng.uniform(0.1, 3.0, size=n))
+    assert len(bins) > 1
+    assert all(float(np.sum(b.weights)) >= MIN_RUNS_PER_BIN for b in bins)
+    centers = [b.distance for b in bins]
+    assert centers == sorted(centers)
+
+
+def test_a_query_beyond_every_bin_scales_residuals_up_never_down() -> None:
+    spread = Bin(distance=1.0, residuals=np.array([-0.1, 0.0, 0.1]), weights=np.ones(3))
+    narrow = Bin(distance=0.0, residuals=np.array([-0.01, 0.0, 0.01]), weights=np.ones(3))
+    cal = Calibration(
+        pools={"N0": [spread], "runs": [narrow]},
+        runs=(),
+        n0_range=(1e9, 2e9),
+        rho_range=(0.15, 0.35),
+        tokens_range=(1e7, 1e10),
+    )
+    x = Features(
+        np.array([2e9 * np.e, 2e9 * np.e**3, 2e9 * np.e**0.1]),
+        np.full(3, 0.25),
+        np.full(3, 2.5),
+        np.full(3, 1e9),
+    )
+    band = interval("p2", LAW, [], cal, x, level=0.8)
+    width = np.log(band.upper / band.lower)
+    assert band.pools == ("N0", "N0", "N0")
+    # Three times further than the bin: three times wider; closer: never narrower than it.
+    assert width[1] == pytest.approx(3 * width[0], rel=1e-9)
+    assert width[2] == pytest.approx(width[0], rel=1e-9)
+
+
+def test_calibration_survives_its_json_form() -> None:
+    result, refits, cal = fitted(make_runs(np.random.default_rng(1), _grid(SIZES[:3]), "r"))
+    again = Calibration.from_dict(cal.as_dict())
+    x = Dataset.from_rows(make_runs(np.random.default_rng(2), [(2e9, 2.6, 0.2)], "q")).x
+    a = interval("p2", result.params, refits, cal, x, level=0.8)
+    b = interval("p2", result.params, refits, again, x, level=0.8)
+    np.testing.assert_array_equal(a.lower, b.lower)
+    np.testing.assert_array_equal(a.upper, b.upper)
+
+
+def _grid(sizes: tuple[tuple[float, float], ...]) -> list[tuple[float, float, float]]:
+    return [(n0, l0, rho) for n0, l0 in sizes for rho in RHOS]
+
+
+def test_the_confidence_kind_is_the_bootstrap_percentile_band() -> None:
+    result, refits, cal = fitted(make_runs(np.random.default_rng(3), _grid(SIZES[:3]), "r"))
+    x = Dataset.from_rows(make_runs(np.random.default_rng(4), [(2e9, 2.6, 0.2)], "q")).x
+    conf = interval("p2", result.params, refits, cal, x, level=0.8, kind="confidence")
+    lower, upper = predict_interval("p2", refits, x, 0.8)
+    np.testing.assert_allclose(conf.lower, lower)
+    np.testing.assert_allclose(conf.upper, upper)
+    pred = interval("p2", result.params, refits, cal, x, level=0.8)
+    assert np.all(pred.lower <= conf.lower + 1e-12)
+    assert np.all(pred.upper >= conf.upper - 1e-12)
+
+
+def test_each_point_takes_the_pool_of_its_question() -> None:
+    rows = make_runs(np.random.default_rng(5), _grid(SIZES[:3]), "r")
+    result, refits, cal = fitted(rows)
+    assert {"seen", "runs", "D", "N0", "rho"} <= set(cal.pools)
+    first = rows[0]
+    x = Features(
+        np.array([first["n0"], first["n0"], 2e9, 8e9, 2e9]),
+        np.array([first["rho"], first["rho"], 0.2, 0.2, 0.5]),
+        np.array([first["l0"], first["l0"], 2.6, 2.2, 2.6]),
+        np.array([TOKENS[3], 3e10, 1e8, 1e8, 1e8]),
+    )
+    band = interval("p2", result.params, refits, cal, x, level=0.8)
+    # A fitted run inside and beyond its tokens, a new run inside the ranges, beyond N0, beyond ρ.
+    assert band.pools[:3] == ("seen", "D", "runs")
+    assert band.pools[3] in ("N0", "runs") and band.pools[4] in ("rho", "runs")
+    wider_than_new = np.log(band.upper / band.lower)
+    assert wider_than_new[3] >= wider_than_new[2] and wider_than_new[4] >= wider_than_new[2]
+
+
+def test_a_prediction_interval_needs_a_calibration() -> None:
+    x = Features(np.array([1e9]), np.array([0.25]), np.array([2.5]), np.array([1e9]))
+    with pytest.raises(LawError, match="calibration"):
+        interval("p2", LAW, [LAW], None, x, level=0.8)
+    with pytest.raises(LawError, match="refits"):
+        interval("p2", LAW, [], None, x, level=0.8, kind="confidence")
+
+
+def test_80_percent_intervals_cover_70_to_90_percent_of_new_runs_of_a_known_law() -> None:
+    """Many synthetic datasets from the true law with run-to-run spread: the share of new runs'
+    points (inside the fitted ranges) and of continued runs' later points inside the 80%
+    prediction interval. The confidence band alone covers far less."""
+    inside_new: list[float] = []
+    inside_continued: list[float] = []
+    inside_confidence: list[float] = []
+    for seed in range(6):
+        rng = np.random.default_rng(100 + seed)
+        rows = make_runs(rng, _grid(SIZES[:3]), "r")
+        cut = {"r0", "r4", "r8"}
+        train = [r for r in rows if not (r["run_id"] in cut and r["tokens"] > 1.5e8)]
+        later = Dataset.from_rows([r for r in rows if r["run_id"] in cut and r["tokens"] > 1.5e8])
+        result, refits, cal = fitted(train)
+        new = Dataset.from_rows(
+            make_runs(rng, [(n0, l0, rho) for n0, l0 in SIZES[:3] for rho in (0.2, 0.3)], "n")
+        )
+        for data, sink in ((new, inside_new), (later, inside_continued)):
+            band = interval("p2", result.params, refits, cal, data.x, level=0.8)
+            sink += list((data.loss >= band.lower) & (data.loss <= band.upper))
+        conf = interval("p2", result.params, refits, cal, new.x, level=0.8, kind="confidence")
+        inside_confidence += list((new.loss >= conf.lower) & (new.loss <= conf.upper))
+    assert 0.7 <= np.mean(inside_new) <= 0.9
+    assert 0.7 <= np.mean(inside_continued) <= 0.9
+    assert np.mean(inside_confidence) < 0.5
+
+
+def test_coverage_is_measured_on_every_protocol_the_data_allow() -> None:
+    rows = make_runs(np.random.default_rng(7), _grid(SIZES), "r")
+    data = Dataset.from_rows(rows)
+    coverage = measure_coverage("p2", data, level=0.8, bootstrap=10)
+    assert [c.protocol for c in coverage] == ["D", "N0", "rho"]
+    for c in coverage:
+        assert 0.0 <= c.prediction <= 1.0 and c.points > 0 and c.runs > 0
+        assert c.confidence is not None and c.prediction >= c.confidence
+    one_size = Dataset.from_rows(make_runs(np.random.default_rng(8), _grid(SIZES[:1]), "r"))
+    assert "N0" not in [c.protocol for c in measure_coverage("p2", one_size, bootstrap=0)]
