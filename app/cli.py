@@ -1,6 +1,7 @@
 """`p2law`: the law from a shell or a notebook, without a server.
 
     p2law fit obs.csv [--holdout D] [--bootstrap 100]   # fit table, plot, fit file
+    p2law fit obs.csv --form auto --select-by N0       # the form with the lowest held-out error
     p2law predict --fit obs.fit.json --n0 1e9 --rho 0.25 --l0 2.5 --tokens 1e8 1e9
     p2law recommend --fit obs.fit.json --n0 1e9 --rho 0.25 --l0 2.5 --rule marginal --threshold 0.05
     p2law serve [--port 8000]                          # migrate, then the HTTP API
@@ -30,6 +31,7 @@ from app.law.errors import LawError
 from app.law.fitting import fit
 from app.law.forms import FORMS
 from app.law.recommend import loss_curve, recommend
+from app.law.select import SELECT_BY, Selection, select_form
 from app.law.types import Dataset, FitResult, Protocol, Rule
 
 PROTOCOLS: tuple[Protocol, ...] = ("D", "N0", "rho")
@@ -78,20 +80,47 @@ def _table(result: FitResult, refits: Sequence[Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _selection_table(selection: Selection) -> str:
+    """The form comparison of `--form auto`: held-out MAPE per fold and the mean, per form."""
+    names = [f.name for f in selection.folds]
+    lines = [
+        f"forms compared by held-out MAPE (%), select_by {selection.select_by}: "
+        + ", ".join(f"{f.name} ({f.n_train} fit / {f.n_test} held out)" for f in selection.folds)
+    ]
+    lines.append(f"{'form':<14}" + "".join(f"{n:>12}" for n in names) + f"{'mean':>12}")
+    for row in selection.table:
+        cells = "".join(f"{'—' if v is None else f'{v:.4g}':>12}" for v in row.mape)
+        mean = "—" if row.mean_mape is None else f"{row.mean_mape:.4g}"
+        mark = "  <- chosen" if row.form == selection.chosen else ""
+        why = f"  ({row.reason})" if row.reason else ""
+        lines.append(f"{row.form:<14}{cells}{mean:>12}{mark}{why}")
+    return "\n".join(lines)
+
+
 def _fit_command(args: argparse.Namespace) -> int:
     from app.plotting import plot_fit
 
+    if args.select_by is not None and args.form != "auto":
+        raise LawError(f"--select-by chooses among forms and needs --form auto (not {args.form})")
     csv_path = Path(args.csv)
     data = _load_csv_dataset(csv_path, args.family, args.method)
-    result = fit(args.form, data, holdout=args.holdout)
-    refits = refit_runs(args.form, data, result, args.bootstrap) if args.bootstrap else []
+    selection = None
+    form = args.form
+    if form == "auto":
+        selection = select_form(data, args.select_by or "runs")
+        form = selection.chosen
+        print(_selection_table(selection) + "\n")
+    result = fit(form, data, holdout=args.holdout)
+    refits = refit_runs(form, data, result, args.bootstrap) if args.bootstrap else []
     print(_table(result, refits))
 
     plot_path = Path(args.plot) if args.plot else csv_path.with_suffix(".fit.png")
-    plot_path.write_bytes(plot_fit(args.form, result.params, data, title=csv_path.name))
+    plot_path.write_bytes(plot_fit(form, result.params, data, title=csv_path.name))
     save_path = Path(args.save) if args.save else csv_path.with_suffix(".fit.json")
     document = replace(result, bootstrap=refits).as_dict()
     document["holdout_protocol"] = args.holdout
+    if selection is not None:
+        document["selection"] = selection.as_dict()
     save_path.write_text(json.dumps(document, indent=2, allow_nan=False), encoding="utf-8")
     print(f"\nplot: {plot_path}\nfit:  {save_path}")
     return 0
@@ -246,7 +275,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit_p = commands.add_parser("fit", help="fit a law to a CSV of observations")
     fit_p.add_argument("csv", help="CSV with the columns of POST /observations")
-    fit_p.add_argument("--form", default="p2", choices=sorted(FORMS))
+    fit_p.add_argument(
+        "--form",
+        default="p2",
+        choices=[*sorted(FORMS), "auto"],
+        help="a form, or auto: the form with the lowest held-out error for --select-by",
+    )
+    fit_p.add_argument(
+        "--select-by",
+        choices=SELECT_BY,
+        help="with --form auto: what is held out to compare the forms (D: the last 20%% of "
+        "each run, N0: the largest size, rho: the highest rho, runs: whole runs; default runs)",
+    )
     fit_p.add_argument("--family")
     fit_p.add_argument("--method")
     fit_p.add_argument("--holdout", choices=PROTOCOLS, help="generalisation protocol (§6)")

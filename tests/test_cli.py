@@ -105,3 +105,30 @@ def test_missing_law_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> Non
     argv = ["predict", "--n0", "1e9", "--rho", "0.25", "--l0", "2.5", "--tokens", "1e8"]
     assert main(argv) == 2
     assert "--fit" in capsys.readouterr().err
+
+
+def test_fit_auto_prints_the_comparison_and_saves_it(
+    observations_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save = tmp_path / "auto.fit.json"
+    argv = ["fit", str(observations_csv), "--method", "depth", "--form", "auto"]
+    argv += ["--select-by", "rho", "--save", str(save), "--plot", str(tmp_path / "auto.png")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "select_by rho" in out and "<- chosen" in out and "p2-tpp" in out
+    document = json.loads(save.read_text())
+    selection = document["selection"]
+    assert document["form"] == selection["chosen"] and selection["select_by"] == "rho"
+    assert {row["form"] for row in selection["table"]} >= {"p2", "frantar", "curve", "p2-tpp"}
+    chosen = next(row for row in selection["table"] if row["form"] == document["form"])
+    assert all(
+        row["mean_mape"] is None or row["mean_mape"] >= chosen["mean_mape"]
+        for row in selection["table"]
+    )
+
+
+def test_select_by_without_auto_is_a_clear_error(
+    observations_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fit", str(observations_csv), "--select-by", "N0"]) == 2
+    assert "--form auto" in capsys.readouterr().err

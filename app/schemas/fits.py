@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.schemas.common import NO_NUL, Page
+
+#: The `form` value that chooses a form by cross-validated held-out error.
+AUTO_FORM = "auto"
 
 
 class Holdout(BaseModel):
@@ -40,7 +43,18 @@ class FitCreate(BaseModel):
         },
     )
 
-    form: str = Field("p2", description="A registered form: p2, frantar, compression, curve.")
+    form: str = Field(
+        "p2",
+        description="A registered form (p2, frantar, compression, curve, p2-tpp), or `auto`: "
+        "fit every registered form and keep the one with the lowest cross-validated held-out "
+        "error for the use named by `select_by` (docs/law.md §4).",
+    )
+    select_by: Literal["D", "N0", "rho", "runs"] | None = Field(
+        None,
+        description="With form `auto` only: the use the form is chosen for. `D`: the last 20% "
+        "of each run held out; `N0`: the largest size; `rho`: the highest ρ; `runs`: whole "
+        "runs, grouped K-fold (K = min(5, runs)). Default with `auto`: `runs`.",
+    )
     family: str | None = Field(
         None,
         min_length=1,
@@ -82,9 +96,20 @@ class FitCreate(BaseModel):
     def _known_form(cls, value: str) -> str:
         from app.law.forms import FORMS
 
-        if value not in FORMS:
-            raise ValueError(f"unknown form {value!r}; choose one of {sorted(FORMS)}")
+        if value != AUTO_FORM and value not in FORMS:
+            raise ValueError(
+                f"unknown form {value!r}; choose one of {sorted(FORMS)} or {AUTO_FORM!r}"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _select_by_needs_auto(self) -> FitCreate:
+        if self.select_by is not None and self.form != AUTO_FORM:
+            raise ValueError(
+                f'select_by chooses among forms and needs "form": "{AUTO_FORM}" '
+                f"(form is {self.form!r}); leave select_by out to fit {self.form!r}"
+            )
+        return self
 
 
 class MetricsOut(BaseModel):
@@ -161,6 +186,39 @@ class CoverageOut(BaseModel):
     runs: int = Field(..., description="Held-out runs they belong to.")
 
 
+class SelectionFoldOut(BaseModel):
+    """One fold of a form comparison: its name and the points and runs on each side."""
+
+    name: str
+    n_train: int
+    n_test: int
+    train_runs: int
+    test_runs: int
+
+
+class SelectionRowOut(BaseModel):
+    """One form's held-out error on each fold (in the order of `folds`) and the mean."""
+
+    form: str
+    mape: list[float | None] = Field(..., description="Held-out MAPE per fold, in percent.")
+    rmse: list[float | None] = Field(..., description="Held-out RMSE per fold, in nats.")
+    mean_mape: float | None = Field(..., description="Mean over the folds; what is minimised.")
+    mean_rmse: float | None
+    reason: str | None = Field(
+        None, description="Why the form could not be fitted or could not predict a fold."
+    )
+
+
+class SelectionOut(BaseModel):
+    """How an `auto` fit chose its form (docs/law.md §4)."""
+
+    select_by: Literal["D", "N0", "rho", "runs"]
+    chosen: str
+    metric: str
+    folds: list[SelectionFoldOut]
+    table: list[SelectionRowOut]
+
+
 class FitOut(BaseModel):
     """A stored fit."""
 
@@ -192,6 +250,11 @@ class FitOut(BaseModel):
     interval_notes: list[str] = Field(
         default_factory=list,
         description="What the calibration of the prediction intervals could not measure.",
+    )
+    selection: SelectionOut | None = Field(
+        None,
+        description="For a fit made with form `auto`: every form's held-out error per fold and "
+        "the form kept (named in `form`); null for other fits.",
     )
     is_default: bool
     created_at: datetime

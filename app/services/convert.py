@@ -115,6 +115,7 @@ def fit_out(fit: Fit) -> dict[str, Any]:
             {k: c[k] for k in _COVERAGE_FIELDS} for c in (fit.calibration or {}).get("coverage", [])
         ],
         "interval_notes": list((fit.calibration or {}).get("notes", [])),
+        "selection": fit.selection,
         "is_default": bool(fit.is_default),
         "created_at": fit.created_at,
     }

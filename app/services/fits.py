@@ -16,11 +16,15 @@ from app.law.bootstrap import refit_runs
 from app.law.fitting import fit as fit_law
 from app.law.forms import get_form
 from app.law.intervals import calibrate, measure_coverage
+from app.law.select import SelectBy, select_form
 from app.law.types import Dataset, FitResult, Protocol
 from app.repositories import fits as repo
 from app.repositories import observations as observations_repo
 from app.services.convert import finite_or_none, metrics_dict
 
+#: `form` value that chooses the form by held-out error, and the use it chooses for by default.
+AUTO_FORM = "auto"
+DEFAULT_SELECT_BY: SelectBy = "runs"
 #: Level at which a fit's interval coverage is measured unless the request names another.
 DEFAULT_COVERAGE_LEVEL = 0.8
 #: Bootstrap refits behind each protocol's coverage measurement: the confidence part of a
@@ -69,8 +73,12 @@ def create_fit(
     include_excluded: bool = False,
     seed: int = 0,
     interval: float = DEFAULT_COVERAGE_LEVEL,
+    select_by: SelectBy | None = None,
 ) -> Fit:
     """Fit `form` to the selected observations, store the fit and commit.
+
+    `form` ``"auto"`` first chooses the form by held-out error for the use `select_by`
+    (``runs`` by default; docs/law.md §4) and keeps the comparison in ``fits.selection``.
 
     The selection is the observations of `family`, `method` and `run_ids` (each optional);
     it must hold one evaluation protocol. `bootstrap` refits on runs resampled with replacement
@@ -91,6 +99,7 @@ def create_fit(
         include_excluded=include_excluded,
         seed=seed,
         interval=interval,
+        select_by=select_by,
     )
     store_fit(session, fit, make_default=make_default)
     session.commit()
@@ -109,13 +118,18 @@ def compute_fit(
     include_excluded: bool = False,
     seed: int = 0,
     interval: float = DEFAULT_COVERAGE_LEVEL,
+    select_by: SelectBy | None = None,
 ) -> Fit:
     """The fit of `form` to the selected observations as an unsaved row (see `create_fit`).
 
     Reads, then ends the session's transaction before fitting, so that no lock is held for the
     seconds a fit with a bootstrap takes; `store_fit` writes it in a transaction of its own.
     """
-    law_form = get_form(form)
+    auto = form == AUTO_FORM
+    if select_by is not None and not auto:
+        raise Unprocessable(f"select_by needs form {AUTO_FORM!r} (form is {form!r})")
+    if not auto:
+        get_form(form)  # an unknown form is refused before anything is read
     rows = observations_repo.select_for_fit(
         session,
         family=family,
@@ -134,14 +148,14 @@ def compute_fit(
     # End the read before fitting: on SQLite every transaction holds the write lock
     # (BEGIN IMMEDIATE), and a fit with a bootstrap takes seconds.
     session.rollback()
-    result = fit_law(law_form.name, data, holdout=holdout)
-    refits = refit_runs(law_form.name, data, result, bootstrap, seed=seed) if bootstrap > 0 else []
-    calibration = (
-        calibration_of(law_form.name, data, result, level=interval, seed=seed) if refits else None
-    )
+    selection = select_form(data, select_by or DEFAULT_SELECT_BY) if auto else None
+    name = selection.chosen if selection is not None else get_form(form).name
+    result = fit_law(name, data, holdout=holdout)
+    refits = refit_runs(name, data, result, bootstrap, seed=seed) if bootstrap > 0 else []
+    calibration = calibration_of(name, data, result, level=interval, seed=seed) if refits else None
 
     fit = Fit(
-        form=law_form.name,
+        form=name,
         family=family if family is not None else _only(data.family),
         method=method if method is not None else _only(data.method),
         protocol=protocol or None,
@@ -163,6 +177,7 @@ def compute_fit(
             if all(finite_or_none(v) is not None for v in params.values())
         ],
         calibration=calibration,
+        selection=selection.as_dict() if selection is not None else None,
         is_default=False,
     )
     return fit

@@ -119,3 +119,73 @@ def test_plot_is_a_png(seeded_client: TestClient, seeded: dict[str, str]) -> Non
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
     assert response.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_auto_keeps_the_form_with_the_lowest_held_out_error(client: TestClient) -> None:
+    # 0.05% noise: the held-out errors measure the forms, not the noise.
+    rows = synthetic_observations(noise=0.0005)
+    client.post("/observations", json={"observations": rows})
+    response = client.post(
+        "/fits", json={"form": "auto", "select_by": "rho", "family": FAMILY, "method": "depth"}
+    )
+    assert response.status_code == 201, response.text
+    fit = response.json()
+    selection = fit["selection"]
+    assert selection["select_by"] == "rho" and fit["form"] == selection["chosen"]
+    assert [f["name"] for f in selection["folds"]] == ["rho"]
+    assert selection["folds"][0]["test_runs"] == 3 and selection["folds"][0]["train_runs"] == 6
+    table = {row["form"]: row for row in selection["table"]}
+    assert set(table) == {"p2", "frantar", "compression", "curve", "p2-tpp"}
+    scored = {f: row["mean_mape"] for f, row in table.items() if row["mean_mape"] is not None}
+    assert fit["form"] == min(scored, key=lambda f: scored[f])
+    # The data are P²'s: P² extrapolates in ρ best.
+    assert fit["form"] == "p2"
+    assert table["curve"]["mean_mape"] is None and "rho" in table["curve"]["reason"]
+    assert all(len(row["mape"]) == 1 and len(row["rmse"]) == 1 for row in table.values())
+    assert set(fit["params"]) == {"N_C", "D_C", "E", "alpha", "beta", "gamma", "delta"}
+    assert client.get(f"/fits/{fit['id']}").json() == fit
+    plain = client.post("/fits", json={"family": FAMILY, "method": "depth"}).json()
+    assert plain["selection"] is None
+    listed = {item["id"]: item for item in client.get("/fits").json()["items"]}
+    assert listed[fit["id"]]["selection"] == selection and listed[plain["id"]]["selection"] is None
+
+
+def test_auto_defaults_to_whole_runs_held_out(client: TestClient) -> None:
+    client.post("/observations", json={"observations": synthetic_observations()})
+    fit = client.post(
+        "/fits",
+        json={
+            "form": "auto",
+            "run_ids": ["depth-5e+08-0.15", "depth-1e+09-0.25", "depth-2e+09-0.35"],
+        },
+    )
+    assert fit.status_code == 201, fit.text
+    selection = fit.json()["selection"]
+    assert selection["select_by"] == "runs"
+    assert [f["name"] for f in selection["folds"]] == ["runs 1/3", "runs 2/3", "runs 3/3"]
+    assert all(f["test_runs"] == 1 for f in selection["folds"])
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "says"),
+    [
+        ({"form": "p2", "select_by": "D"}, ["body"], 'needs "form": "auto"'),
+        ({"select_by": "N0"}, ["body"], 'needs "form": "auto"'),
+        ({"form": "auto", "select_by": "size"}, ["body", "select_by"], "'rho' or 'runs'"),
+    ],
+    ids=["select-by-with-p2", "select-by-with-default-form", "unknown-select-by"],
+)
+def test_bad_select_by_is_422_naming_why(
+    client: TestClient, body: dict[str, object], loc: list[str], says: str
+) -> None:
+    error = validation_error(client.post("/fits", json=body))
+    assert error["loc"] == loc
+    assert says in error["msg"]
+
+
+def test_auto_by_n0_with_one_size_is_422_naming_why(client: TestClient) -> None:
+    one_size = [row for row in synthetic_observations() if row["n0"] == 5.0e8]
+    client.post("/observations", json={"observations": one_size})
+    response = client.post("/fits", json={"form": "auto", "select_by": "N0", "family": FAMILY})
+    message = error_message(response, 422)
+    assert "select_by 'N0'" in message and "2 sizes" in message

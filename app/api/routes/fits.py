@@ -29,6 +29,10 @@ _EXAMPLES: dict[str, Any] = {
             "make_default": True,
         },
     },
+    "form chosen by held-out error": {
+        "summary": "Every form compared on the largest size held out; the best one is kept",
+        "value": {"form": "auto", "select_by": "N0", "family": "llama-3", "method": "2:4"},
+    },
     "chosen runs": {
         "summary": "Only some runs, the curve baseline",
         "value": {"form": "curve", "run_ids": ["llama-1b-depth-0.25"]},
@@ -46,7 +50,10 @@ _EXAMPLES: dict[str, Any] = {
 def create_fit(
     session: SessionDep, body: FitCreate = Body(..., openapi_examples=_EXAMPLES)
 ) -> dict[str, Any]:
-    """Fit a law to stored observations (one evaluation protocol; a mix is a 422)."""
+    """Fit a law to stored observations (one evaluation protocol; a mix is a 422).
+
+    With `"form": "auto"`, every registered form is fitted on the folds of `select_by` and the
+    one with the lowest held-out MAPE is kept; `selection` holds the comparison."""
     fit = service.create_fit(
         session,
         form=body.form,
@@ -59,6 +66,7 @@ def create_fit(
         make_default=body.make_default,
         include_excluded=body.include_excluded,
         seed=body.seed,
+        select_by=body.select_by,
     )
     return fit_out(fit)
 
