@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
@@ -99,10 +99,22 @@ class StudyConfig:
     rhos: tuple[float, ...] = RHOS
     bootstrap: int = 50
     seed: int = 0
+    arch: str = "llama"  # make_model's architecture: llama or qwen2
+    family: str = FAMILY  # the observations' family label
+    post_tokens: int | None = None  # post-training tokens of every run (None: post_tpp x N0)
+    post_tpp_by_size: dict[str, float] = field(default_factory=dict)  # post_tpp per size
+    eval_tokens: int | None = None  # held-out set size (None: the job default, 128 sequences)
+    calib_samples: int | None = None  # pruning calibration sequences (None: the job default)
 
     @property
     def post_lr(self) -> float:
         return self.peak_lr * self.post_lr_frac
+
+    def post_tokens_for(self, n0: int, size: str | None = None) -> int:
+        """Post-training tokens of one run of a model (of `size`) with `n0` parameters."""
+        if self.post_tokens is not None:
+            return self.post_tokens
+        return int(self.post_tpp_by_size.get(size or "", self.post_tpp) * n0)
 
 
 # Roughly 0.076M, 0.10M and 0.17M parameters (vocabulary 1024, tied embeddings), sized to the
@@ -142,9 +154,9 @@ def method_slug(method: str) -> str:
     return method.replace(":", "of")
 
 
-def run_id(size: str, method: str, rho: float) -> str:
+def run_id(size: str, method: str, rho: float, family: str = FAMILY) -> str:
     """The observation run id of one pruned run."""
-    return f"{FAMILY}-{size}-{method}-{rho:.2f}"
+    return f"{family}-{size}-{method}-{rho:.2f}"
 
 
 # --------------------------------------------------------------------------- workers
@@ -213,11 +225,14 @@ def _memoise_splits() -> None:
 def probe_throughput(shape: ShapeSpec, cfg: StudyConfig, steps: int = 4) -> dict[str, float]:
     """Tokens/s of pretraining steps of a fresh model of `shape` (one thread), and its size."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(cfg.seed)
-    model = LlamaForCausalLM(
-        LlamaConfig(
+    config_cls, model_cls = (
+        (Qwen2Config, Qwen2ForCausalLM) if cfg.arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    )
+    model = model_cls(
+        config_cls(
             vocab_size=cfg.vocab + 2,
             hidden_size=shape.hidden,
             num_hidden_layers=shape.layers,
@@ -303,7 +318,7 @@ def _pretrain(
     started = time.monotonic()
     make_model(
         out,
-        arch="llama",
+        arch=cfg.arch,
         size=None,
         shape=Shape(**asdict(shape)),
         corpus=corpus,
@@ -364,20 +379,25 @@ def run_pruned(
     from workers.ml.pipeline import JobSpec, run_pipeline
     from workers.ml.prune import PruneError
 
-    rid = run_id(size, method, rho)
+    rid = run_id(size, method, rho, cfg.family)
     slug = f"{size}-{method_slug(method)}-{rho:.2f}"
     result_path = var / "runs" / f"{slug}.json"
     if result_path.is_file():
         log(f"{rid}: cached")
         return dict(json.loads(result_path.read_text()), cached=True)
     _memoise_splits()
+    dataset: dict[str, Any] = {"path": str(corpus)}
+    if cfg.eval_tokens is not None:
+        dataset["eval_tokens"] = cfg.eval_tokens
+    optional = {} if cfg.calib_samples is None else {"calib_samples": cfg.calib_samples}
     request = JobRequest.model_validate(
         {
+            **optional,
             "model": str(var / "dense" / size),
             "method": method,
             "rho": rho,
-            "tokens": int(cfg.post_tpp * n0),
-            "dataset": {"path": str(corpus)},
+            "tokens": cfg.post_tokens_for(n0, size),
+            "dataset": dataset,
             "checkpoints": cfg.checkpoints,
             "seq_len": cfg.seq_len,
             "batch_size": cfg.post_batch,
@@ -394,6 +414,7 @@ def run_pruned(
     started = time.monotonic()
     base: dict[str, Any] = {
         "run_id": rid,
+        "family": cfg.family,
         "size": size,
         "method": method,
         "target_rho": rho,
@@ -446,9 +467,9 @@ def run_control(size: str, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path
     _memoise_splits()
     started = time.monotonic()
     model, tokenizer = models.load_causal_lm(var / "dense" / size, dtype=torch.float32)
-    splits = data_mod.make_splits(corpus, tokenizer, cfg.seq_len)
+    splits = data_mod.make_splits(corpus, tokenizer, cfg.seq_len, eval_tokens=cfg.eval_tokens)
     tokens_per_step = cfg.post_batch * cfg.seq_len
-    total = max(1, round(int(cfg.post_tpp * n0) / tokens_per_step))
+    total = max(1, round(cfg.post_tokens_for(n0, size) / tokens_per_step))
     tc = TrainConfig(
         lr=cfg.post_lr,
         schedule="constant",
@@ -468,7 +489,8 @@ def run_control(size: str, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path
         log(f"control {size}: D={trainer.tokens_done:,} loss {loss:.4f} (L0 {l0:.4f})")
     elapsed = time.monotonic() - started
     result = {
-        "run_id": f"{FAMILY}-{size}-dense-control",
+        "run_id": f"{cfg.family}-{size}-dense-control",
+        "family": cfg.family,
         "size": size,
         "n0": models.count_parameters(model),
         "l0": l0,
@@ -545,7 +567,7 @@ def observation_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "run_id": res["run_id"],
-                    "family": FAMILY,
+                    "family": res.get("family", FAMILY),
                     "method": res["method"],
                     "n0": int(m["n0"]),
                     "rho": float(m["rho"]),

@@ -1,0 +1,159 @@
+"""The wide pass of the study (studies/p2_wide.py, studies/p2_wide_analysis.py) on synthetic runs.
+
+No model is trained here: cached run results are made from the engine's synthetic law, and the
+analysis is run over them as `--analyse-only` would, with two forms and two bootstrap refits to
+stay fast. It checks the files the pass commits: observations.csv uploads as is (three families),
+controls.csv, fits.json covers every protocol the data allow (no N0 for a one-size family), with
+metrics, coverage per interval method and `auto`, and summary.md has their rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from app.law.synthetic import SYNTHETIC_P2, make_rows
+from app.schemas.observations import CSV_COLUMNS, CSV_OPTIONAL
+from app.services.observations import parse_csv
+
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
+
+
+def _load(name: str) -> ModuleType:
+    if str(STUDIES) not in sys.path:
+        sys.path.insert(0, str(STUDIES))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, STUDIES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def wide() -> ModuleType:
+    return _load("p2_wide")
+
+
+@pytest.fixture(scope="module")
+def analysis() -> ModuleType:
+    return _load("p2_wide_analysis")
+
+
+def _results(family: str, sizes: tuple[tuple[float, float], ...], seed: int) -> list[Any]:
+    """Pipeline-style cached results (as run_pruned writes them) of synthetic depth runs,
+    and one dense control per size."""
+    rows = make_rows(
+        params_by_method={"depth": SYNTHETIC_P2["depth"]},
+        sizes=sizes,
+        n_checkpoints=7,
+        seed=seed,
+    )
+    by_run: dict[str, list[Any]] = defaultdict(list)
+    for r in rows:
+        by_run[r.run_id].append(r)
+    out: list[dict[str, Any]] = []
+    for rid, pts in by_run.items():
+        first = pts[0]
+        size = f"{first.n0:.0f}"
+        out.append(
+            {
+                "run_id": f"{family}-{rid}",
+                "family": family,
+                "size": size,
+                "method": "depth",
+                "target_rho": round(first.rho, 2),
+                "status": "succeeded",
+                "measured": {
+                    "n0": int(first.n0),
+                    "n_after": int(first.n0 * (1 - first.rho)),
+                    "rho": first.rho,
+                    "l0": first.l0,
+                    "eval_noise": 0.01,
+                    "loss_after_prune": first.l0 + 1.0,
+                    "protocol": "eval:0123456789abcdef:seq128:n2048",
+                },
+                "points": [
+                    {"tokens": int(p.tokens), "loss": p.loss, "below_l0": False} for p in pts
+                ],
+            }
+        )
+    for n0, l0 in sizes:
+        out.append(
+            {
+                "run_id": f"{family}-{n0:.0f}-dense-control",
+                "family": family,
+                "size": f"{n0:.0f}",
+                "n0": int(n0),
+                "l0": l0,
+                "eval_noise": 0.01,
+                "protocol": "eval:0123456789abcdef:seq128:n2048",
+                "points": [{"tokens": 1000, "loss": l0 + 0.001}, {"tokens": 2000, "loss": l0}],
+            }
+        )
+    return out
+
+
+def test_analysis_writes_every_output(
+    wide: ModuleType, analysis: ModuleType, tmp_path: Path
+) -> None:
+    small = replace(wide.QUICK["llama"], methods=("depth",), bootstrap=2)
+    smol = replace(wide.QUICK["smollm2"], methods=("depth",), bootstrap=2)
+    families = {
+        "llama": (small, {}, _results("wide-llama", ((0.5e9, 3.0), (1.0e9, 2.75)), 1)),
+        "smollm2": (smol, {}, _results("smollm2-135m", ((0.135e9, 2.5),), 2)),
+    }
+    report = analysis.analyse_all(families, tmp_path, plots=False, forms=("p2", "curve"))
+
+    text = (tmp_path / "observations.csv").read_text()
+    assert text.splitlines()[0].split(",") == [*CSV_COLUMNS, *CSV_OPTIONAL]
+    parsed = parse_csv(text, max_rows=1000)
+    assert {r["family"] for r in parsed} == {"wide-llama", "smollm2-135m"}
+    assert len((tmp_path / "controls.csv").read_text().splitlines()) == 1 + 3 * 2
+
+    fits = json.loads((tmp_path / "fits.json").read_text())
+    assert fits["forms"] == ["p2", "curve"]
+    llama = fits["families"]["wide-llama"]["methods"]["depth"]
+    assert llama["protocols"] == ["all", "D", "N0", "rho"]
+    assert fits["families"]["smollm2-135m"]["methods"]["depth"]["protocols"] == ["all", "D", "rho"]
+    p2_n0 = llama["fits"]["N0"]["p2"]
+    assert p2_n0["test_metrics"]["mape"] < 5.0
+    assert set(analysis.COVERAGE_METHODS) <= set(p2_n0["coverage"])
+    assert 0.0 <= p2_n0["coverage"]["bootstrap"] <= 1.0
+    assert "error" in llama["fits"]["N0"]["curve"]  # one law per run: no N0 extrapolation
+    assert "holdout_metrics" in llama["fits"]["D"]["curve"]
+    assert "chosen" in llama["fits"]["D"]["auto"] or "error" in llama["fits"]["D"]["auto"]
+    assert report["families"]["wide-llama"]["controls"]
+
+    summary = (tmp_path / "summary.md").read_text()
+    for proto in ("| all |", "| D |", "| N0 |", "| rho |"):
+        assert proto in summary
+    assert "auto" in summary
+
+
+def test_configs_keep_the_pass_design(wide: ModuleType) -> None:
+    small = wide.FULL["llama"]
+    assert wide.FULL["qwen2"].arch == "qwen2" and small.arch == "llama"
+    assert len(small.sizes) >= 4
+    # One decoder layer is ~1/12 of N0 for every shape (Llama count; Qwen2 adds 2 x hidden).
+    n0s = []
+    for shape in small.sizes.values():
+        h, inter = shape.hidden, shape.intermediate
+        kv = h // shape.heads * shape.kv_heads
+        layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
+        n0 = small.vocab * h + shape.layers * layer + h
+        for k, target in ((2, 0.15), (3, 0.25), (4, 0.35)):
+            assert abs(k * layer / n0 - target) <= 0.02
+        n0s.append(n0)
+    assert max(n0s) / min(n0s) >= 8
+    assert wide.FULL["smollm2"].family == "smollm2-135m"
