@@ -952,6 +952,105 @@ class P2TppForm(Form):
         return np.asarray(d_star, dtype=np.float64)
 
 
+class P2ShiftForm(Form):
+    """P² with a shifted token axis:
+    L = L0 + (1/ρ)^γ · (1/N0)^δ · (N_C / N0^α + D_C / (D + D_s)^β + E).
+
+    N0, D and D_s in billions; D_s ≥ 0 is the flat start of a run while the learning rate warms
+    up, where a power law in D alone is steepest. Fitted like p2 with log D_s added. The floor
+    (D → ∞) is p2's: L0 + ρ^(−γ) N0^(−δ) (N_C N0^(−α) + E).
+    """
+
+    name = "p2-shift"
+    param_names = ("N_C", "D_C", "E", "alpha", "beta", "gamma", "delta", "D_s")
+    description = "L = L0 + (1/rho)^gamma * (1/N0)^delta * (N_C/N0^alpha + D_C/(D+D_s)^beta + E)"
+    _fit_names = ("log_N_C", "log_D_C", "log_E", "alpha", "beta", "gamma", "delta", "log_D_s")
+    _bounds = (*P2Form._bounds, LOG_CONSTANT_BOUNDS)
+    _p2 = P2Form()
+
+    def start_grid(self, data: Dataset) -> FloatArray:
+        # p2's 5,184 starts × D_s of 2.3e3, 1.2e5 and 6.7e6 tokens: 15,552 starts.
+        base = self._p2.start_grid(data)
+        shifts = np.array([-13.0, -9.0, -5.0])
+        return np.column_stack(
+            [np.repeat(base, shifts.size, axis=0), np.tile(shifts, base.shape[0])]
+        )
+
+    def to_vector(self, params: Params, data: Dataset | None = None) -> FloatArray:
+        return np.append(self._p2.to_vector(params), _log_param(params, "D_s"))
+
+    def from_vector(self, theta: FloatArray, data: Dataset | None = None) -> dict[str, float]:
+        t = np.asarray(theta, dtype=np.float64)
+        return {**self._p2.from_vector(t[:7]), "D_s": float(np.exp(t[7]))}
+
+    def _log_gap(
+        self, theta: FloatArray, x: Features, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+        ln_n = np.log(x.n0 / 1e9)
+        ln_rho = np.log(x.rho)
+        ln_l0 = np.log(x.l0)
+        # log(D + D_s), and its slope in log D_s (the share of D_s in the shifted axis).
+        ln_u, (_, w_s) = logsumexp_terms(
+            [np.broadcast_to(np.log(x.tokens / 1e9), (theta.shape[0], len(x))), _col(theta, 7)]
+        )
+        a1 = _col(theta, 0) - _col(theta, 3) * ln_n
+        a2 = _col(theta, 1) - _col(theta, 4) * ln_u
+        a3 = np.broadcast_to(_col(theta, 2), a1.shape)
+        log_g, (w1, w2, w3) = logsumexp_terms([a1, a2, a3])
+        log_k = -_col(theta, 5) * ln_rho - _col(theta, 6) * ln_n
+        u = np.minimum(log_k + log_g, _LOG_MAX)
+        log_pred = np.logaddexp(ln_l0, u)
+        if not grad:
+            return u, log_pred, None
+        with np.errstate(invalid="ignore"):
+            s = np.where(np.isfinite(u), np.exp(u - log_pred), 0.0)
+        jac = np.stack(
+            [
+                s * w1,
+                s * w2,
+                s * w3,
+                -s * w1 * ln_n,
+                -s * w2 * ln_u,
+                -s * ln_rho,
+                -s * ln_n,
+                -s * w2 * _col(theta, 4) * w_s,
+            ],
+            axis=-1,
+        )
+        return u, log_pred, jac
+
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
+        return log_pred, jac
+
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
+
+    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
+        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
+
+    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
+        check_features(x)
+        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
+        return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
+
+    def floor(self, params: Params, x: Features) -> FloatArray:
+        return self._p2.floor(params, x)
+
+    def closed_form_tokens(
+        self, params: Params, x: Features, rule: Rule, value: float
+    ) -> FloatArray | None:
+        # p2's answers are for the shifted axis D + D_s; D* is that less D_s (billions).
+        shifted = self._p2.closed_form_tokens(params, x, rule, value)
+        assert shifted is not None
+        d_s = _p(params, "D_s")
+        if d_s < 0:
+            raise LawError(f"parameter D_s must be ≥ 0, got {d_s!r}")
+        return np.asarray(shifted - d_s * 1e9, dtype=np.float64)
+
+
 FORMS: dict[str, Form] = {}
 
 
@@ -963,7 +1062,14 @@ def register(form: Form) -> Form:
     return form
 
 
-for _form in (P2Form(), FrantarForm(), CompressionForm(), CurveForm(), P2TppForm()):
+for _form in (
+    P2Form(),
+    FrantarForm(),
+    CompressionForm(),
+    CurveForm(),
+    P2TppForm(),
+    P2ShiftForm(),
+):
     register(_form)
 
 DEFAULT_FORM = "p2"

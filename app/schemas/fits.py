@@ -45,9 +45,9 @@ class FitCreate(BaseModel):
 
     form: str = Field(
         "p2",
-        description="A registered form (p2, frantar, compression, curve, p2-tpp), or `auto`: "
-        "fit every registered form and keep the one with the lowest cross-validated held-out "
-        "error for the use named by `select_by` (docs/law.md §4).",
+        description="A registered form (p2, frantar, compression, curve, p2-tpp, p2-shift), "
+        "or `auto`: fit every registered form and keep the one with the lowest cross-validated "
+        "held-out error for the use named by `select_by` (docs/law.md §4).",
     )
     select_by: Literal["D", "N0", "rho", "runs"] | None = Field(
         None,

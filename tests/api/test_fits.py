@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from app.law.forms import FORMS
 from tests.api.conftest import FAMILY, error_message, synthetic_observations, validation_error
 
 FIT_FIELDS = {
@@ -135,11 +136,12 @@ def test_auto_keeps_the_form_with_the_lowest_held_out_error(client: TestClient) 
     assert [f["name"] for f in selection["folds"]] == ["rho"]
     assert selection["folds"][0]["test_runs"] == 3 and selection["folds"][0]["train_runs"] == 6
     table = {row["form"]: row for row in selection["table"]}
-    assert set(table) == {"p2", "frantar", "compression", "curve", "p2-tpp"}
+    assert set(table) == set(FORMS)
     scored = {f: row["mean_mape"] for f, row in table.items() if row["mean_mape"] is not None}
-    assert fit["form"] == min(scored, key=lambda f: scored[f])
-    # The data are P²'s: P² extrapolates in ρ best.
+    # The data are P²'s: no form beats P² in ρ by more than the 2% that counts as a tie.
     assert fit["form"] == "p2"
+    assert all(mape >= 0.98 * scored["p2"] for mape in scored.values())
+    assert scored["frantar"] > 2 * scored["p2"] and scored["p2-tpp"] > 2 * scored["p2"]
     assert table["curve"]["mean_mape"] is None and "rho" in table["curve"]["reason"]
     assert all(len(row["mape"]) == 1 and len(row["rmse"]) == 1 for row in table.values())
     assert set(fit["params"]) == {"N_C", "D_C", "E", "alpha", "beta", "gamma", "delta"}

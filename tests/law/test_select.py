@@ -12,7 +12,7 @@ from app.law.forms import FORMS
 from app.law.select import FormScore, choose, folds_for, select_form
 from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, make_rows
 from app.law.types import Dataset
-from tests.law.test_p2_tpp import tpp_rows
+from tests.law.test_new_forms import shift_rows, tpp_rows
 
 
 def _p2_data(seed: int = 7) -> Dataset:
@@ -51,6 +51,14 @@ def test_p2_tpp_data_selects_p2_tpp_when_extrapolating_in_n0() -> None:
     scores = {row.form: row.mean_mape for row in selection.table}
     assert scores["p2-tpp"] is not None and scores["p2"] is not None
     assert scores["p2-tpp"] < 0.5 * scores["p2"]
+
+
+def test_p2_shift_data_selects_p2_shift() -> None:
+    selection = select_form(Dataset.from_rows(shift_rows(seed=7)), "rho")
+    assert selection.chosen == "p2-shift"
+    scores = {row.form: row.mean_mape for row in selection.table if row.mean_mape is not None}
+    others = min(v for f, v in scores.items() if f != "p2-shift")
+    assert scores["p2-shift"] < 0.75 * others
 
 
 def test_the_runs_folds_hold_out_every_run_once_and_are_deterministic() -> None:
@@ -92,12 +100,18 @@ def test_a_use_without_a_fold_is_a_clear_law_error() -> None:
         folds_for(data, "size")
 
 
-def test_ties_go_to_p2_and_unscored_forms_are_never_chosen() -> None:
+def test_ties_within_two_percent_go_to_p2_and_unscored_forms_are_never_chosen() -> None:
     def row(form: str, mape: float | None, reason: str | None = None) -> FormScore:
         return FormScore(form, (mape,), (0.01,), mape, 0.01 if mape is not None else None, reason)
 
     assert choose([row("frantar", 1.0), row("p2", 1.0)]) == "p2"
+    # Within 2% of P²'s MAPE is a tie, which P² keeps; more than that is not.
+    assert choose([row("p2-shift", 0.985), row("p2", 1.0)]) == "p2"
+    assert choose([row("p2-shift", 0.975), row("p2", 1.0)]) == "p2-shift"
     assert choose([row("frantar", 0.9), row("p2", 1.0)]) == "frantar"
+    # Without P², exact ties go to the order of the table; the lowest wins otherwise.
+    assert choose([row("frantar", 0.5), row("compression", 0.5)]) == "frantar"
+    assert choose([row("frantar", 0.51), row("compression", 0.5)]) == "compression"
     assert choose([row("curve", None, "rho: no run"), row("p2", 2.0)]) == "p2"
     with pytest.raises(NotEnoughData, match="curve: rho: no run"):
         choose([row("curve", None, "rho: no run")])
