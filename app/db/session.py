@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ClauseElement
 
 from app.core.config import get_settings
 
@@ -138,3 +141,64 @@ def get_db() -> Generator[Session]:
         yield session
     finally:
         session.close()
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    statement: ClauseElement  # kept so that the id in the key stays this statement's
+    sql: str
+    positional: tuple[str, ...] | None  # parameter order for a positional paramstyle
+    compiled: SQLCompiler
+
+
+_compiled: dict[tuple[int, str, str], _Compiled] = {}
+
+
+def _compile(statement: ClauseElement, dialect: Dialect) -> _Compiled:
+    key = (id(statement), dialect.name, dialect.paramstyle)
+    entry = _compiled.get(key)
+    if entry is None:
+        compiled = statement.compile(dialect=dialect)
+        assert isinstance(compiled, SQLCompiler)
+        entry = _Compiled(
+            statement=statement,
+            sql=str(compiled),
+            positional=tuple(compiled.positiontup or ()) if compiled.positional else None,
+            compiled=compiled,
+        )
+        _compiled[key] = entry
+    return entry
+
+
+def read_scalar(
+    statement: ClauseElement, params: Mapping[str, Any], engine: Engine | None = None
+) -> Any:
+    """The first column of the first row a prebuilt single-statement read returns, or None.
+
+    For a read on every request (which fit answers `/predict`). It runs on a pooled DBAPI
+    connection directly, its SQL compiled once per dialect, outside any transaction:
+    SQLAlchemy's execution layer costs ten times the query itself here (0.2 ms against 0.02 ms
+    on SQLite), and on SQLite a lone SELECT in autocommit reads a WAL snapshot without the write
+    lock that every session transaction takes (``BEGIN IMMEDIATE``), so it neither waits for a
+    writer nor holds one up. The connection goes back to the pool, which rolls back the implicit
+    transaction other drivers open. `params` must be values the driver takes as they are
+    (strings, numbers): no SQLAlchemy type processing is applied.
+    """
+    engine = engine if engine is not None else get_engine()
+    entry = _compile(statement, engine.dialect)
+    # The bound values, with those the statement carries itself (its LIMIT).
+    values = entry.compiled.construct_params(dict(params))
+    bound: Any = (
+        tuple(values[name] for name in entry.positional) if entry.positional is not None else values
+    )
+    connection = engine.raw_connection()
+    try:
+        cursor = connection.cursor()
+        try:
+            cursor.execute(entry.sql, bound)
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    finally:
+        connection.close()
+    return None if row is None else row[0]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models.fit import Fit
+from app.db.session import read_scalar
 
 
 def add(session: Session, fit: Fit) -> Fit:
@@ -20,6 +21,33 @@ def add(session: Session, fit: Fit) -> Fit:
 def get(session: Session, fit_id: str) -> Fit | None:
     """The fit with id ``fit_id``, or None."""
     return session.get(Fit, fit_id)
+
+
+# The two reads of every stored-fit prediction, built once: building a select costs more than
+# running it on SQLite (the values are bound at execution).
+_EXISTS = select(Fit.id).where(Fit.id == bindparam("fit_id"))
+_DEFAULT_ID = (
+    select(Fit.id)
+    .where(
+        Fit.family == bindparam("family"),
+        Fit.method == bindparam("method"),
+        Fit.is_default.is_(True),
+    )
+    .order_by(Fit.created_at.desc())
+    .limit(1)
+)
+
+
+def _read(session: Session | None, statement: Any, params: dict[str, Any]) -> Any:
+    # Without a session: one statement outside any transaction, the cheap way (`read_scalar`).
+    if session is None:
+        return read_scalar(statement, params)
+    return session.scalar(statement, params)
+
+
+def exists(session: Session | None, fit_id: str) -> bool:
+    """Whether a fit with id ``fit_id`` is stored (a primary-key lookup of the id alone)."""
+    return _read(session, _EXISTS, {"fit_id": fit_id}) is not None
 
 
 def _same_group(family: str | None, method: str | None) -> list[Any]:
@@ -63,6 +91,13 @@ def get_default(session: Session, family: str | None, method: str | None) -> Fit
         .order_by(Fit.created_at.desc())
         .limit(1)
     ).first()
+
+
+def default_id(session: Session | None, family: str, method: str) -> str | None:
+    """The id of the default fit of (family, method), or None: `get_default` without loading
+    the row (the (family, method, is_default) index answers it)."""
+    found = _read(session, _DEFAULT_ID, {"family": family, "method": method})
+    return None if found is None else str(found)
 
 
 def list_defaults(session: Session, family: str) -> list[Fit]:

@@ -1,23 +1,32 @@
 """Which law answers a prediction: a stored fit (by id or as a family/method default) or an
-inline law. Stored fits never change after they are written (only their default flag does),
-so their parameters, refits and ranges are cached by id: the /predict hot path then touches
-the database only for an unseen fit or a default lookup."""
+inline law.
+
+Stored fits never change after they are written (only their default flag does) and their ids
+are random and never reused, so what a prediction needs from a fit is parsed once and kept in a
+per-process LRU by id (`fit_cache`): form, parameters, refits (as dicts and as one matrix),
+ranges, calibration, selection. Which fit a request names is still read from the database on
+every request, as one indexed query for the id alone: the database is the only place every
+worker process sees, so a new default answers the very next request in every worker, and a fit
+that is no longer there is never answered from the cache.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound, Unprocessable
 from app.db.models.fit import Fit
 from app.db.session import session_scope
+from app.law.errors import LawError
 from app.law.forms import Form, get_form
 from app.law.intervals import Calibration
-from app.law.types import Ranges
+from app.law.types import FloatArray, Ranges
 from app.repositories import fits as fits_repo
 from app.schemas.predict import LawChoice
 from app.services.convert import ranges_from_dict
@@ -39,6 +48,10 @@ class LawRef:
     refits: tuple[Mapping[str, float], ...] = ()
     ranges: Ranges | None = None
     calibration: Calibration | None = None
+    selection: Mapping[str, Any] | None = None
+    #: The refits as one read-only (refits, p) matrix of fit vectors (`Form.params_matrix`),
+    #: converted and checked once; None without refits or for a form that predicts set by set.
+    refit_thetas: FloatArray | None = field(default=None, compare=False, repr=False)
 
 
 class _FitCache:
@@ -64,66 +77,104 @@ class _FitCache:
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
 
+    def discard(self, fit_id: str) -> None:
+        with self._lock:
+            self._items.pop(fit_id, None)
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
 
 fit_cache = _FitCache(CACHE_SIZE)
 
 
+def _refit_thetas(form: Form, refits: tuple[Mapping[str, float], ...]) -> FloatArray | None:
+    if not refits:
+        return None
+    try:
+        thetas = form.params_matrix(refits)
+    except LawError:
+        # A refit the form refuses: predicting from the dicts raises the same error, per request.
+        return None
+    if thetas is not None:
+        thetas.setflags(write=False)
+    return thetas
+
+
 def law_from_fit(fit: Fit) -> LawRef:
-    """A stored fit as a `LawRef` (and remember it)."""
+    """A stored fit as a `LawRef`, parsed once (and remembered by id)."""
+    form = get_form(fit.form)
+    refits = tuple(dict(p) for p in (fit.bootstrap or []))
     ref = LawRef(
-        form=get_form(fit.form),
+        form=form,
         params=dict(fit.params),
         fit_id=fit.id,
         family=fit.family,
         method=fit.method,
         protocol=fit.protocol,
-        refits=tuple(dict(p) for p in (fit.bootstrap or [])),
+        refits=refits,
         ranges=ranges_from_dict(fit.ranges) if fit.ranges else None,
         calibration=Calibration.from_dict(fit.calibration) if fit.calibration else None,
+        selection=dict(fit.selection) if fit.selection else None,
+        refit_thetas=_refit_thetas(form, refits),
     )
     fit_cache.put(ref)
     return ref
 
 
-def _from_session(session: Session, choice: LawChoice) -> LawRef:
+def _current_id(session: Session | None, choice: LawChoice) -> str:
+    """The id of the fit `choice` names as the database has it now (one indexed query)."""
     if choice.fit_id is not None:
-        fit = fits_repo.get(session, choice.fit_id)
-        if fit is None:
+        if not fits_repo.exists(session, choice.fit_id):
+            fit_cache.discard(choice.fit_id)
             raise NotFound(f"no fit with id {choice.fit_id!r}")
-        return law_from_fit(fit)
-    fit = fits_repo.get_default(session, choice.family, choice.method)
-    if fit is None:
+        return choice.fit_id
+    assert choice.family is not None and choice.method is not None
+    fit_id = fits_repo.default_id(session, choice.family, choice.method)
+    if fit_id is None:
         raise Unprocessable(
             f"no default fit for family={choice.family!r}, method={choice.method!r}: "
             "create one with POST /fits (make_default=true), or pass `fit_id` or `law`"
         )
-    cached = fit_cache.get(fit.id)
-    return cached if cached is not None else law_from_fit(fit)
+    return fit_id
+
+
+def _load(session: Session, fit_id: str) -> LawRef:
+    fit = fits_repo.get(session, fit_id)
+    if fit is None:
+        raise NotFound(f"no fit with id {fit_id!r}")
+    return law_from_fit(fit)
+
+
+def stored_law(fit_id: str, session: Session | None = None) -> LawRef:
+    """The stored fit `fit_id`, from the cache or loaded once (the caller knows it exists)."""
+    cached = fit_cache.get(fit_id)
+    if cached is not None:
+        return cached
+    if session is not None:
+        return _load(session, fit_id)
+    with session_scope() as own:
+        return _load(own, fit_id)
 
 
 def resolve_law(choice: LawChoice, session: Session | None = None) -> LawRef:
     """The law a request names: `law` inline, `fit_id`, or the default of family+method.
 
-    Without a session one is opened only when the database must be read.
+    A stored fit costs one indexed query for its id (on `session`, or outside any transaction
+    without one); its content comes from the cache after the first request.
     """
     if choice.law is not None:
         form = get_form(choice.law.form)
         form.check_params(choice.law.params)
         return LawRef(form=form, params=dict(choice.law.params))
-    if choice.fit_id is not None:
-        cached = fit_cache.get(choice.fit_id)
-        if cached is not None:
-            return cached
-    elif choice.family is None or choice.method is None:
+    if choice.fit_id is None and (choice.family is None or choice.method is None):
         raise Unprocessable(
             "choose a law: give `fit_id` (a stored fit), `law` ({form, params} inline), or "
             "both `family` and `method` to use their default fit"
         )
-    if session is not None:
-        return _from_session(session, choice)
-    with session_scope() as own:
-        return _from_session(own, choice)
+    return stored_law(_current_id(session, choice), session)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -21,6 +21,7 @@ from app.db.session import (
     get_db,
     get_engine,
     make_sessionmaker,
+    read_scalar,
     reset_engines,
     session_scope,
 )
@@ -214,3 +215,26 @@ def test_four_processes_write_one_sqlite_file_without_lock_errors(sqlite_url: st
         assert session.query(Observation).count() == WRITERS * POINTS_PER_WRITER
         for worker in range(WRITERS):
             assert observations.count_by_run(session, f"writer-{worker}") == POINTS_PER_WRITER
+
+
+def test_read_scalar_reads_beside_a_held_write_lock_and_takes_none(sqlite_url: str) -> None:
+    database = make_url(sqlite_url).database
+    assert database is not None
+    with session_scope() as session:
+        observations.insert_ignore(session, [_row("seen", 1.0, loss=2.5)])
+    statement = select(Observation.loss).where(Observation.run_id == bindparam("run"))
+    holder = sqlite3.connect(database, timeout=0, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        start = time.perf_counter()
+        # A session would wait here for the holder's lock (busy timeout 30 s).
+        assert read_scalar(statement, {"run": "seen"}) == 2.5
+        assert read_scalar(statement, {"run": "unseen"}) is None
+        assert time.perf_counter() - start < 5
+        # No read transaction stays open on the pooled connection: the next read sees the
+        # holder's commit instead of its old snapshot.
+        holder.execute("UPDATE observations SET loss = 2.25 WHERE run_id = 'seen'")
+        holder.execute("COMMIT")
+        assert read_scalar(statement, {"run": "seen"}) == 2.25
+    finally:
+        holder.close()
