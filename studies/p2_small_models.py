@@ -228,9 +228,8 @@ def probe_throughput(shape: ShapeSpec, cfg: StudyConfig, steps: int = 4) -> dict
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(cfg.seed)
-    config_cls, model_cls = (
-        (Qwen2Config, Qwen2ForCausalLM) if cfg.arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
-    )
+    config_cls: Any = Qwen2Config if cfg.arch == "qwen2" else LlamaConfig
+    model_cls: Any = Qwen2ForCausalLM if cfg.arch == "qwen2" else LlamaForCausalLM
     model = model_cls(
         config_cls(
             vocab_size=cfg.vocab + 2,

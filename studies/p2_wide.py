@@ -252,8 +252,8 @@ def plan(configs: dict[str, StudyConfig], var_root: Path, probe: bool) -> dict[s
         cfg = configs["smollm2"]
         var = var_root / "smollm2"
         marker = install_smollm2(var)
-        tps = probe_smollm2(var, cfg) if probe else {"train": 0.0, "eval": 0.0}
-        tr, ev = tps["train"] * LOAD_FACTOR, tps["eval"] * LOAD_FACTOR
+        smol = probe_smollm2(var, cfg) if probe else {"train": 0.0, "eval": 0.0}
+        tr, ev = smol["train"] * LOAD_FACTOR, smol["eval"] * LOAD_FACTOR
         runs = 1 + len(cfg.methods) * len(cfg.rhos)
         evals = 2 + cfg.checkpoints
         eval_tokens = cfg.eval_tokens or 16_384
@@ -267,8 +267,8 @@ def plan(configs: dict[str, StudyConfig], var_root: Path, probe: bool) -> dict[s
                 "n0": marker["parameters"],
                 "post_tokens_per_run": cfg.post_tokens_for(marker["parameters"]),
                 "runs": runs,
-                "probe_train_tokens_per_s": tps["train"],
-                "probe_eval_tokens_per_s": tps["eval"],
+                "probe_train_tokens_per_s": smol["train"],
+                "probe_eval_tokens_per_s": smol["eval"],
                 "expected_min_per_run": per_run / 60,
                 "expected_min": smol_s / 60,
             }
@@ -280,7 +280,8 @@ def plan(configs: dict[str, StudyConfig], var_root: Path, probe: bool) -> dict[s
 def run_all(configs: dict[str, StudyConfig], var_root: Path, workers: int) -> None:
     """Run every family's pretraining, controls and pruned runs in two lanes (see the module
     docstring); results are the caches under `var_root/<key>`."""
-    lanes: dict[str, deque[Task]] = {"smollm2": deque(), "small": deque()}
+    # "late" is no worker's own lane: it is taken only when both others are empty.
+    lanes: dict[str, deque[Task]] = {"smollm2": deque(), "small": deque(), "late": deque()}
     corpus = base.prepare_corpus(next(iter(configs.values())), var_root)
     for key, cfg in configs.items():
         var = var_root / key
@@ -288,12 +289,14 @@ def run_all(configs: dict[str, StudyConfig], var_root: Path, workers: int) -> No
         if key == "smollm2":
             n0 = int(install_smollm2(var)["parameters"])
             common: dict[str, Any] = {"n0": n0, "cfg": cfg, "corpus": corpus, "var": var}
-            # The middle rho first, then the control, then the outer rho: a pass cut short
-            # still has every method and the premise check.
+            # The middle rho first, then the control, then the lowest rho; the highest rho
+            # after everything else (a pass cut short keeps the small families complete, and
+            # SmolLM2 has every method, the premise check and two rho).
             rhos = sorted(cfg.rhos, key=lambda r: abs(r - 0.25))
             for i, r in enumerate(rhos):
+                lane = "late" if r == max(cfg.rhos) and len(cfg.rhos) > 2 else "smollm2"
                 for m in cfg.methods:
-                    lanes["smollm2"].append(
+                    lanes[lane].append(
                         Task(
                             base.run_id(SMOLLM2_SIZE, m, r, cfg.family),
                             base.run_pruned,

@@ -109,7 +109,7 @@ def test_analysis_writes_every_output(
 ) -> None:
     small = replace(wide.QUICK["llama"], methods=("depth",), bootstrap=2)
     smol = replace(wide.QUICK["smollm2"], methods=("depth",), bootstrap=2)
-    families = {
+    families: dict[str, tuple[Any, dict[str, Any], list[Any]]] = {
         "llama": (small, {}, _results("wide-llama", ((0.5e9, 3.0), (1.0e9, 2.75)), 1)),
         "smollm2": (smol, {}, _results("smollm2-135m", ((0.135e9, 2.5),), 2)),
     }
