@@ -27,7 +27,7 @@ rest. Outside the fitted ranges this is an assumption about extrapolation, and p
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -53,6 +53,10 @@ D_GROUPS = 5
 D_CUTS = (0.3, 0.5, 0.8)
 #: A distance bin holds residuals worth at least this many runs (or the whole pool).
 MIN_RUNS_PER_BIN = 3.0
+#: A continued run keeps the level of its gap at its last checkpoints: how many, and the most
+#: it may depart from the law (a factor e² on the gap either way).
+ANCHOR_POINTS = 2
+ANCHOR_LIMIT = 2.0
 #: Calibration fits refit warm from the point estimate, like bootstrap refits.
 CALIBRATION_FTOL = 1e-8
 EXTRAPOLATION_GRID = True
@@ -106,7 +110,8 @@ def make_bins(residuals: FloatArray, weights: FloatArray, distances: FloatArray)
     acc = 0.0
     for i, j in enumerate(order):
         acc += float(weights[j])
-        if acc >= MIN_RUNS_PER_BIN and residuals.size - (i + 1) > 0:
+        same_as_next = i + 1 < order.size and distances[order[i + 1]] == distances[j]
+        if acc >= MIN_RUNS_PER_BIN and residuals.size - (i + 1) > 0 and not same_as_next:
             rest = float(np.sum(weights[order[i + 1 :]]))
             if rest >= MIN_RUNS_PER_BIN:
                 groups.append(order[start : i + 1])
@@ -123,12 +128,26 @@ def make_bins(residuals: FloatArray, weights: FloatArray, distances: FloatArray)
 
 @dataclass(frozen=True)
 class RunKey:
-    """What identifies a fitted run to a query point, and how far in tokens it was seen."""
+    """What identifies a fitted run to a query point, how far in tokens it was seen, and its
+    anchor: the log ratio of its observed to its predicted gap (L − L0) at its last
+    checkpoints, which a continued run's forecast keeps (see `anchor`)."""
 
+    run_id: str
     n0: float
     rho: float
     l0: float
     tokens_max: float
+    anchor: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "n0": self.n0,
+            "rho": self.rho,
+            "l0": self.l0,
+            "tokens_max": self.tokens_max,
+            "anchor": self.anchor,
+        }
 
 
 @dataclass(frozen=True)
@@ -169,11 +188,17 @@ class Calibration:
     coverage: tuple[Coverage, ...] = ()
     notes: tuple[str, ...] = ()
 
+    @property
+    def has_pools(self) -> bool:
+        """Whether prediction intervals can be made (a fit without a bootstrap keeps only its
+        runs, for anchoring)."""
+        return bool(self.pools)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "method": "out-of-sample residual pools + bootstrap in quadrature (docs/law.md §4)",
             "pools": {k: [b.as_dict() for b in bins] for k, bins in self.pools.items()},
-            "runs": [[r.n0, r.rho, r.l0, r.tokens_max] for r in self.runs],
+            "runs": [r.as_dict() for r in self.runs],
             "n0_range": list(self.n0_range),
             "rho_range": list(self.rho_range),
             "tokens_range": list(self.tokens_range),
@@ -185,7 +210,17 @@ class Calibration:
     def from_dict(cls, raw: Mapping[str, Any]) -> Calibration:
         return cls(
             pools={k: [Bin.from_dict(b) for b in bins] for k, bins in raw["pools"].items()},
-            runs=tuple(RunKey(*(float(v) for v in r)) for r in raw["runs"]),
+            runs=tuple(
+                RunKey(
+                    run_id=str(r["run_id"]),
+                    n0=float(r["n0"]),
+                    rho=float(r["rho"]),
+                    l0=float(r["l0"]),
+                    tokens_max=float(r["tokens_max"]),
+                    anchor=float(r["anchor"]),
+                )
+                for r in raw["runs"]
+            ),
             n0_range=(float(raw["n0_range"][0]), float(raw["n0_range"][1])),
             rho_range=(float(raw["rho_range"][0]), float(raw["rho_range"][1])),
             tokens_range=(float(raw["tokens_range"][0]), float(raw["tokens_range"][1])),
@@ -224,10 +259,52 @@ def _refit(law: Form, train: Dataset, params: Params, *, grid: bool) -> dict[str
     return law.from_vector(best.theta, train)
 
 
-def _log_residual(law: Form, params: Params, test: Dataset) -> FloatArray:
+def anchor(values: FloatArray, l0: FloatArray, shift: FloatArray) -> FloatArray:
+    """Losses with their gap above L0 scaled by exp(shift): L0 + (L − L0)·e^shift.
+
+    A monotone map, so it applies to a prediction and to both edges of its band alike; a loss
+    at or below L0 (a form without an L0 term can predict one) is left as it is."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = l0 + (values - l0) * np.exp(shift)
+    return np.asarray(np.where(values > l0, scaled, values), dtype=np.float64)
+
+
+def gap_anchor(law: Form, params: Params, run: Dataset) -> float:
+    """Mean log ratio of observed to predicted gap (L − L0) over a run's last ANCHOR_POINTS
+    checkpoints, clipped to ±ANCHOR_LIMIT; 0 when a gap there is not positive."""
+    order = np.argsort(run.x.tokens, kind="stable")[-ANCHOR_POINTS:]
+    last = run.take(order)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        predicted = law.predict_data(params, last)
+        observed_gap = last.loss - last.x.l0
+        predicted_gap = predicted - last.x.l0
+        if np.any(observed_gap <= 0) or np.any(predicted_gap <= 0):
+            return 0.0
+        value = float(np.mean(np.log(observed_gap / predicted_gap)))
+    return float(np.clip(value, -ANCHOR_LIMIT, ANCHOR_LIMIT)) if np.isfinite(value) else 0.0
+
+
+def _log_residual(
+    law: Form, params: Params, test: Dataset, shift: FloatArray | None = None
+) -> FloatArray:
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         predicted = law.predict_data(params, test)
+        if shift is not None:
+            predicted = anchor(predicted, test.x.l0, shift)
         return np.asarray(np.log(test.loss) - np.log(predicted), dtype=np.float64)
+
+
+def _shifts(
+    law: Form, params: Params, fitted: Dataset, runs: FloatArray, points: Dataset
+) -> FloatArray:
+    """Each point's run anchor, measured on that run's points in `fitted` (0 for others)."""
+    shift = np.zeros(len(points))
+    for r in runs:
+        mine_fitted = fitted.run == r
+        if not np.any(mine_fitted):
+            continue
+        shift[points.run == r] = gap_anchor(law, params, fitted.take(mine_fitted))
+    return shift
 
 
 @dataclass
@@ -319,7 +396,8 @@ def _d_pool(law: Form, data: Dataset, params: Params) -> _Collected:
                 refit = _refit(law, train, params, grid=False)
             except LawError:
                 continue
-            out.add(_log_residual(law, refit, test), test, distance[~keep])
+            shift = _shifts(law, refit, train, held, test)
+            out.add(_log_residual(law, refit, test, shift), test, distance[~keep])
     return out
 
 
@@ -368,28 +446,47 @@ def _extrapolation_pool(
     return out
 
 
-def run_keys(data: Dataset) -> tuple[RunKey, ...]:
-    """Each run's (n0, ρ, L0) and the largest tokens seen, in run order."""
+def run_keys(form: str, params: Params, data: Dataset) -> tuple[RunKey, ...]:
+    """Each run's id, (n0, ρ, L0), largest tokens seen and gap anchor under `params`."""
+    law = get_form(form)
     keys = []
     for r in np.unique(data.run):
         mine = data.run == r
         keys.append(
             RunKey(
+                run_id=data.run_ids[int(r)],
                 n0=float(np.median(data.x.n0[mine])),
                 rho=float(np.median(data.x.rho[mine])),
                 l0=float(np.median(data.x.l0[mine])),
                 tokens_max=float(np.max(data.x.tokens[mine])),
+                anchor=gap_anchor(law, params, data.take(mine)),
             )
         )
     return tuple(keys)
+
+
+def runs_only(form: str, data: Dataset, result: FitResult) -> Calibration:
+    """The runs of a fit (for anchoring continued runs) without residual pools: what a fit
+    without a bootstrap keeps."""
+    x = data.x
+    return Calibration(
+        pools={},
+        runs=run_keys(form, result.params, data),
+        n0_range=(float(np.min(x.n0)), float(np.max(x.n0))),
+        rho_range=(float(np.min(x.rho)), float(np.max(x.rho))),
+        tokens_range=(float(np.min(x.tokens)), float(np.max(x.tokens))),
+    )
 
 
 def calibrate(form: str, data: Dataset, result: FitResult) -> Calibration:
     """The residual pools of `result` (a fit of `form` to `data`), measured on `data`."""
     law = get_form(form)
     params = result.params
+    base = runs_only(form, data, result)
+    by_run = {key.run_id: key.anchor for key in base.runs}
+    own_shift = np.array([by_run[data.run_ids[int(r)]] for r in data.run])
     seen = _Collected()
-    seen.add(_log_residual(law, params, data), data, np.zeros(len(data)))
+    seen.add(_log_residual(law, params, data, own_shift), data, np.zeros(len(data)))
     pools: dict[str, list[Bin]] = {"seen": seen.bins(), "D": _d_pool(law, data, params).bins()}
     notes: list[str] = []
     if isinstance(law, CurveForm):
@@ -401,15 +498,7 @@ def calibrate(form: str, data: Dataset, result: FitResult) -> Calibration:
     for kind in ("runs", "D", "N0", "rho"):
         if kind in pools and not pools[kind]:
             notes.append(f"no {kind} pool: the data allow no such hold-out")
-    x = data.x
-    return Calibration(
-        pools={k: v for k, v in pools.items() if v},
-        runs=run_keys(data),
-        n0_range=(float(np.min(x.n0)), float(np.max(x.n0))),
-        rho_range=(float(np.min(x.rho)), float(np.max(x.rho))),
-        tokens_range=(float(np.min(x.tokens)), float(np.max(x.tokens))),
-        notes=tuple(notes),
-    )
+    return replace(base, pools={k: v for k, v in pools.items() if v}, notes=tuple(notes))
 
 
 # --------------------------------------------------------------------------- intervals
@@ -419,8 +508,8 @@ def _pool_quantiles(
     bins: Sequence[Bin], distance: FloatArray, level: float
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Median, lower and upper residual quantile at each query distance."""
-    lo_p, hi_p = (1 - level) / 2, (1 + level) / 2
-    table = np.array([b.quantiles([0.5, lo_p, hi_p]) for b in bins])  # (bins, 3)
+    probs = [0.5, (1 - level) / 2, (1 + level) / 2]
+    table = np.array([b.quantiles(probs) for b in bins])  # (bins, 3)
     centers = np.array([b.distance for b in bins])
     # The nearest bin in log distance (distance 0 → the first bin).
     safe_c = np.log(np.maximum(centers, 1e-12))
@@ -433,19 +522,68 @@ def _pool_quantiles(
     return chosen[:, 0] * scale, chosen[:, 1] * scale, chosen[:, 2] * scale
 
 
-def _match(calibration: Calibration, x: Features) -> tuple[BoolArray, FloatArray]:
-    """Whether each point belongs to a fitted run, and that run's largest tokens seen."""
-    if not calibration.runs:
-        return np.zeros(len(x), dtype=bool), np.zeros(len(x))
+@dataclass(frozen=True)
+class Continued:
+    """Which query points continue a fitted run: the run's largest tokens seen and its gap
+    anchor per point (0 for the others), and the ids of the runs continued."""
+
+    matched: BoolArray
+    tokens_max: FloatArray
+    shift: FloatArray
+    run_ids: tuple[str, ...]
+
+
+def continued(calibration: Calibration | None, x: Features) -> Continued:
+    """The fitted run each point continues, matched by (n0, ρ, L0) to a relative 1e-6."""
+    n = len(x)
+    if calibration is None or not calibration.runs:
+        return Continued(np.zeros(n, dtype=bool), np.zeros(n), np.zeros(n), ())
     keys = np.array([[r.n0, r.rho, r.l0] for r in calibration.runs])
-    tmax = np.array([r.tokens_max for r in calibration.runs])
     points = np.stack([x.n0, x.rho, x.l0], axis=-1)
     close = np.all(
         np.isclose(points[:, None, :], keys[None, :, :], rtol=_MATCH_RTOL, atol=0.0), axis=-1
     )
     matched = np.any(close, axis=1)
-    tokens_max = np.where(matched, np.max(np.where(close, tmax[None, :], 0.0), axis=1), 0.0)
-    return matched, tokens_max
+    which = np.argmax(close, axis=1)
+    tmax = np.array([r.tokens_max for r in calibration.runs])
+    shifts = np.array([r.anchor for r in calibration.runs])
+    ids = sorted({calibration.runs[int(j)].run_id for j in which[matched]})
+    return Continued(
+        matched=matched,
+        tokens_max=np.where(matched, tmax[which], 0.0),
+        shift=np.where(matched, shifts[which], 0.0),
+        run_ids=tuple(ids),
+    )
+
+
+def forecast(
+    form: str,
+    params: Params,
+    calibration: Calibration | None,
+    x: Features,
+    *,
+    center: FloatArray | None = None,
+) -> FloatArray:
+    """The law's predictions at `x`, with the gap of each point that continues a fitted run
+    scaled to that run's level at its last checkpoints (docs/law.md §4). `center` may pass the
+    law's own predictions when the caller has them."""
+    if center is None:
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            center = get_form(form).predict(params, x)
+    shift = continued(calibration, x).shift
+    return anchor(center, x.l0, shift) if np.any(shift != 0) else center
+
+
+def continuation_note(calibration: Calibration | None, x: Features) -> list[str]:
+    """A warning naming the fitted runs whose own level the forecast keeps, if any."""
+    runs = continued(calibration, x).run_ids
+    if not runs:
+        return []
+    shown = ", ".join(runs[:5]) + (" …" if len(runs) > 5 else "")
+    return [
+        f"point(s) continue fitted run(s) {shown}: the forecast keeps each run's gap above L0 "
+        f"at its last {ANCHOR_POINTS} checkpoints (docs/law.md §4)"
+    ]
 
 
 def _beyond(value: FloatArray, lo: float, hi: float) -> FloatArray:
@@ -471,30 +609,23 @@ def prediction_band(
     calibration: Calibration,
     x: Features,
     level: float,
-    *,
-    confidence: tuple[FloatArray, FloatArray] | None = None,
 ) -> Band:
     """The prediction interval at `level` around the predicted losses `center`.
 
     Each point takes every pool that describes it (a fitted run: ``seen`` inside its tokens,
     ``D`` beyond them; otherwise ``runs``, plus ``N0``/``rho``/``D`` for each variable outside
-    the fitted ranges) and the widest of their intervals. `confidence` is the bootstrap band,
-    added in quadrature on the log scale.
+    the fitted ranges) and the widest of their intervals: the pool's quantiles at
+    (1 ∓ level)/2 around its median, on the log scale, shifted by that median.
     """
     if not 0 < level < 1:
         raise LawError(f"an interval level must lie strictly between 0 and 1, got {level!r}")
     n = len(x)
     log_c = np.log(center)
-    lo_b = np.zeros(n)
-    hi_b = np.zeros(n)
-    if confidence is not None:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lo_b = np.nan_to_num(np.maximum(log_c - np.log(confidence[0]), 0.0))
-            hi_b = np.nan_to_num(np.maximum(np.log(confidence[1]) - log_c, 0.0))
     lower = np.full(n, np.inf)
     upper = np.full(n, -np.inf)
     used = np.array([""] * n, dtype=object)
-    matched, tokens_max = _match(calibration, x)
+    runs = continued(calibration, x)
+    matched, tokens_max = runs.matched, runs.tokens_max
     with np.errstate(divide="ignore"):
         d_run = np.where(matched, np.log(np.maximum(x.tokens / np.maximum(tokens_max, 1), 1)), 0)
     wants: dict[str, tuple[BoolArray, FloatArray]] = {
@@ -529,8 +660,8 @@ def prediction_band(
         med, q_lo, q_hi = _pool_quantiles(bins, distance[mask], level)
         spread_lo = np.maximum(med - q_lo, 0.0)
         spread_hi = np.maximum(q_hi - med, 0.0)
-        lo = log_c[mask] + med - np.sqrt(spread_lo**2 + lo_b[mask] ** 2)
-        hi = log_c[mask] + med + np.sqrt(spread_hi**2 + hi_b[mask] ** 2)
+        lo = log_c[mask] + med - spread_lo
+        hi = log_c[mask] + med + spread_hi
         wider = (lo < lower[mask]) | (hi > upper[mask])
         lower[mask] = np.minimum(lower[mask], lo)
         upper[mask] = np.maximum(upper[mask], hi)
@@ -555,19 +686,30 @@ def interval(
     *,
     level: float,
     kind: IntervalKind = "prediction",
+    thetas: FloatArray | None = None,
+    center: FloatArray | None = None,
 ) -> Band:
-    """The interval of `kind` at `level` for points `x` (see the module docstring)."""
-    law = get_form(form)
-    confidence = predict_interval(form, refits, x, level) if refits else None
+    """The interval of `kind` at `level` for points `x` (see the module docstring).
+
+    A caller that already has them may pass `thetas`, the refits' `Form.params_matrix` (a
+    cached fit), and `center`, the law's own predictions at `x`; they are computed otherwise.
+    Points that continue a fitted run are anchored to its level (`forecast`), band and all.
+    The prediction interval does not use the refits: each pool's residuals come from refits
+    without the runs they measure, so they hold the constants' uncertainty already (adding the
+    bootstrap band on top over-covered continued runs of a known law: 97% at 80%).
+    """
     if kind == "confidence":
-        if confidence is None:
+        if not refits:
             raise LawError("a confidence interval needs bootstrap refits")
-        return Band(lower=confidence[0], upper=confidence[1], pools=("bootstrap",) * len(x))
-    if calibration is None:
+        lower, upper = predict_interval(form, refits, x, level, thetas=thetas)
+        shift = continued(calibration, x).shift
+        if np.any(shift != 0):
+            lower, upper = anchor(lower, x.l0, shift), anchor(upper, x.l0, shift)
+        return Band(lower=lower, upper=upper, pools=("bootstrap",) * len(x))
+    if calibration is None or not calibration.has_pools:
         raise LawError("a prediction interval needs the fit's calibration")
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        center = law.predict(params, x)
-    return prediction_band(center, calibration, x, level, confidence=confidence)
+    center = forecast(form, params, calibration, x, center=center)
+    return prediction_band(center, calibration, x, level)
 
 
 # --------------------------------------------------------------------------- coverage

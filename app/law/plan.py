@@ -109,7 +109,7 @@ def plan(
         loss = get_form(cand.form).predict(cand.params, x)
         lower: FloatArray | None = None
         upper: FloatArray | None = None
-        if level is not None and cand.calibration is not None:
+        if level is not None and cand.calibration is not None and cand.calibration.has_pools:
             band = interval(
                 cand.form, cand.params, cand.refits or [], cand.calibration, x, level=level
             )

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import brentq
 
-from app.law.bootstrap import percentile_interval, predict_interval
+from app.law.bootstrap import percentile_interval
 from app.law.errors import LawError, UnreachableTarget
 from app.law.forms import Form, get_form
-from app.law.intervals import Calibration, interval
+from app.law.intervals import Calibration, IntervalKind, anchor, continued, forecast, interval
 from app.law.types import Features, FloatArray, Params, Recommendation, Rule
 
 # The search range of the numeric path: one token to 1e15 tokens (far beyond any recovery run).
@@ -37,6 +37,16 @@ def _point(n0: float, rho: float, l0: float, tokens: FloatArray) -> Features:
     return Features(
         np.full(t.size, float(n0)), np.full(t.size, float(rho)), np.full(t.size, float(l0)), t
     )
+
+
+def _unanchored_value(rule: Rule, value: float, l0: float, shift: float) -> float:
+    """The value to ask of the law itself when its gap is scaled by exp(shift): a target's
+    gap above L0, a slope and a gap to the floor all scale by exp(−shift)."""
+    if shift == 0.0:
+        return value
+    if rule == "target":
+        return l0 + (value - l0) * float(np.exp(-shift)) if value > l0 else value
+    return value * float(np.exp(-shift))
 
 
 def _rule_value(rule: Rule, threshold: float | None, target_loss: float | None) -> float:
@@ -158,22 +168,32 @@ def recommend(
     refits: Sequence[Mapping[str, float]] | None = None,
     level: float | None = None,
     calibration: Calibration | None = None,
+    kind: IntervalKind = "prediction",
 ) -> Recommendation:
     """The tokens a rule asks for (docs/law.md §7), the loss predicted there and the floor.
 
     `max_tokens` caps the answer (``capped=True``). With `refits` and `level`, the rule is
     applied to every refit and ``tokens_interval`` holds the percentile interval; refits for which
     a target is unreachable, or a rule is not met below 1e15 tokens without a cap, are left out
-    (None when none remain). With a `calibration` (a prediction interval) the `target` rule's
-    interval is instead where the prediction band's lower and upper edges reach the target:
-    the tokens within which a run's loss reaches it (docs/law.md §4); `marginal` and `gap` are
-    properties of the mean curve and keep the refits' interval.
+    (None when none remain). With a `calibration` holding residual pools and `kind`
+    "prediction", the `target` rule's interval is instead where the prediction band's lower
+    and upper edges reach the target: the tokens within which a run's loss reaches it
+    (docs/law.md §4); `marginal` and `gap` are properties of the mean curve and keep the
+    refits' interval. When (n0, ρ, L0) is a run the fit saw, the law's gap is scaled to that
+    run's level at its last checkpoints (`app.law.intervals.forecast`): every rule then asks
+    the law for the correspondingly scaled value.
     """
     law = get_form(form)
-    value = _rule_value(rule, threshold, target_loss)
+    asked = _rule_value(rule, threshold, target_loss)
     if max_tokens is not None and (not np.isfinite(max_tokens) or max_tokens <= 0):
         raise LawError("max_tokens must be positive and finite")
-    tokens = solve_tokens(form, params, n0=n0, rho=rho, l0=l0, rule=rule, value=value)
+    shift = float(continued(calibration, _point(n0, rho, l0, np.ones(1))).shift[0])
+    value = _unanchored_value(rule, asked, l0, shift)
+    try:
+        tokens = solve_tokens(form, params, n0=n0, rho=rho, l0=l0, rule=rule, value=value)
+    except UnreachableTarget as exc:
+        floor_here = float(anchor(np.array([exc.floor_loss]), np.array([l0]), np.array([shift]))[0])
+        raise UnreachableTarget(asked, floor_here) from None
     capped = False
     if max_tokens is not None and tokens > max_tokens:
         tokens, capped = float(max_tokens), True
@@ -183,11 +203,14 @@ def recommend(
             f"loosen the threshold or set max_tokens"
         )
     x = _point(n0, rho, l0, np.array([tokens]))
-    predicted = float(law.predict(params, x)[0])
-    floor = float(law.floor(params, x)[0])
+    shifts, l0s = np.array([shift]), np.array([l0])
+    predicted = float(anchor(law.predict(params, x), l0s, shifts)[0])
+    floor = float(anchor(law.floor(params, x), l0s, shifts)[0])
     tokens_interval = None
     notes: tuple[str, ...] = ()
-    if calibration is not None and level is not None and rule == "target":
+    banded = calibration is not None and calibration.has_pools and kind == "prediction"
+    if banded and level is not None and rule == "target":
+        assert calibration is not None
         tokens_interval, notes = band_tokens(
             form,
             params,
@@ -196,7 +219,7 @@ def recommend(
             n0=n0,
             rho=rho,
             l0=l0,
-            target=value,
+            target=asked,
             around=tokens,
             level=level,
             max_tokens=max_tokens,
@@ -294,16 +317,19 @@ def loss_curve(
     refits: Sequence[Mapping[str, float]] | None = None,
     level: float | None = None,
     calibration: Calibration | None = None,
+    kind: IntervalKind = "prediction",
 ) -> tuple[FloatArray, FloatArray | None, FloatArray | None]:
     """Predicted loss over `tokens` for one (n0, ρ, L0), with a band when `level` is given:
-    the prediction band with a `calibration`, else the refits' percentile band (else None)."""
-    law = get_form(form)
+    the prediction band with a `calibration` holding pools and `kind` "prediction", else the
+    refits' percentile band (else None). A run the fit saw keeps its own level (`recommend`)."""
     x = _point(n0, rho, l0, tokens)
-    loss = law.predict(params, x)
-    if calibration is not None and level is not None:
+    loss = forecast(form, params, calibration, x)
+    if level is None:
+        return loss, None, None
+    if kind == "prediction" and calibration is not None and calibration.has_pools:
         band = interval(form, params, refits or [], calibration, x, level=level)
-        return loss, band.lower, band.upper
-    if refits and level is not None:
-        lower, upper = predict_interval(form, refits, x, level)
-        return loss, lower, upper
-    return loss, None, None
+    elif refits:
+        band = interval(form, params, refits, calibration, x, level=level, kind="confidence")
+    else:
+        return loss, None, None
+    return loss, band.lower, band.upper

@@ -15,7 +15,7 @@ from app.db.models.observation import Observation
 from app.law.bootstrap import refit_runs
 from app.law.fitting import fit as fit_law
 from app.law.forms import get_form
-from app.law.intervals import calibrate, measure_coverage
+from app.law.intervals import calibrate, measure_coverage, runs_only
 from app.law.select import SelectBy, select_form
 from app.law.types import Dataset, FitResult, Protocol
 from app.repositories import fits as repo
@@ -152,7 +152,11 @@ def compute_fit(
     name = selection.chosen if selection is not None else get_form(form).name
     result = fit_law(name, data, holdout=holdout)
     refits = refit_runs(name, data, result, bootstrap, seed=seed) if bootstrap > 0 else []
-    calibration = calibration_of(name, data, result, level=interval, seed=seed) if refits else None
+    calibration = (
+        calibration_of(name, data, result, level=interval, seed=seed)
+        if refits
+        else runs_only(name, data, result).as_dict()
+    )
 
     fit = Fit(
         form=name,

@@ -14,7 +14,7 @@ from app.repositories import fits as fits_repo
 from app.schemas.plan import PlanRequest
 from app.services.convert import features, finite_or_none
 from app.services.lawref import LawRef, law_from_fit
-from app.services.predict import UNCALIBRATED, calibration_for, range_warnings
+from app.services.predict import UNCALIBRATED, interval_kind_for, range_warnings
 
 
 def _default_laws(session: Session, family: str) -> dict[str, LawRef]:
@@ -62,14 +62,14 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
             "create fits with POST /fits (make_default=true)"
         )
     asked = request.interval is not None
-    calibrations = {m: calibration_for(available[m], request.interval_kind, []) for m in chosen}
+    kinds = {m: interval_kind_for(available[m], request.interval_kind, []) for m in chosen}
     candidates = [
         PlanCandidate(
             method=m,
             form=available[m].form.name,
             params=available[m].params,
             refits=list(available[m].refits) if asked else None,
-            calibration=calibrations[m] if asked else None,
+            calibration=available[m].calibration if asked and kinds[m] == "prediction" else None,
         )
         for m in chosen
     ]
@@ -78,11 +78,7 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
         if bare:
             warnings.append(f"no interval for {', '.join(bare)}: those fits have no bootstrap")
         uncalibrated = [
-            m
-            for m in chosen
-            if available[m].refits
-            and request.interval_kind == "prediction"
-            and calibrations[m] is None
+            m for m in chosen if available[m].refits and kinds[m] != request.interval_kind
         ]
         if uncalibrated:
             warnings.append(f"{', '.join(uncalibrated)}: {UNCALIBRATED}")

@@ -9,11 +9,10 @@ from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.core.errors import PayloadTooLarge
-from app.law.bootstrap import predict_interval
-from app.law.intervals import Calibration
+from app.law.intervals import continuation_note, forecast
 from app.law.intervals import interval as interval_band
 from app.law.ranges import warnings_for
-from app.law.types import Features
+from app.law.types import Features, FloatArray
 from app.schemas.common import IntervalKind
 from app.schemas.predict import PredictRequest
 from app.services.convert import features, finite_list, points_to_features
@@ -50,36 +49,44 @@ UNCALIBRATED = (
 )
 
 
-def calibration_for(law: LawRef, kind: IntervalKind, warnings: list[str]) -> Calibration | None:
-    """The calibration a prediction interval uses, or None for the confidence interval (with a
-    warning when a prediction interval was asked of a fit that has none)."""
-    if kind == "confidence" or not law.refits:
-        return None
-    if law.calibration is None:
+def interval_kind_for(law: LawRef, kind: IntervalKind, warnings: list[str]) -> IntervalKind:
+    """The kind of interval `law` can give when `kind` is asked: a prediction interval needs
+    a calibrated fit, else the confidence interval is given with a warning saying so."""
+    if kind == "prediction" and (law.calibration is None or not law.calibration.has_pools):
         warnings.append(UNCALIBRATED)
-    return law.calibration
+        return "confidence"
+    return kind
 
 
 def interval(
-    law: LawRef, x: Features, level: float | None, kind: IntervalKind, warnings: list[str]
+    law: LawRef,
+    x: Features,
+    level: float | None,
+    kind: IntervalKind,
+    warnings: list[str],
+    *,
+    center: FloatArray | None = None,
 ) -> tuple[list[float] | None, list[float] | None]:
     """The interval of `kind` at `level` (docs/law.md §4), or (None, None) with a warning why
-    there is none."""
+    there is none. `center` is the law's prediction at `x` when the caller has it."""
     if level is None:
         return None, None
     if not law.refits:
         warnings.append(NO_REFITS)
         return None, None
-    calibration = calibration_for(law, kind, warnings)
-    if calibration is not None:
-        band = interval_band(
-            law.form.name, law.params, list(law.refits), calibration, x, level=level
-        )
-        warnings.extend(band.notes)
-        lower, upper = band.lower, band.upper
-    else:
-        lower, upper = predict_interval(law.form.name, list(law.refits), x, level)
-    return finite_list(lower, "lower bound"), finite_list(upper, "upper bound")
+    band = interval_band(
+        law.form.name,
+        law.params,
+        law.refits,
+        law.calibration,
+        x,
+        level=level,
+        kind=interval_kind_for(law, kind, warnings),
+        thetas=law.refit_thetas,
+        center=center,
+    )
+    warnings.extend(band.notes)
+    return finite_list(band.lower, "lower bound"), finite_list(band.upper, "upper bound")
 
 
 def predict(request: PredictRequest, session: Session | None = None) -> dict[str, Any]:
@@ -87,9 +94,15 @@ def predict(request: PredictRequest, session: Session | None = None) -> dict[str
     x = request_features(request)
     law = resolve_law(request, session)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        loss = finite_list(law.form.predict(law.params, x), "loss")
+        center = law.form.predict(law.params, x)
+        loss = finite_list(
+            forecast(law.form.name, law.params, law.calibration, x, center=center), "loss"
+        )
     warnings = range_warnings(law, x, family=request.family, method=request.method)
-    lower, upper = interval(law, x, request.interval, request.interval_kind, warnings)
+    warnings += continuation_note(law.calibration, x)
+    lower, upper = interval(
+        law, x, request.interval, request.interval_kind, warnings, center=center
+    )
     return {
         "form": law.form.name,
         "fit_id": law.fit_id,

@@ -7,12 +7,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from app.law.intervals import continuation_note
 from app.law.recommend import loss_curve
 from app.law.recommend import recommend as recommend_tokens
 from app.schemas.recommend import RecommendRequest
 from app.services.convert import features, finite_float, finite_list, finite_or_none
 from app.services.lawref import resolve_law
-from app.services.predict import NO_REFITS, calibration_for, range_warnings
+from app.services.predict import NO_REFITS, interval_kind_for, range_warnings
 
 #: The curve spans two decades below the answer and one above, 10 points per decade: enough
 #: to see where the loss flattens without the response growing with the law's scale.
@@ -32,10 +33,10 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
     law = resolve_law(request, session)
     refits = list(law.refits) if (request.interval is not None and law.refits) else None
     warnings: list[str] = []
-    calibration = None
+    kind = request.interval_kind
     if request.interval is not None:
         if law.refits:
-            calibration = calibration_for(law, request.interval_kind, warnings)
+            kind = interval_kind_for(law, kind, warnings)
         else:
             warnings.append(NO_REFITS)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -51,7 +52,8 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
             max_tokens=request.max_tokens,
             refits=refits,
             level=request.interval if refits else None,
-            calibration=calibration,
+            calibration=law.calibration,
+            kind=kind,
         )
         warnings.extend(answer.notes)
         tokens = finite_float(answer.tokens, "token count")
@@ -65,7 +67,8 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
             tokens=grid,
             refits=refits,
             level=request.interval if refits else None,
-            calibration=calibration,
+            calibration=law.calibration,
+            kind=kind,
         )
     losses = finite_list(loss, "loss on the curve")
     lows = [finite_or_none(v) for v in lower] if lower is not None else [None] * len(grid)
@@ -81,6 +84,7 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
             interval = (float(low), float(high))
     x = features([request.n0], [request.rho], [request.l0], [tokens])
     warnings += range_warnings(law, x, family=request.family, method=request.method)
+    warnings += continuation_note(law.calibration, x)
     if answer.capped:
         warnings.append(f"the answer is capped at max_tokens={request.max_tokens:.6g}")
     return {

@@ -51,7 +51,7 @@ def test_coverage_is_measured_at_the_level_the_fit_asks_for(
     assert {c["level"] for c in response.json()["coverage"]} == {0.5}
 
 
-def test_prediction_intervals_are_the_default_and_contain_the_confidence_band(
+def test_prediction_intervals_are_the_default_and_wider_than_the_confidence_band(
     seeded_client: TestClient, seeded: dict[str, str]
 ) -> None:
     default = predict(seeded_client, seeded["depth"])
@@ -59,14 +59,15 @@ def test_prediction_intervals_are_the_default_and_contain_the_confidence_band(
     confidence = predict(seeded_client, seeded["depth"], interval_kind="confidence")
     assert default == prediction
     assert default["loss"] == confidence["loss"]
-    for lo_p, lo_c, hi_c, hi_p in zip(
-        prediction["lower"],
-        confidence["lower"],
-        confidence["upper"],
-        prediction["upper"],
-        strict=True,
-    ):
-        assert lo_p <= lo_c <= hi_c <= hi_p
+    for key in ("prediction", "confidence"):
+        body = prediction if key == "prediction" else confidence
+        assert all(
+            lo <= mid <= hi
+            for lo, mid, hi in zip(body["lower"], body["loss"], body["upper"], strict=True)
+        )
+    assert sum(
+        h - lo for lo, h in zip(prediction["lower"], prediction["upper"], strict=True)
+    ) > sum(h - lo for lo, h in zip(confidence["lower"], confidence["upper"], strict=True))
     assert prediction["lower"] != confidence["lower"]
 
 
@@ -140,5 +141,8 @@ def test_plan_options_carry_prediction_intervals_by_default(
     assert [o["predicted_loss"] for o in prediction["options"]] == [
         o["predicted_loss"] for o in confidence["options"]
     ]
-    for p, c in zip(prediction["options"], confidence["options"], strict=True):
-        assert p["lower"] <= c["lower"] and p["upper"] >= c["upper"]
+    width = {
+        kind: sum(o["upper"] - o["lower"] for o in body["options"])
+        for kind, body in (("prediction", prediction), ("confidence", confidence))
+    }
+    assert width["prediction"] > width["confidence"]

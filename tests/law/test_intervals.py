@@ -13,9 +13,12 @@ from app.law.intervals import (
     Bin,
     Calibration,
     calibrate,
+    continuation_note,
+    forecast,
     interval,
     make_bins,
     measure_coverage,
+    runs_only,
 )
 from app.law.synthetic import SYNTHETIC_P2
 from app.law.types import Features
@@ -122,9 +125,9 @@ def test_the_confidence_kind_is_the_bootstrap_percentile_band() -> None:
     lower, upper = predict_interval("p2", refits, x, 0.8)
     np.testing.assert_allclose(conf.lower, lower)
     np.testing.assert_allclose(conf.upper, upper)
+    # A new run departs from the mean curve by more than the curve's own uncertainty.
     pred = interval("p2", result.params, refits, cal, x, level=0.8)
-    assert np.all(pred.lower <= conf.lower + 1e-12)
-    assert np.all(pred.upper >= conf.upper - 1e-12)
+    assert np.mean(np.log(pred.upper / pred.lower)) > np.mean(np.log(conf.upper / conf.lower))
 
 
 def test_each_point_takes_the_pool_of_its_question() -> None:
@@ -142,8 +145,8 @@ def test_each_point_takes_the_pool_of_its_question() -> None:
     # A fitted run inside and beyond its tokens, a new run inside the ranges, beyond N0, beyond ρ.
     assert band.pools[:3] == ("seen", "D", "runs")
     assert band.pools[3] in ("N0", "runs") and band.pools[4] in ("rho", "runs")
-    wider_than_new = np.log(band.upper / band.lower)
-    assert wider_than_new[3] >= wider_than_new[2] and wider_than_new[4] >= wider_than_new[2]
+    width = np.log(band.upper / band.lower)
+    assert width[3] >= width[2] - 1e-12 and width[4] >= width[2] - 1e-12
 
 
 def test_a_prediction_interval_needs_a_calibration() -> None:
@@ -191,3 +194,31 @@ def test_coverage_is_measured_on_every_protocol_the_data_allow() -> None:
         assert c.confidence is not None and c.prediction >= c.confidence
     one_size = Dataset.from_rows(make_runs(np.random.default_rng(8), _grid(SIZES[:1]), "r"))
     assert "N0" not in [c.protocol for c in measure_coverage("p2", one_size, bootstrap=0)]
+
+
+def test_a_continued_run_keeps_its_own_gap_level() -> None:
+    """A run whose gap above L0 is 30% larger than the law's: fitted on its first half with the
+    other runs, its forecast beyond keeps the larger gap (the anchor) and lands far closer to
+    its later checkpoints than the law alone."""
+    rng = np.random.default_rng(11)
+    rows = make_runs(rng, _grid(SIZES[:3]), "r", run_sd=0.0, noise=0.0005)
+    p2 = get_form("p2")
+    odd = [r for r in rows if r["run_id"] == "r4"]
+    for r in odd:
+        x = Features(*(np.array([r[k]]) for k in ("n0", "rho", "l0", "tokens")))
+        r["loss"] = r["l0"] + 1.3 * (float(p2.predict(LAW, x)[0]) - r["l0"])
+    early = [r for r in rows if not (r["run_id"] == "r4" and r["tokens"] > 1.5e8)]
+    later = Dataset.from_rows([r for r in odd if r["tokens"] > 1.5e8])
+    data = Dataset.from_rows(early)
+    result = fit("p2", data)
+    cal = runs_only("p2", data, result)
+    (key,) = [k for k in cal.runs if k.run_id == "r4"]
+    assert key.anchor == pytest.approx(np.log(1.3), abs=0.05)
+    law_alone = p2.predict(result.params, later.x)
+    kept = forecast("p2", result.params, cal, later.x)
+    assert np.max(np.abs(kept / later.loss - 1)) < 0.25 * np.max(np.abs(law_alone / later.loss - 1))
+    # A point of no fitted run is the law's own prediction.
+    new = Features(np.array([2e9]), np.array([0.2]), np.array([2.6]), np.array([1e9]))
+    assert forecast("p2", result.params, cal, new) == pytest.approx(p2.predict(result.params, new))
+    assert continuation_note(cal, later.x) and "r4" in continuation_note(cal, later.x)[0]
+    assert continuation_note(cal, new) == []
