@@ -396,6 +396,10 @@ def load_family(key: str, cfg: StudyConfig, var: Path) -> tuple[dict[str, Any], 
     return base._load_cached(cfg, var)
 
 
+def _csv_list(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     p = argparse.ArgumentParser(
@@ -415,6 +419,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--analyse-only", action="store_true", help="fit the cached runs only")
     p.add_argument("--no-analyse", action="store_true", help="collect only")
     p.add_argument("--no-plots", action="store_true", help="analyse without the PNGs")
+    p.add_argument("--forms", help="comma-separated forms to fit (default: every registered one)")
+    p.add_argument(
+        "--coverage", help="comma-separated interval methods (default: all; e.g. bootstrap)"
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="refit every family and method (default: reuse <var>/analysis-cache entries whose "
+        "inputs are unchanged)",
+    )
     a = p.parse_args(argv)
     configs_all = QUICK if a.quick else FULL
     chosen = [k.strip() for k in a.families.split(",") if k.strip()]
@@ -444,14 +458,19 @@ def main(argv: list[str] | None = None) -> int:
         log(f"collection done in {time.monotonic() - started:.0f} s")
         if a.no_analyse:
             return 0
-    from p2_wide_analysis import analyse_all
+    from p2_wide_analysis import Options, analyse_all
 
     analyse_all(
         {k: (c, *load_family(k, c, var_root / k)) for k, c in configs.items()},
         a.out,
         timings={"collect_wall_s": round(time.monotonic() - started, 1)},
         workers=a.workers,
-        plots=not a.no_plots,
+        options=Options(
+            forms=_csv_list(a.forms),
+            coverage=_csv_list(a.coverage),
+            plots=not a.no_plots,
+            cache=None if a.no_cache else var_root / "analysis-cache",
+        ),
     )
     return 0
 

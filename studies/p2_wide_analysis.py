@@ -20,13 +20,15 @@ families, D for SmolLM2) with each form's 80% bootstrap band.
 
 from __future__ import annotations
 
+import base64
 import csv
+import hashlib
 import json
 import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,9 +108,10 @@ def interval_coverage(
     *,
     n_bootstrap: int,
     seed: int = 0,
+    methods: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Coverage of `test` by every method of COVERAGE_METHODS (a method that fails records why),
-    with the bootstrap refits' 10/50/90th percentiles of each constant."""
+    """Coverage of `test` by every method of COVERAGE_METHODS (or `methods`; a method that fails
+    records why), with the bootstrap refits' 10/50/90th percentiles of each constant."""
     out: dict[str, Any] = {"level": LEVEL, "n_bootstrap": n_bootstrap}
     refits: list[dict[str, float]] = []
     if n_bootstrap > 0:
@@ -122,6 +125,8 @@ def interval_coverage(
             k: [float(v) for v in np.percentile([r[k] for r in refits], [10, 50, 90])] for k in keys
         }
     for name, method in COVERAGE_METHODS.items():
+        if methods is not None and name not in methods:
+            continue
         try:
             out[name] = method(form, result, train, test, refits)
         except (LawError, ValueError, KeyError) as exc:
@@ -141,7 +146,13 @@ def _sides(data: Dataset, proto: str) -> tuple[Dataset, Dataset]:
 
 
 def _fit_entry(
-    form: str, data: Dataset, proto: str, *, n_bootstrap: int, seed: int
+    form: str,
+    data: Dataset,
+    proto: str,
+    *,
+    n_bootstrap: int,
+    seed: int,
+    coverage: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any], FitResult | None]:
     started = time.monotonic()
     try:
@@ -153,7 +164,7 @@ def _fit_entry(
     summary["n_test"] = len(test) if proto != "all" else 0
     summary["test_metrics"] = (summary["holdout_metrics"] or summary["metrics"]) | {}
     summary["coverage"] = interval_coverage(
-        form, res, train, test, n_bootstrap=n_bootstrap, seed=seed
+        form, res, train, test, n_bootstrap=n_bootstrap, seed=seed, methods=coverage
     )
     return summary, res
 
@@ -184,7 +195,11 @@ def _auto_entry(data: Dataset, proto: str, forms: Sequence[str] | None = None) -
 
 
 def fit_family_method(
-    rows: Sequence[dict[str, Any]], cfg: StudyConfig, *, forms: Sequence[str] | None = None
+    rows: Sequence[dict[str, Any]],
+    cfg: StudyConfig,
+    *,
+    forms: Sequence[str] | None = None,
+    coverage: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Every form (and `auto`) on every protocol the data allow, for one family and method."""
     kept = [r for r in rows if not r["_below_l0"]]
@@ -206,7 +221,9 @@ def fit_family_method(
     for proto in protocols:
         by_form: dict[str, Any] = {}
         for form in names:
-            entry, _ = _fit_entry(form, data, proto, n_bootstrap=cfg.bootstrap, seed=cfg.seed)
+            entry, _ = _fit_entry(
+                form, data, proto, n_bootstrap=cfg.bootstrap, seed=cfg.seed, coverage=coverage
+            )
             by_form[form] = entry
             tm = entry.get("test_metrics")
             if tm:
@@ -384,13 +401,13 @@ def analyse_all(
     out: Path,
     *,
     timings: dict[str, float] | None = None,
-    plots: bool = True,
-    forms: Sequence[str] | None = None,
+    options: Options | None = None,
     workers: int = 1,
 ) -> dict[str, Any]:
     """Write every output of the wide pass to `out` from the families' cached results
     (key -> (config, dense models, run results)); returns the fits.json report. Each family
     and method is fitted in one of `workers` processes."""
+    opts = options or Options()
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -406,12 +423,12 @@ def analyse_all(
             "torch_threads_per_worker": 1,
         },
         "versions": base.versions(),
-        "forms": list(FORMS) if forms is None else list(forms),
-        "coverage_methods": list(COVERAGE_METHODS),
+        "forms": list(FORMS) if opts.forms is None else list(opts.forms),
+        "coverage_methods": list(opts.coverage or COVERAGE_METHODS),
         "level": LEVEL,
         "families": {},
     }
-    jobs: list[tuple[str, str, list[dict[str, Any]], StudyConfig]] = []
+    jobs: list[Job] = []
     for key, (cfg, dense, results) in families.items():
         fam_rows = [r for r in rows if r["family"] == cfg.family]
         fam: dict[str, Any] = {
@@ -448,7 +465,7 @@ def analyse_all(
         for method in cfg.methods:
             jobs.append((cfg.family, method, [r for r in fam_rows if r["method"] == method], cfg))
         report["families"][cfg.family] = fam
-    for family, method, analysed, png in _run_jobs(jobs, workers, plots=plots, forms=forms):
+    for family, method, analysed, png in _run_jobs(jobs, workers, opts):
         report["families"][family]["methods"][method] = analysed
         if png is not None:
             proto = "N0" if "N0" in analysed.get("protocols", []) else "D"
@@ -461,20 +478,55 @@ def analyse_all(
     return report
 
 
-def analyse_one(
-    family: str,
-    method: str,
-    rows: list[dict[str, Any]],
-    cfg: StudyConfig,
-    *,
-    plots: bool,
-    forms: Sequence[str] | None,
-) -> tuple[str, str, dict[str, Any], bytes | None]:
-    """Fits (and the extrapolation plot) of one family and method."""
+@dataclass(frozen=True)
+class Options:
+    """What the analysis computes: forms (None: the registry), coverage methods (None: all of
+    COVERAGE_METHODS), plots; and where finished (family, method) results are cached."""
+
+    forms: tuple[str, ...] | None = None
+    coverage: tuple[str, ...] | None = None
+    plots: bool = True
+    cache: Path | None = None
+
+
+Job = tuple[str, str, list[dict[str, Any]], StudyConfig]
+
+
+def _cache_path(job: Job, opts: Options) -> Path | None:
+    """One file per (family, method, inputs): the rows, the settings and the engine's forms."""
+    if opts.cache is None:
+        return None
+    family, method, rows, cfg = job
+    key = json.dumps(
+        {
+            "rows": rows,
+            "bootstrap": cfg.bootstrap,
+            "seed": cfg.seed,
+            "forms": list(opts.forms) if opts.forms is not None else list(FORMS),
+            "coverage": list(opts.coverage or COVERAGE_METHODS),
+            "plots": opts.plots,
+            "level": LEVEL,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return opts.cache / f"{family}_{base.method_slug(method)}_{digest}.json"
+
+
+def analyse_one(job: Job, opts: Options) -> tuple[str, str, dict[str, Any], bytes | None]:
+    """Fits (and the extrapolation plot) of one family and method; from the cache if there."""
+    family, method, rows, cfg = job
+    cached = _cache_path(job, opts)
+    if cached is not None and cached.is_file():
+        raw = json.loads(cached.read_text())
+        log(f"{family} {method}: cached analysis {cached.name}")
+        png_cached = base64.b64decode(raw["png"]) if raw.get("png") else None
+        return family, method, raw["analysed"], png_cached
     log(f"fitting {family} {method}: {len(rows)} points")
-    analysed = fit_family_method(rows, cfg, forms=forms)
+    analysed = fit_family_method(rows, cfg, forms=opts.forms, coverage=opts.coverage)
     png = None
-    if plots and rows:
+    if opts.plots and rows:
         proto = "N0" if "N0" in analysed.get("protocols", []) else "D"
         png = plot_extrapolation(
             rows,
@@ -483,18 +535,20 @@ def analyse_one(
             n_bootstrap=cfg.bootstrap,
             seed=cfg.seed,
         )
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        blob = {"analysed": analysed, "png": base64.b64encode(png).decode() if png else None}
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps(blob, default=str))
+        os.replace(tmp, cached)
     return family, method, analysed, png
 
 
 def _run_jobs(
-    jobs: Sequence[tuple[str, str, list[dict[str, Any]], StudyConfig]],
-    workers: int,
-    *,
-    plots: bool,
-    forms: Sequence[str] | None,
+    jobs: Sequence[Job], workers: int, opts: Options
 ) -> list[tuple[str, str, dict[str, Any], bytes | None]]:
     if workers <= 1 or len(jobs) <= 1:
-        return [analyse_one(f, m, r, c, plots=plots, forms=forms) for f, m, r, c in jobs]
+        return [analyse_one(job, opts) for job in jobs]
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
@@ -503,9 +557,7 @@ def _run_jobs(
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=get_context("spawn"), initializer=_init_analysis
     ) as pool:
-        futures = [
-            pool.submit(analyse_one, f, m, r, c, plots=plots, forms=forms) for f, m, r, c in ordered
-        ]
+        futures = [pool.submit(analyse_one, job, opts) for job in ordered]
         return [fut.result() for fut in futures]
 
 

@@ -113,7 +113,8 @@ def test_analysis_writes_every_output(
         "llama": (small, {}, _results("wide-llama", ((0.5e9, 3.0), (1.0e9, 2.75)), 1)),
         "smollm2": (smol, {}, _results("smollm2-135m", ((0.135e9, 2.5),), 2)),
     }
-    report = analysis.analyse_all(families, tmp_path, plots=False, forms=("p2", "curve"))
+    opts = analysis.Options(forms=("p2", "curve"), plots=False, cache=tmp_path / "cache")
+    report = analysis.analyse_all(families, tmp_path, options=opts)
 
     text = (tmp_path / "observations.csv").read_text()
     assert text.splitlines()[0].split(",") == [*CSV_COLUMNS, *CSV_OPTIONAL]
@@ -139,6 +140,14 @@ def test_analysis_writes_every_output(
     for proto in ("| all |", "| D |", "| N0 |", "| rho |"):
         assert proto in summary
     assert "auto" in summary
+
+    # A rerun over the same inputs reads the cached (family, method) results.
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2
+    analysis.analyse_all(families, tmp_path / "again", options=opts)
+    first, second = (
+        json.loads((d / "fits.json").read_text()) for d in (tmp_path, tmp_path / "again")
+    )
+    assert json.dumps(first["families"]) == json.dumps(second["families"])
 
 
 def test_configs_keep_the_pass_design(wide: ModuleType) -> None:
