@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -187,6 +188,15 @@ class Calibration:
     tokens_range: tuple[float, float]
     coverage: tuple[Coverage, ...] = ()
     notes: tuple[str, ...] = ()
+
+    @cached_property
+    def run_table(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """The runs as arrays, built once (every prediction matches its points against them):
+        (n0, ρ, L0) keys of shape (runs, 3), largest tokens seen, gap anchors."""
+        keys = np.array([[r.n0, r.rho, r.l0] for r in self.runs], dtype=np.float64)
+        tokens_max = np.array([r.tokens_max for r in self.runs], dtype=np.float64)
+        shifts = np.array([r.anchor for r in self.runs], dtype=np.float64)
+        return keys.reshape(-1, 3), tokens_max, shifts
 
     @property
     def has_pools(self) -> bool:
@@ -538,15 +548,16 @@ def continued(calibration: Calibration | None, x: Features) -> Continued:
     n = len(x)
     if calibration is None or not calibration.runs:
         return Continued(np.zeros(n, dtype=bool), np.zeros(n), np.zeros(n), ())
-    keys = np.array([[r.n0, r.rho, r.l0] for r in calibration.runs])
+    keys, tmax, shifts = calibration.run_table
     points = np.stack([x.n0, x.rho, x.l0], axis=-1)
+    # np.isclose(points, keys, rtol=_MATCH_RTOL, atol=0) for finite values, without its
+    # overhead: this runs several times per prediction.
     close = np.all(
-        np.isclose(points[:, None, :], keys[None, :, :], rtol=_MATCH_RTOL, atol=0.0), axis=-1
+        np.abs(points[:, None, :] - keys[None, :, :]) <= _MATCH_RTOL * np.abs(keys[None, :, :]),
+        axis=-1,
     )
     matched = np.any(close, axis=1)
     which = np.argmax(close, axis=1)
-    tmax = np.array([r.tokens_max for r in calibration.runs])
-    shifts = np.array([r.anchor for r in calibration.runs])
     ids = sorted({calibration.runs[int(j)].run_id for j in which[matched]})
     return Continued(
         matched=matched,
