@@ -549,6 +549,11 @@ def continued(calibration: Calibration | None, x: Features) -> Continued:
     if calibration is None or not calibration.runs:
         return Continued(np.zeros(n, dtype=bool), np.zeros(n), np.zeros(n), ())
     keys, tmax, shifts = calibration.run_table
+    # Most queries are about runs that were not fitted: when no point has a fitted run's N0,
+    # nothing matches, and the (points, runs, 3) comparison below is skipped.
+    n0_close = np.abs(x.n0[:, None] - keys[None, :, 0]) <= _MATCH_RTOL * np.abs(keys[None, :, 0])
+    if not n0_close.any():
+        return Continued(np.zeros(n, dtype=bool), np.zeros(n), np.zeros(n), ())
     points = np.stack([x.n0, x.rho, x.l0], axis=-1)
     # np.isclose(points, keys, rtol=_MATCH_RTOL, atol=0) for finite values, without its
     # overhead: this runs several times per prediction.
