@@ -284,8 +284,9 @@ def band_tokens(
 ) -> tuple[tuple[float, float] | None, tuple[str, ...]]:
     """Tokens at which the prediction band's lower and upper edges reach `target`.
 
-    The band is evaluated on a log grid of ±4 decades around `around`; an edge that does not
-    reach the target there (or below `max_tokens`) leaves the interval open: None, with a note.
+    The band is evaluated on a log grid of ±4 decades around `around`. When the upper edge does
+    not reach the target there (or below `max_tokens`) the interval is open above (its upper end
+    is infinite), with a note; when even the lower edge does not, there is none.
     """
     top = around * 10.0**_BAND_DECADES
     if max_tokens is not None:
@@ -297,11 +298,18 @@ def band_tokens(
     log_t = np.log(grid)
     low = _first_crossing(log_t, band.lower, target)
     high = _first_crossing(log_t, band.upper, target)
-    if low is None or high is None:
-        edge = "lower" if low is None else "upper"
+    if low is None:
         return None, (
-            f"the {edge} edge of the {level:.0%} prediction band does not reach the target "
-            f"below {top:.3g} tokens: the token interval is open",
+            f"even the lower edge of the {level:.0%} prediction band does not reach the target "
+            f"below {top:.3g} tokens: no token interval",
+            *band.notes,
+        )
+    if high is None:
+        return (float(np.exp(low)), float("inf")), (
+            f"the upper edge of the {level:.0%} prediction band does not reach the target "
+            f"below {top:.3g} tokens: the token interval is open above (a run may not reach "
+            "the target at all)",
+            *band.notes,
         )
     return (float(np.exp(low)), float(np.exp(high))), band.notes
 

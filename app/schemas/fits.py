@@ -90,6 +90,11 @@ class FitCreate(BaseModel):
         description="Level at which the coverage of the fit's intervals is measured on each "
         "protocol (with bootstrap > 0; docs/law.md §4).",
     )
+    measure_coverage: bool = Field(
+        True,
+        description="Measure the intervals' coverage on each protocol (a few seconds; the "
+        "calibration itself is always made when bootstrap > 0).",
+    )
 
     @field_validator("form")
     @classmethod

@@ -108,6 +108,10 @@ class RecommendResponse(BaseModel):
     predicted_loss: float
     floor_loss: float
     capped: bool
-    tokens_interval: tuple[float, float] | None
+    tokens_interval: tuple[float, float | None] | None = Field(
+        ...,
+        description="[lo, hi] of the answer at the requested level; hi is null when the "
+        "prediction band's upper edge never reaches a target (a run may not reach it at all).",
+    )
     curve: list[CurvePoint]
     warnings: list[str]

@@ -77,11 +77,13 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
         {"tokens": float(t), "loss": lo_, "lower": a, "upper": b}
         for t, lo_, a, b in zip(grid.tolist(), losses, lows, highs, strict=True)
     ]
-    interval = None
+    interval: tuple[float, float | None] | None = None
     if answer.tokens_interval is not None:
         low, high = answer.tokens_interval
-        if finite_or_none(low) is not None and finite_or_none(high) is not None:
-            interval = (float(low), float(high))
+        if finite_or_none(low) is not None:
+            # An interval open above (the band's upper edge never reaches the target) is
+            # [low, null]: JSON has no infinity.
+            interval = (float(low), finite_or_none(high))
     x = features([request.n0], [request.rho], [request.l0], [tokens])
     warnings += range_warnings(law, x, family=request.family, method=request.method)
     warnings += continuation_note(law.calibration, x)

@@ -146,3 +146,34 @@ def test_plan_options_carry_prediction_intervals_by_default(
         for kind, body in (("prediction", prediction), ("confidence", confidence))
     }
     assert width["prediction"] > width["confidence"]
+
+
+def test_a_fit_may_skip_the_coverage_measurement_and_still_give_prediction_intervals(
+    seeded_client: TestClient,
+) -> None:
+    response = seeded_client.post(
+        "/fits",
+        json={"family": FAMILY, "method": "depth", "bootstrap": 5, "measure_coverage": False},
+    )
+    assert response.status_code == 201, response.text
+    fit = response.json()
+    assert fit["coverage"] == []
+    body = predict(seeded_client, fit["id"])
+    assert UNCALIBRATED not in body["warnings"]
+    assert all(lo < hi for lo, hi in zip(body["lower"], body["upper"], strict=True))
+
+
+def test_a_point_of_a_fitted_run_is_forecast_from_that_run_and_says_so(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    run = seeded_client.get("/observations", params={"family": FAMILY, "method": "depth"}).json()
+    first = run["items"][0]
+    point = {k: first[k] for k in ("n0", "rho", "l0")} | {"tokens": first["tokens"] * 100}
+    body = seeded_client.post(
+        "/predict", json={"fit_id": seeded["depth"], "points": [point]}
+    ).json()
+    assert any(first["run_id"] in w and "continue" in w for w in body["warnings"])
+    new = seeded_client.post(
+        "/predict", json={"fit_id": seeded["depth"], "points": [POINTS[0]]}
+    ).json()
+    assert not any("continue" in w for w in new["warnings"])

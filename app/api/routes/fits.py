@@ -63,6 +63,7 @@ def create_fit(
         bootstrap=body.bootstrap,
         holdout=body.holdout.protocol if body.holdout is not None else None,
         interval=body.interval,
+        coverage=body.measure_coverage,
         make_default=body.make_default,
         include_excluded=body.include_excluded,
         seed=body.seed,
