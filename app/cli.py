@@ -1,6 +1,6 @@
 """`p2law`: the law from a shell or a notebook, without a server.
 
-    p2law fit obs.csv [--holdout D] [--bootstrap 100]   # fit table, plot, fit file
+    p2law fit obs.csv [--holdout D] [--bootstrap 100]   # fit table, coverage, plot, fit file
     p2law fit obs.csv --form auto --select-by N0       # the form with the lowest held-out error
     p2law predict --fit obs.fit.json --n0 1e9 --rho 0.25 --l0 2.5 --tokens 1e8 1e9
     p2law recommend --fit obs.fit.json --n0 1e9 --rho 0.25 --l0 2.5 --rule marginal --threshold 0.05
@@ -9,8 +9,10 @@
     p2law import-gguf [--gguf FILE.gguf] [--name NAME] [--out DIR]   # a real model (GGUF -> HF)
     p2law tokenize corpus.txt --model demo-llama --name corpus-demo  # token shards in DATA_ROOT
 
-A fit file holds the form, the parameters (billions convention, docs/law.md §1) and the bootstrap
-refits; `GET /fits/{id}` output works too (its parameters, without refits).
+A fit file holds the form, the parameters (billions convention, docs/law.md §1), the bootstrap
+refits and the calibration of the prediction intervals (`--interval-kind prediction`, the
+default, or `confidence`; docs/law.md §4); `GET /fits/{id}` output works too (its parameters,
+without refits).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from app.law.bootstrap import refit_runs
 from app.law.errors import LawError
 from app.law.fitting import fit
 from app.law.forms import FORMS
+from app.law.intervals import Calibration, IntervalKind, calibrate, measure_coverage, runs_only
 from app.law.recommend import loss_curve, recommend
 from app.law.select import SELECT_BY, Selection, select_form
 from app.law.types import Dataset, FitResult, Protocol, Rule
@@ -113,12 +116,20 @@ def _fit_command(args: argparse.Namespace) -> int:
     result = fit(form, data, holdout=args.holdout)
     refits = refit_runs(form, data, result, args.bootstrap) if args.bootstrap else []
     print(_table(result, refits))
+    calibration = runs_only(form, data, result)
+    if refits:
+        calibration = replace(
+            calibrate(form, data, result),
+            coverage=measure_coverage(form, data, level=args.interval, bootstrap=30),
+        )
+        print("\n" + _coverage_table(calibration))
 
     plot_path = Path(args.plot) if args.plot else csv_path.with_suffix(".fit.png")
     plot_path.write_bytes(plot_fit(form, result.params, data, title=csv_path.name))
     save_path = Path(args.save) if args.save else csv_path.with_suffix(".fit.json")
     document = replace(result, bootstrap=refits).as_dict()
     document["holdout_protocol"] = args.holdout
+    document["calibration"] = calibration.as_dict()
     if selection is not None:
         document["selection"] = selection.as_dict()
     save_path.write_text(json.dumps(document, indent=2, allow_nan=False), encoding="utf-8")
@@ -126,15 +137,31 @@ def _fit_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _law_of(args: argparse.Namespace) -> tuple[str, dict[str, float], list[dict[str, float]]]:
-    """The law a predict/recommend command uses: a fit file, or inline `--param NAME=VALUE`."""
+def _coverage_table(calibration: Calibration) -> str:
+    """Measured coverage of the fit's intervals per protocol (docs/law.md §4)."""
+    if not calibration.coverage:
+        return "interval coverage: no protocol can be measured on these data"
+    lines = [f"{'protocol':<10}{'level':>8}{'prediction':>12}{'confidence':>12}{'points':>8}"]
+    for c in calibration.coverage:
+        conf = "—" if c.confidence is None else f"{c.confidence:.0%}"
+        lines.append(f"{c.protocol:<10}{c.level:>8.0%}{c.prediction:>12.0%}{conf:>12}{c.points:>8}")
+    return "interval coverage (held-out points inside the interval):\n" + "\n".join(lines)
+
+
+def _law_of(
+    args: argparse.Namespace,
+) -> tuple[str, dict[str, float], list[dict[str, float]], Calibration | None]:
+    """The law a predict/recommend command uses: a fit file (with its refits and calibration),
+    or inline `--param NAME=VALUE`."""
     if args.fit:
         document = json.loads(Path(args.fit).read_text(encoding="utf-8"))
         refits = document.get("refits")
+        raw = document.get("calibration")
         return (
             str(document.get("form", "p2")),
             {k: float(v) for k, v in document["params"].items()},
             list(refits) if isinstance(refits, list) else [],
+            Calibration.from_dict(raw) if isinstance(raw, dict) else None,
         )
     if not args.param:
         raise LawError("give a law: --fit FILE (from `p2law fit`) or --param NAME=VALUE …")
@@ -144,11 +171,25 @@ def _law_of(args: argparse.Namespace) -> tuple[str, dict[str, float], list[dict[
         if not sep:
             raise LawError(f"--param takes NAME=VALUE, got {item!r}")
         params[name.strip()] = float(value)
-    return args.form, params, []
+    return args.form, params, [], None
+
+
+def _kind(args: argparse.Namespace, calibration: Calibration | None) -> IntervalKind:
+    """The interval kind asked for, or the confidence kind (with a note) when the fit file has
+    no calibrated prediction interval."""
+    kind: IntervalKind = args.interval_kind
+    if kind == "prediction" and (calibration is None or not calibration.has_pools):
+        print(
+            "note: no calibrated prediction interval in this fit file; the confidence interval "
+            "is shown",
+            file=sys.stderr,
+        )
+        return "confidence"
+    return kind
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    form, params, refits = _law_of(args)
+    form, params, refits, calibration = _law_of(args)
     tokens = np.asarray(args.tokens, dtype=np.float64)
     loss, lower, upper = loss_curve(
         form,
@@ -159,6 +200,8 @@ def _predict_command(args: argparse.Namespace) -> int:
         tokens=tokens,
         refits=refits or None,
         level=args.interval if refits else None,
+        calibration=calibration,
+        kind=_kind(args, calibration) if refits else "prediction",
     )
     print(
         f"{'tokens':>14}{'loss':>12}" + (f"{'lower':>12}{'upper':>12}" if lower is not None else "")
@@ -172,7 +215,7 @@ def _predict_command(args: argparse.Namespace) -> int:
 
 
 def _recommend_command(args: argparse.Namespace) -> int:
-    form, params, refits = _law_of(args)
+    form, params, refits, calibration = _law_of(args)
     answer = recommend(
         form,
         params,
@@ -185,6 +228,8 @@ def _recommend_command(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         refits=refits or None,
         level=args.interval if refits else None,
+        calibration=calibration,
+        kind=_kind(args, calibration) if refits else "prediction",
     )
     print(
         f"tokens          {answer.tokens:.6g}"
@@ -192,7 +237,10 @@ def _recommend_command(args: argparse.Namespace) -> int:
     )
     if answer.tokens_interval is not None:
         lo, hi = answer.tokens_interval
-        print(f"interval        {lo:.4g} … {hi:.4g} ({args.interval:.0%})")
+        upper = "open (may never reach it)" if not np.isfinite(hi) else f"{hi:.4g}"
+        print(f"interval        {lo:.4g} … {upper} ({args.interval:.0%})")
+    for note in answer.notes:
+        print(f"note: {note}", file=sys.stderr)
     print(f"predicted loss  {answer.predicted_loss:.5f}")
     print(f"floor loss      {answer.floor_loss:.5f}")
     return 0
@@ -266,6 +314,12 @@ def _features_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rho", type=float, required=True, help="pruning rate in (0, 1)")
     parser.add_argument("--l0", type=float, required=True, help="dense loss (nats/token)")
     parser.add_argument("--interval", type=float, default=0.8, help="interval level with refits")
+    parser.add_argument(
+        "--interval-kind",
+        choices=("prediction", "confidence"),
+        default="prediction",
+        help="where a run's loss lands (default) or where the mean curve lies",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit_p.add_argument("--method")
     fit_p.add_argument("--holdout", choices=PROTOCOLS, help="generalisation protocol (§6)")
     fit_p.add_argument("--bootstrap", type=int, default=0, help="refits (resampling runs)")
+    fit_p.add_argument(
+        "--interval", type=float, default=0.8, help="level of the measured interval coverage"
+    )
     fit_p.add_argument("--plot", help="PNG path (default: next to the CSV)")
     fit_p.add_argument("--save", help="fit file path (default: next to the CSV)")
 

@@ -132,3 +132,26 @@ def test_select_by_without_auto_is_a_clear_error(
 ) -> None:
     assert main(["fit", str(observations_csv), "--select-by", "N0"]) == 2
     assert "--form auto" in capsys.readouterr().err
+
+
+def test_fit_reports_interval_coverage_and_predict_gives_both_interval_kinds(
+    observations_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    method = next(iter(SYNTHETIC_P2))
+    assert main(["fit", str(observations_csv), "--method", method, "--bootstrap", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "interval coverage" in out
+    for protocol in ("D", "N0", "rho"):
+        assert any(line.startswith(protocol + " ") for line in out.splitlines())
+    fit_file = str(observations_csv.with_suffix(".fit.json"))
+    assert json.loads(Path(fit_file).read_text())["calibration"]["pools"]
+    point = ["--n0", "2e9", "--rho", "0.2", "--l0", "2.6", "--tokens", "1e9"]
+
+    def band(kind: str) -> tuple[float, float]:
+        assert main(["predict", "--fit", fit_file, *point, "--interval-kind", kind]) == 0
+        fields = capsys.readouterr().out.strip().splitlines()[-1].split()
+        return float(fields[2]), float(fields[3])
+
+    prediction, confidence = band("prediction"), band("confidence")
+    assert prediction != confidence
+    assert prediction[1] - prediction[0] > confidence[1] - confidence[0]
