@@ -7,8 +7,9 @@ pipeline did not flag below L0:
   is analysed without a change here), fitted on all runs (`all`, in-sample metrics) and on the
   train side of each hold-out protocol (`D`, `N0`, `rho`; `N0` only where the family has two
   sizes or more), with MAPE, RMSE, ASD and R² on the held-out side;
-- `auto`: the form `app.law.select.select_form` chooses on the *train side* of the protocol (for
-  `all`: grouped folds over runs), then that form's held-out metrics;
+- `auto`: the form `app.law.select.select_form` chooses on the *train side* of the protocol (by
+  the same protocol inside it where the train side allows, else by grouped folds over its whole
+  runs; for `all`: grouped folds over runs), then that form's held-out metrics;
 - interval coverage at 80% for every fit, by every method in `COVERAGE_METHODS`: `bootstrap`
   (refits by run, `app.law.refit_runs` + `predict_interval`) and `calibrated` (the engine's
   calibrated prediction intervals, `app.law.intervals`). A new kind of interval plugs in there.
@@ -170,18 +171,34 @@ def _fit_entry(
 
 
 def _auto_entry(data: Dataset, proto: str, forms: Sequence[str] | None = None) -> dict[str, Any]:
-    """The form chosen on the train side of `proto` and its held-out metrics (see module doc)."""
+    """The form chosen on the train side of `proto` (see the module docstring).
+
+    The choice never sees the held-out side: it uses the same protocol inside the train side
+    where that is possible (D always; N0 and rho only with enough sizes or rho levels left), and
+    grouped folds over the train side's whole runs otherwise (`select_by` says which).
+    """
     try:
         from app.law.select import select_form
     except ImportError as exc:
         return {"error": f"form selection not available: {exc}"}
     try:
         train, _test = _sides(data, proto)
-        selection = select_form(train, "runs" if proto == "all" else proto, forms=forms)
     except LawError as exc:
         return {"error": str(exc)[:300]}
+    selection = None
+    errors = []
+    for select_by in dict.fromkeys(("runs" if proto == "all" else proto, "runs")):
+        try:
+            selection = select_form(train, select_by, forms=forms)
+            break
+        except LawError as exc:
+            errors.append(f"{select_by}: {exc}"[:300])
+    if selection is None:
+        return {"error": "; ".join(errors)}
     chosen = selection.chosen
     entry: dict[str, Any] = {"chosen": chosen, "select_by": selection.select_by}
+    if errors:
+        entry["fallback_from"] = errors
     table = getattr(selection, "table", ())
     entry["table"] = [
         {
@@ -265,6 +282,7 @@ def plot_extrapolation(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     kept = [r for r in rows if not r["_below_l0"]]
     if not kept:
@@ -283,6 +301,7 @@ def plot_extrapolation(
     for ax, form in zip(axes[0], usable, strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("post-training tokens D")
         for r in np.unique(train.run):
             idx = np.flatnonzero(train.run == r)
@@ -626,7 +645,11 @@ def write_summary(report: dict[str, Any], path: Path) -> None:
                         fitted = f.get("fit") or {}
                         tm = fitted.get("test_metrics")
                         cov = fitted.get("coverage") or {}
-                        label = f"auto → {f.get('chosen', f.get('error', '?'))}"[:80]
+                        label = (
+                            f"auto → {f['chosen']} (by {f.get('select_by')})"
+                            if "chosen" in f
+                            else "auto"
+                        )
                     else:
                         tm = f.get("test_metrics")
                         cov = f.get("coverage") or {}
