@@ -61,6 +61,8 @@ ANCHOR_LIMIT = 2.0
 #: Calibration fits refit warm from the point estimate, like bootstrap refits.
 CALIBRATION_FTOL = 1e-8
 EXTRAPOLATION_GRID = True
+# What an extrapolating pool's distance measures, for warnings.
+_FAR = {"D": "tokens", "N0": "sizes (N0)", "rho": "pruning rates"}
 # Relative tolerance when matching a query point's (n0, ρ, L0) to a fitted run.
 _MATCH_RTOL = 1e-6
 
@@ -673,6 +675,14 @@ def prediction_band(
             )
             if not bins:
                 continue
+        reach = max(b.distance for b in bins)
+        past = int(np.count_nonzero(distance[mask] > reach * (1 + 1e-9))) if kind in _FAR else 0
+        if past:
+            notes.append(
+                f"{past} point(s) lie further beyond the fitted {_FAR[kind]} than any hold-out "
+                f"of the fit's data reached (log distance {reach:.3g}): their interval assumes "
+                "the error grows linearly with the distance, and its coverage is not measured"
+            )
         med, q_lo, q_hi = _pool_quantiles(bins, distance[mask], level)
         spread_lo = np.maximum(med - q_lo, 0.0)
         spread_hi = np.maximum(q_hi - med, 0.0)

@@ -222,3 +222,15 @@ def test_a_continued_run_keeps_its_own_gap_level() -> None:
     assert forecast("p2", result.params, cal, new) == pytest.approx(p2.predict(result.params, new))
     assert continuation_note(cal, later.x) and "r4" in continuation_note(cal, later.x)[0]
     assert continuation_note(cal, new) == []
+
+
+def test_a_point_further_out_than_any_hold_out_reached_is_warned_about() -> None:
+    result, refits, cal = fitted(make_runs(np.random.default_rng(12), _grid(SIZES[:3]), "r"))
+    reach = max(b.distance for b in cal.pools["N0"])
+    near = SIZES[2][0] * np.exp(0.5 * reach)
+    far = SIZES[2][0] * np.exp(3.0 * reach)
+    x = Features(np.array([near, far]), np.full(2, 0.2), np.full(2, 2.3), np.full(2, 1e9))
+    band = interval("p2", result.params, refits, cal, x, level=0.8)
+    assert [n for n in band.notes if "sizes (N0)" in n and n.startswith("1 point")]
+    inside = interval("p2", result.params, refits, cal, x.take(np.array([0])), level=0.8)
+    assert not [n for n in inside.notes if "sizes (N0)" in n]
