@@ -19,6 +19,7 @@ from app.api.errors import install_error_handlers
 from app.api.routes import fits, health, jobs, observations, plan, predict, recommend
 from app.core.config import get_settings
 from app.schemas.observations import ObservationsIn
+from app.schemas.predict import PredictRequest
 from app.services.health import VERSION
 
 DESCRIPTION = """
@@ -42,7 +43,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The OpenAPI schema, plus the models of bodies the routes parse themselves (the
-    observation upload accepts JSON or CSV, so FastAPI does not see its model)."""
+    observation upload accepts JSON or CSV, and /predict parses its JSON in one pass, so
+    FastAPI does not see their models)."""
     if app.openapi_schema is not None:
         return app.openapi_schema
     schema = get_openapi(
@@ -52,7 +54,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         routes=app.routes,
     )
     _, extra = models_json_schema(
-        [(ObservationsIn, "validation")], ref_template="#/components/schemas/{model}"
+        [(ObservationsIn, "validation"), (PredictRequest, "validation")],
+        ref_template="#/components/schemas/{model}",
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for name, definition in extra.get("$defs", {}).items():

@@ -2,8 +2,10 @@
 
 The hot path of the service (issue 8: 100 points per request at ≥ 0.8× the request rate of an
 endpoint that only parses the same body for an inline law, ≥ 0.5× for a stored fit with an
-interval, on one worker). Three costs dominate at that size and are avoided here: the
+interval, on one worker). Four costs dominate at that size and are avoided here: the
 thread-pool hop of a sync handler (the law's arithmetic on 100 points takes microseconds),
+FastAPI's body handling (the standard library's JSON parser, then validation of the objects;
+pydantic-core parses and validates the bytes in one pass, 0.11 ms sooner, with the same 422s),
 re-validating the response dict against its model, and the standard library's JSON encoder
 (0.19 ms for three lists of 100 floats, against 0.015 ms for pydantic-core's). Requests that
 may block (a stored fit, which is one database query per request, or many points) still run
@@ -12,10 +14,13 @@ in the thread pool so the event loop stays responsive.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
@@ -27,6 +32,8 @@ router = APIRouter(tags=["predictions"], responses={**ERRORS, **NOT_FOUND})
 
 #: Above this many points the work moves to the thread pool (~1 ms of numpy at 2,000 points).
 INLINE_POINTS = 2_000
+#: Bodies above this size (about 2,000 points) are parsed in the thread pool too.
+INLINE_BODY_BYTES = 256 * 1024
 
 _EXAMPLES: dict[str, Any] = {
     "inline law, points": {
@@ -50,16 +57,83 @@ _EXAMPLES: dict[str, Any] = {
 }
 
 
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/PredictRequest"},
+                "examples": _EXAMPLES,
+            }
+        },
+    }
+}
+
+
+def _is_json(content_type: str) -> bool:
+    # As FastAPI decides (strict content type): application/json or application/*+json.
+    media = content_type.split(";", 1)[0].strip().lower()
+    maintype, _, subtype = media.partition("/")
+    return maintype == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _as_fastapi(raw: bytes, content_type: str) -> PredictRequest:
+    """The body parsed and validated the way FastAPI does for a `PredictRequest` parameter,
+    raising the RequestValidationError it would raise."""
+    if not raw:
+        raise RequestValidationError(
+            [{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}]
+        )
+    value: Any = raw  # a body that is not JSON goes to validation as bytes, which fails
+    if _is_json(content_type):
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "json_invalid",
+                        "loc": ("body", exc.pos),
+                        "msg": "JSON decode error",
+                        "input": {},
+                        "ctx": {"error": exc.msg},
+                    }
+                ]
+            ) from None
+    try:
+        return PredictRequest.model_validate(value, from_attributes=True)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
+def _parse(raw: bytes, content_type: str) -> PredictRequest:
+    """The request body: pydantic-core parses and validates the JSON bytes in one pass. A body
+    it refuses, or does not read (JSON that is not UTF-8), takes FastAPI's own way, so that
+    what is accepted and every 422 are FastAPI's."""
+    if raw and _is_json(content_type):
+        try:
+            return PredictRequest.model_validate_json(raw)
+        except ValidationError:
+            pass
+    return _as_fastapi(raw, content_type)
+
+
 def _may_block(body: PredictRequest) -> bool:
     # A stored fit reads the database (which fit, and whether it exists) on every request.
     return body.law is None or body.n_points > INLINE_POINTS
 
 
-@router.post("/predict", response_model=PredictResponse)
-async def predict(
-    body: PredictRequest = Body(..., openapi_examples=_EXAMPLES),
-) -> Response:
+@router.post("/predict", response_model=PredictResponse, openapi_extra=_BODY_DOC)
+async def predict(request: Request) -> Response:
     """Predict the loss after pruning and post-training at each point."""
+    raw = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if len(raw) > INLINE_BODY_BYTES:
+        body = await run_in_threadpool(_parse, raw, content_type)
+    else:
+        body = _parse(raw, content_type)
     if _may_block(body):
         result = await run_in_threadpool(service.predict, body)
     else:
