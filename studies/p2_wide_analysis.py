@@ -84,7 +84,7 @@ def calibrated_coverage(
     refits: Sequence[Mapping[str, float]],
 ) -> float:
     """Share of `test` inside the engine's calibrated 80% prediction interval (calibrated on
-    `train` only: residual pools of held-out runs, widened by the bootstrap band)."""
+    `train` only: residual pools of held-out runs, docs/law.md §4)."""
     try:
         from app.law import intervals
     except ImportError as exc:  # an engine without calibrated intervals

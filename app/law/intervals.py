@@ -16,10 +16,11 @@ question is asked, on the fit's own data:
 
 Each residual is log(observed) − log(predicted out of sample), weighted so that every held-out
 run counts once (runs are the unit, never single checkpoints). An extrapolating pool keeps each
-residual's *distance* (log of how far beyond the data its fit saw: tokens, N0 or ρ), grouped in
-bins; a query takes the bin nearest its own distance and scales the residuals up (never down)
-linearly when it lies further than the bin. The interval is the pool's weighted quantiles around
-their median, widened by the bootstrap band in quadrature, on a log scale. The assumption is
+residual's *distance* (log of how far beyond the data its fit saw: N0 or ρ; for tokens, in units
+of the log span of tokens the run was seen over), grouped in bins; a query takes the bin nearest
+its own distance and scales the residuals up (never down) linearly when it lies further than the
+bin. The interval is the pool's weighted quantiles on a log scale (a run that continues a fitted
+run also keeps that run's level: `forecast`). The assumption is
 that runs are exchangeable: a new run relates to the fitted ones as the held-out runs did to the
 rest. Outside the fitted ranges this is an assumption about extrapolation, and predictions say so.
 """
@@ -54,6 +55,9 @@ D_GROUPS = 5
 D_CUTS = (0.3, 0.5, 0.8)
 #: A distance bin holds residuals worth at least this many runs (or the whole pool).
 MIN_RUNS_PER_BIN = 3.0
+#: A run seen over less than a doubling of its tokens counts as seen over a doubling, when its
+#: extrapolation distance is measured in units of the log span it was seen over.
+MIN_LOG_SPAN = float(np.log(2.0))
 #: A continued run keeps the level of its gap at its last checkpoints: how many, and the most
 #: it may depart from the law (a factor e² on the gap either way).
 ANCHOR_POINTS = 2
@@ -141,6 +145,7 @@ class RunKey:
     l0: float
     tokens_max: float
     anchor: float = 0.0
+    tokens_min: float | None = None  # None: as tokens_max (a run seen at one point)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -148,6 +153,7 @@ class RunKey:
             "n0": self.n0,
             "rho": self.rho,
             "l0": self.l0,
+            "tokens_min": self.tokens_min if self.tokens_min is not None else self.tokens_max,
             "tokens_max": self.tokens_max,
             "anchor": self.anchor,
         }
@@ -194,13 +200,18 @@ class Calibration:
     notes: tuple[str, ...] = ()
 
     @cached_property
-    def run_table(self) -> tuple[FloatArray, FloatArray, FloatArray]:
+    def run_table(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """The runs as arrays, built once (every prediction matches its points against them):
-        (n0, ρ, L0) keys of shape (runs, 3), largest tokens seen, gap anchors."""
+        (n0, ρ, L0) keys of shape (runs, 3), log span of tokens seen, largest tokens seen and
+        gap anchors."""
         keys = np.array([[r.n0, r.rho, r.l0] for r in self.runs], dtype=np.float64)
         tokens_max = np.array([r.tokens_max for r in self.runs], dtype=np.float64)
+        tokens_min = np.array(
+            [r.tokens_min if r.tokens_min is not None else r.tokens_max for r in self.runs],
+            dtype=np.float64,
+        )
         shifts = np.array([r.anchor for r in self.runs], dtype=np.float64)
-        return keys.reshape(-1, 3), tokens_max, shifts
+        return keys.reshape(-1, 3), log_span(tokens_min, tokens_max), tokens_max, shifts
 
     @property
     def has_pools(self) -> bool:
@@ -210,7 +221,7 @@ class Calibration:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "method": "out-of-sample residual pools + bootstrap in quadrature (docs/law.md §4)",
+            "method": "out-of-sample residual pools per question (docs/law.md §4)",
             "pools": {k: [b.as_dict() for b in bins] for k, bins in self.pools.items()},
             "runs": [r.as_dict() for r in self.runs],
             "n0_range": list(self.n0_range),
@@ -232,6 +243,7 @@ class Calibration:
                     l0=float(r["l0"]),
                     tokens_max=float(r["tokens_max"]),
                     anchor=float(r["anchor"]),
+                    tokens_min=float(r.get("tokens_min", r["tokens_max"])),
                 )
                 for r in raw["runs"]
             ),
@@ -376,9 +388,18 @@ def _runs_pool(law: Form, data: Dataset, params: Params) -> _Collected:
     return out
 
 
+def log_span(first: FloatArray, last: FloatArray) -> FloatArray:
+    """The log span of tokens a run was seen over, at least MIN_LOG_SPAN: how far it may be
+    extrapolated is measured in these units (docs/law.md §4)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        span = np.log(np.maximum(last, 1.0) / np.maximum(first, 1.0))
+    return np.asarray(np.maximum(np.nan_to_num(span), MIN_LOG_SPAN), dtype=np.float64)
+
+
 def _cut_runs(data: Dataset, held: FloatArray, share: float) -> tuple[BoolArray, FloatArray]:
     """Mask of the points kept when runs `held` keep only their first `share` of checkpoints,
-    and each point's log distance beyond the last kept tokens of its run (0 when kept)."""
+    and each point's distance beyond the last kept tokens of its run (0 when kept): the log
+    of the tokens past the last kept checkpoint over the log span the kept ones cover."""
     keep = np.ones(len(data), dtype=bool)
     distance = np.zeros(len(data))
     for r in held:
@@ -390,8 +411,9 @@ def _cut_runs(data: Dataset, held: FloatArray, share: float) -> tuple[BoolArray,
         if n_keep >= idx.size:
             continue
         keep[idx[n_keep:]] = False
-        last = data.x.tokens[idx[n_keep - 1]]
-        distance[idx[n_keep:]] = np.log(data.x.tokens[idx[n_keep:]] / last)
+        first, last = data.x.tokens[idx[0]], data.x.tokens[idx[n_keep - 1]]
+        span = log_span(np.array([first]), np.array([last]))[0]
+        distance[idx[n_keep:]] = np.log(data.x.tokens[idx[n_keep:]] / last) / span
     return keep, distance
 
 
@@ -400,6 +422,7 @@ def _d_pool(law: Form, data: Dataset, params: Params) -> _Collected:
     runs = np.unique(data.run)
     groups = min(D_GROUPS, runs.size)
     order = np.random.default_rng(1).permutation(runs)
+    per_run = law.blocks(data) is not None
     for share in D_CUTS:
         for g in range(groups):
             held = order[g::groups]
@@ -408,7 +431,10 @@ def _d_pool(law: Form, data: Dataset, params: Params) -> _Collected:
                 continue
             train, test = data.take(keep), data.take(~keep)
             try:
-                refit = _refit(law, train, params, grid=False)
+                # A form with parameters per run (`curve`) warm-started from the full fit would
+                # keep the cut runs' curves through the points held out: it restarts from its
+                # (cheap, per-run) grid instead.
+                refit = _refit(law, train, params, grid=per_run)
             except LawError:
                 continue
             shift = _shifts(law, refit, train, held, test)
@@ -474,6 +500,7 @@ def run_keys(form: str, params: Params, data: Dataset) -> tuple[RunKey, ...]:
                 rho=float(np.median(data.x.rho[mine])),
                 l0=float(np.median(data.x.l0[mine])),
                 tokens_max=float(np.max(data.x.tokens[mine])),
+                tokens_min=float(np.min(data.x.tokens[mine])),
                 anchor=gap_anchor(law, params, data.take(mine)),
             )
         )
@@ -546,6 +573,7 @@ class Continued:
     tokens_max: FloatArray
     shift: FloatArray
     run_ids: tuple[str, ...]
+    span: FloatArray | None = None  # log span of tokens the run was seen over (matched points)
 
 
 def continued(calibration: Calibration | None, x: Features) -> Continued:
@@ -553,7 +581,7 @@ def continued(calibration: Calibration | None, x: Features) -> Continued:
     n = len(x)
     if calibration is None or not calibration.runs:
         return Continued(np.zeros(n, dtype=bool), np.zeros(n), np.zeros(n), ())
-    keys, tmax, shifts = calibration.run_table
+    keys, spans, tmax, shifts = calibration.run_table
     # Most queries are about runs that were not fitted: when no point has a fitted run's N0,
     # nothing matches, and the (points, runs, 3) comparison below is skipped.
     n0_close = np.abs(x.n0[:, None] - keys[None, :, 0]) <= _MATCH_RTOL * np.abs(keys[None, :, 0])
@@ -574,6 +602,7 @@ def continued(calibration: Calibration | None, x: Features) -> Continued:
         tokens_max=np.where(matched, tmax[which], 0.0),
         shift=np.where(matched, shifts[which], 0.0),
         run_ids=tuple(ids),
+        span=np.where(matched, spans[which], MIN_LOG_SPAN),
     )
 
 
@@ -647,13 +676,16 @@ def prediction_band(
     used = np.array([""] * n, dtype=object)
     runs = continued(calibration, x)
     matched, tokens_max = runs.matched, runs.tokens_max
+    span = runs.span if runs.span is not None else np.full(n, MIN_LOG_SPAN)
     with np.errstate(divide="ignore"):
-        d_run = np.where(matched, np.log(np.maximum(x.tokens / np.maximum(tokens_max, 1), 1)), 0)
+        beyond_run = np.log(np.maximum(x.tokens / np.maximum(tokens_max, 1), 1)) / span
+        d_run = np.where(matched, beyond_run, 0)
     wants: dict[str, tuple[BoolArray, FloatArray]] = {
         "seen": (matched & (d_run <= 0), np.zeros(n)),
         "runs": (~matched, np.zeros(n)),
     }
-    d_tok = _beyond(x.tokens, *calibration.tokens_range)
+    t_lo, t_hi = calibration.tokens_range
+    d_tok = _beyond(x.tokens, t_lo, t_hi) / log_span(np.array([t_lo]), np.array([t_hi]))[0]
     d_n0 = _beyond(x.n0, *calibration.n0_range)
     rho_lo, rho_hi = calibration.rho_range
     d_rho = _beyond(x.rho, rho_lo - RHO_TOLERANCE, rho_hi + RHO_TOLERANCE)
