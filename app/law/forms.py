@@ -10,6 +10,7 @@ interface, so registering a new form with `register` touches nothing else.
 from __future__ import annotations
 
 import itertools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -114,7 +115,7 @@ def _p(params: Params, key: str) -> float:
     if key not in params:
         raise LawError(f"law parameters lack {key!r}")
     value = float(params[key])
-    if not np.isfinite(value):
+    if not math.isfinite(value):
         raise LawError(f"parameter {key} must be finite, got {value!r}")
     return value
 
@@ -131,14 +132,24 @@ def _check_thetas(thetas: FloatArray, p: int) -> FloatArray:
     return matrix
 
 
+#: Below this magnitude of every exponent, a prediction may leave log space: exp() of
+#: ±LINEAR_BOUND is a normal float, and so is the product of two such values.
+LINEAR_BOUND = 300.0
+
+
+def _largest(values: FloatArray) -> float:
+    """The largest magnitude in `values` (inf when there are none, which fails any bound)."""
+    return float(np.abs(values).max()) if values.size else float("inf")
+
+
 def _log_param(params: Params, key: str) -> float:
     if key not in params:
         raise LawError(f"law parameters lack {key!r}")
     value = float(params[key])
-    if value < 0 or not np.isfinite(value):
+    if value < 0 or not math.isfinite(value):
         raise LawError(f"parameter {key} must be finite and ≥ 0, got {value!r}")
-    with np.errstate(divide="ignore"):
-        return float(np.log(value))
+    # math rather than numpy on one float: this runs for every parameter of every prediction.
+    return math.log(value) if value > 0 else -math.inf
 
 
 class Form(ABC):
@@ -375,17 +386,41 @@ class P2Form(Form):
     def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
         check_features(x)
         theta = _check_thetas(thetas, len(self._fit_names))
+        ln_n = np.log(x.n0 / 1e9)
+        ln_d = np.log(x.tokens / 1e9)
+        ln_rho = np.log(x.rho)
+        # Bounds on the exponents log N_C − α ln N, log D_C − β ln D, log E and log K from the
+        # largest magnitudes alone (a −inf constant fails them).
+        top = np.abs(theta).max(axis=0) if theta.shape[0] else np.full(7, np.inf)
+        m_n, m_d, m_rho = _largest(ln_n), _largest(ln_d), _largest(ln_rho)
+        with np.errstate(invalid="ignore"):  # inf · 0 is NaN, which fails the test too
+            bounds = np.array(
+                [
+                    top[0] + top[3] * m_n,
+                    top[1] + top[4] * m_d,
+                    top[2],
+                    top[5] * m_rho + top[6] * m_n,
+                ]
+            )
+        if np.all(bounds <= LINEAR_BOUND):
+            # Then the three terms' sum times K is exact to a few ulps in linear space, at
+            # half the cost of the log-sum-exp.
+            gap = np.exp(_col(theta, 0) - _col(theta, 3) * ln_n)
+            gap += np.exp(_col(theta, 1) - _col(theta, 4) * ln_d)
+            gap += np.exp(_col(theta, 2))
+            gap *= np.exp(-_col(theta, 5) * ln_rho - _col(theta, 6) * ln_n)
+            gap += x.l0
+            return np.asarray(gap, dtype=np.float64)
         # The log of the term added to L0, as `_log_gap` computes it, without the weights and
         # log L̂ that only fitting needs.
-        ln_n = np.log(x.n0 / 1e9)
         log_g = logsumexp_value(
             [
                 _col(theta, 0) - _col(theta, 3) * ln_n,
-                _col(theta, 1) - _col(theta, 4) * np.log(x.tokens / 1e9),
+                _col(theta, 1) - _col(theta, 4) * ln_d,
                 _col(theta, 2),
             ]
         )
-        log_k = -_col(theta, 5) * np.log(x.rho) - _col(theta, 6) * ln_n
+        log_k = -_col(theta, 5) * ln_rho - _col(theta, 6) * ln_n
         u = np.minimum(log_k + log_g, _LOG_MAX)
         return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
 

@@ -236,3 +236,29 @@ def test_a_parameter_matrix_is_checked_once_and_must_have_the_forms_width(form: 
         law.params_matrix([good, {**good, law.param_names[0]: float("nan")}])
     with pytest.raises(LawError, match="shape"):
         law.predict_many(matrix[:, :-1], _x(1e9, 0.25, 2.5, 1e8))
+
+
+def test_p2_predicts_the_same_in_linear_and_in_log_space() -> None:
+    """Within bounded exponents P² is evaluated in linear space; one row beyond them sends the
+    whole batch through the log-sum-exp, and both give the same losses."""
+    law = get_form("p2")
+    rng = np.random.default_rng(11)
+    grid = law.start_grid(_random_data())
+    thetas = grid[rng.choice(grid.shape[0], size=40)] + rng.normal(0, 0.1, (40, 7))
+    x = Features(
+        10 ** rng.uniform(6, 11, 50),
+        rng.uniform(0.05, 0.9, 50),
+        rng.uniform(1.0, 4.0, 50),
+        10 ** rng.uniform(3, 13, 50),
+    )
+    linear = law.predict_many(thetas, x)
+    beyond = np.array([[400.0, -5.0, -3.0, 0.5, 0.5, -1.0, 0.0]])  # log N_C = 400
+    logged = law.predict_many(np.vstack([thetas, beyond]), x)
+    np.testing.assert_allclose(linear, logged[:40], rtol=1e-13, atol=0)
+    assert np.all(np.isfinite(logged)) and np.all(logged[40] > x.l0)
+    # E = 0 exactly (log E = −inf) goes through log space; E = e^−200 stays linear.
+    zero_e, tiny_e = thetas.copy(), thetas.copy()
+    zero_e[:, 2], tiny_e[:, 2] = -np.inf, -200.0
+    np.testing.assert_allclose(
+        law.predict_many(zero_e, x), law.predict_many(tiny_e, x), rtol=1e-13, atol=0
+    )
