@@ -174,3 +174,12 @@ def test_streamed_body_without_length_is_cut_at_the_limit(
     message = error_message(response, 413)
     assert message == "request body is larger than the limit of 2000 bytes"
     assert small_client.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"\x00\x00\x00\x00\x00", b"\x80", b"\xff\xfe\x00"])
+def test_predict_bytes_that_are_not_json_text_are_a_422_not_a_crash(
+    client: TestClient, body: bytes
+) -> None:
+    response = client.post("/predict", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["type"] == "json_invalid"

@@ -88,15 +88,21 @@ def _as_fastapi(raw: bytes, content_type: str) -> PredictRequest:
     if _is_json(content_type):
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # Bytes that are not text in any JSON encoding are a bad body like any other: 422.
+            pos, why = (
+                (exc.pos, exc.msg)
+                if isinstance(exc, json.JSONDecodeError)
+                else (exc.start, f"not valid {exc.encoding}: {exc.reason}")
+            )
             raise RequestValidationError(
                 [
                     {
                         "type": "json_invalid",
-                        "loc": ("body", exc.pos),
+                        "loc": ("body", pos),
                         "msg": "JSON decode error",
                         "input": {},
-                        "ctx": {"error": exc.msg},
+                        "ctx": {"error": why},
                     }
                 ]
             ) from None
