@@ -405,8 +405,12 @@ class P2Form(Form):
         if np.all(bounds <= LINEAR_BOUND):
             # Then the three terms' sum times K is exact to a few ulps in linear space, at
             # half the cost of the log-sum-exp.
-            gap = np.exp(_col(theta, 0) - _col(theta, 3) * ln_n)
-            gap += np.exp(_col(theta, 1) - _col(theta, 4) * ln_d)
+            if (x.n0 == x.n0[0]).all() and (x.rho == x.rho[0]).all():
+                # One model at many token counts (a loss curve, the usual request): the N0 and
+                # ρ terms are one value per parameter set.
+                ln_n, ln_rho = ln_n[:1], ln_rho[:1]
+            gap = np.exp(_col(theta, 1) - _col(theta, 4) * ln_d)
+            gap += np.exp(_col(theta, 0) - _col(theta, 3) * ln_n)
             gap += np.exp(_col(theta, 2))
             gap *= np.exp(-_col(theta, 5) * ln_rho - _col(theta, 6) * ln_n)
             gap += x.l0

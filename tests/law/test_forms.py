@@ -251,10 +251,12 @@ def test_p2_predicts_the_same_in_linear_and_in_log_space() -> None:
         rng.uniform(1.0, 4.0, 50),
         10 ** rng.uniform(3, 13, 50),
     )
-    linear = law.predict_many(thetas, x)
     beyond = np.array([[400.0, -5.0, -3.0, 0.5, 0.5, -1.0, 0.0]])  # log N_C = 400
-    logged = law.predict_many(np.vstack([thetas, beyond]), x)
-    np.testing.assert_allclose(linear, logged[:40], rtol=1e-13, atol=0)
+    curve = Features(np.full(50, 3e9), np.full(50, 0.3), x.l0, x.tokens)  # one model
+    for points in (x, curve):
+        linear = law.predict_many(thetas, points)
+        logged = law.predict_many(np.vstack([thetas, beyond]), points)
+        np.testing.assert_allclose(linear, logged[:40], rtol=1e-13, atol=0)
     assert np.all(np.isfinite(logged)) and np.all(logged[40] > x.l0)
     # E = 0 exactly (log E = −inf) goes through log space; E = e^−200 stays linear.
     zero_e, tiny_e = thetas.copy(), thetas.copy()
