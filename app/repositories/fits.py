@@ -100,15 +100,15 @@ def default_id(session: Session | None, family: str, method: str) -> str | None:
     return None if found is None else str(found)
 
 
-def list_defaults(session: Session, family: str) -> list[Fit]:
-    """The default fits of every method of ``family``, newest first."""
-    return list(
-        session.scalars(
-            select(Fit)
-            .where(Fit.family == family, Fit.method.is_not(None), Fit.is_default.is_(True))
-            .order_by(Fit.created_at.desc(), Fit.id.desc())
-        ).all()
-    )
+def default_ids(session: Session, family: str) -> list[tuple[str, str]]:
+    """(method, id) of the default fit of every method of ``family``, newest first (the rows
+    themselves come from the fit cache)."""
+    rows = session.execute(
+        select(Fit.method, Fit.id)
+        .where(Fit.family == family, Fit.method.is_not(None), Fit.is_default.is_(True))
+        .order_by(Fit.created_at.desc(), Fit.id.desc())
+    ).all()
+    return [(str(method), str(fit_id)) for method, fit_id in rows]
 
 
 def set_default(session: Session, fit: Fit) -> None:

@@ -13,16 +13,17 @@ from app.law.plan import plan as plan_options
 from app.repositories import fits as fits_repo
 from app.schemas.plan import PlanRequest
 from app.services.convert import features, finite_or_none
-from app.services.lawref import LawRef, law_from_fit
+from app.services.lawref import LawRef, stored_law
 from app.services.predict import UNCALIBRATED, interval_kind_for, range_warnings
 
 
 def _default_laws(session: Session, family: str) -> dict[str, LawRef]:
-    """The default fit of every method of `family`, by method."""
+    """The default fit of every method of `family`, by method (ids read now, content from the
+    fit cache)."""
     laws: dict[str, LawRef] = {}
-    for fit in fits_repo.list_defaults(session, family):
-        if fit.method is not None and fit.method not in laws:
-            laws[fit.method] = law_from_fit(fit)
+    for method, fit_id in fits_repo.default_ids(session, family):
+        if method not in laws:
+            laws[method] = stored_law(fit_id, session)
     return laws
 
 

@@ -78,3 +78,18 @@ def test_set_default_keeps_one_default_per_family_and_method(session: Session) -
     assert fits.get_default(session, "tiny", "width") is other_method
     assert fits.get_default(session, None, None) is unscoped
     assert fits.get_default(session, "tiny", None) is None
+
+
+def test_the_id_reads_agree_with_the_row_queries(session: Session) -> None:
+    now = utcnow()
+    depth = fits.add(session, _fit(created_at=now - timedelta(hours=1)))
+    width = fits.add(session, _fit(method="width", created_at=now))
+    fits.add(session, _fit(family="other"))
+    fits.set_default(session, depth)
+    fits.set_default(session, width)
+    default = fits.get_default(session, "tiny", "depth")
+    assert default is not None and fits.default_id(session, "tiny", "depth") == default.id
+    assert fits.default_id(session, "tiny", "2:4") is None
+    assert fits.exists(session, depth.id) and not fits.exists(session, "0" * 32)
+    assert fits.default_ids(session, "tiny") == [("width", width.id), ("depth", depth.id)]
+    assert fits.default_ids(session, "none") == []
