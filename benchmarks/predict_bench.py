@@ -1,26 +1,41 @@
-"""Throughput of `POST /predict` (100 points per request) against `GET /health`.
+"""Throughput of `POST /predict` (100 points per request) against a bare endpoint that only
+parses the same body, side by side in one uvicorn worker.
 
-Issue 2's speed target: with one uvicorn worker, /predict with 100 points reaches at least
-half the requests per second of /health measured in the same run.
+Issue 8's speed targets: a family's stored default fit with an 80% interval answers at least
+0.5x the request rate of the bare endpoint, and an inline law at least 0.8x.
 
 The script migrates a temporary SQLite database, stores synthetic observations (clearly
-synthetic: app.law.synthetic) and a P² fit, starts `uvicorn app.main:app` with one worker on a
-free 127.0.0.1 port, then runs a closed-loop load against each route from CLIENTS separate
-processes (so the load generator is not one GIL), each with one keep-alive connection, in
-alternating rounds (DURATION seconds per route in all). The ratio is of the totals; the
-per-round ratios show the noise. Results go to benchmarks/results/predict_bench.json.
+synthetic: app.law.synthetic) and a P² fit with BOOTSTRAP refits (and so its calibration) as
+the family's default, then starts one uvicorn worker on a free 127.0.0.1 port serving the
+service's app with two extra routes that only this benchmark adds (`bench_app`): async
+endpoints that parse the request body as `PredictRequest` and answer a constant.
+`POST /bench/parse` takes the model as a FastAPI body parameter (the baseline of the targets);
+`POST /bench/parse-json` parses the bytes with pydantic-core in one pass, as /predict does.
 
-    .venv/bin/python benchmarks/predict_bench.py [--duration 12] [--clients 4] [--rounds 4]
+Every route then takes turns under the same closed-loop load: CLIENTS separate processes (so
+the load generator is not one GIL), each with one keep-alive connection (the standard
+library's http.client, the cheapest client at hand, since the clients share the machine's cores
+with the server), in ROUNDS rounds whose route order rotates, DURATION seconds per route in
+all. The 100 points are one new model (N0, rho and L0 inside the fitted ranges but no fitted
+run) at 100 token counts.
+
+Reported per route: requests per second (of the totals, and the median of the rounds' ratios),
+the server process's CPU time per request (from /proc, so without the clients' share), and
+ratios to both bare endpoints. Results go to benchmarks/results/predict_bench.json.
+
+    .venv/bin/python benchmarks/predict_bench.py [--duration 24] [--rounds 8] [--clients 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import multiprocessing as mp
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,11 +45,41 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fastapi import Body, FastAPI, Request  # noqa: E402
+from fastapi.responses import Response  # noqa: E402
+
+from app.schemas.predict import PredictRequest  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "predict_bench.json"
 POINTS_PER_REQUEST = 100
+BOOTSTRAP = 100
+LEVEL = 0.8
+BARE_PATH = "/bench/parse"
+BARE_JSON_PATH = "/bench/parse-json"
+
+
+def bench_app() -> FastAPI:
+    """The service's application plus the two bare routes (for uvicorn ``--factory``)."""
+    from app.main import create_app
+
+    app = create_app()
+
+    @app.post(BARE_PATH)
+    async def parse(body: PredictRequest = Body(...)) -> Response:
+        """Parse the body as a FastAPI body parameter, answer a constant."""
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    @app.post(BARE_JSON_PATH)
+    async def parse_json(request: Request) -> Response:
+        """Parse the body's bytes in one pass as /predict does, answer a constant."""
+        PredictRequest.model_validate_json(await request.body())
+        return Response(b'{"ok":true}', media_type="application/json")
+
+    return app
 
 
 def _free_port() -> int:
@@ -43,9 +88,20 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _seed_database(url: str) -> str:
-    """Migrate, store synthetic observations and one fit; return the fit's id."""
-    sys.path.insert(0, str(ROOT))
+def _p2_params() -> dict[str, float]:
+    return {
+        "N_C": 0.5,
+        "D_C": 0.02,
+        "E": 0.05,
+        "alpha": 0.3,
+        "beta": 0.5,
+        "gamma": -0.8,
+        "delta": 0.1,
+    }
+
+
+def _seed_database(url: str, bootstrap: int) -> dict[str, Any]:
+    """Migrate, store synthetic observations and the family's default fit; describe the fit."""
     os.environ["DATABASE_URL"] = url
     from app.db.migrate import upgrade
     from app.db.session import session_scope
@@ -61,89 +117,198 @@ def _seed_database(url: str) -> str:
         rows.append(values)
     with session_scope() as session:
         add_observations(session, rows)
-        fit = create_fit(session, family=rows[0]["family"], method="depth", make_default=True)
-        return fit.id
+        fit = create_fit(
+            session,
+            family=rows[0]["family"],
+            method="depth",
+            bootstrap=bootstrap,
+            make_default=True,
+        )
+        return {
+            "id": fit.id,
+            "family": fit.family,
+            "method": fit.method,
+            "observations": len(rows),
+            "refits": len(fit.bootstrap or []),
+            "calibrated": fit.calibration is not None,
+        }
 
 
-def _p2_params() -> dict[str, float]:
+def _bodies(fit: dict[str, Any]) -> dict[str, tuple[str, str, bytes | None]]:
+    """Each measured route: (HTTP method, path, body)."""
+    # A new run inside the fitted ranges (sizes 0.5e9-8e9, rho 0.15-0.35, 1e7-5e9 tokens):
+    # the usual question, and no point continues a fitted run.
+    points = [
+        {"n0": 2.0e9, "rho": 0.3, "l0": 2.6, "tokens": 1.0e7 * (1 + i)}
+        for i in range(POINTS_PER_REQUEST)
+    ]
+    default = {"family": fit["family"], "method": fit["method"], "points": points}
+    with_interval = {**default, "interval": LEVEL}
+
+    def post(path: str, body: dict[str, Any]) -> tuple[str, str, bytes]:
+        return ("POST", path, json.dumps(body).encode())
+
     return {
-        "N_C": 0.5,
-        "D_C": 0.02,
-        "E": 0.05,
-        "alpha": 0.3,
-        "beta": 0.5,
-        "gamma": -0.8,
-        "delta": 0.1,
+        # The bare endpoints parse the body of the stored-fit request with an interval.
+        "bare_parse": post(BARE_PATH, with_interval),
+        "bare_parse_json": post(BARE_JSON_PATH, with_interval),
+        "inline_law": post(
+            "/predict", {"law": {"form": "p2", "params": _p2_params()}, "points": points}
+        ),
+        "stored_default": post("/predict", default),
+        "stored_default_interval": post("/predict", with_interval),
+        "stored_default_confidence": post(
+            "/predict", {**with_interval, "interval_kind": "confidence"}
+        ),
+        "health": ("GET", "/health", None),
     }
 
 
-def _predict_body(fit_id: str) -> bytes:
-    points = [
-        {"n0": 1.0e9, "rho": 0.25, "l0": 2.75, "tokens": 1.0e7 * (1 + i)}
-        for i in range(POINTS_PER_REQUEST)
-    ]
-    return json.dumps({"fit_id": fit_id, "points": points}).encode()
-
-
-def _client(spec: dict[str, Any], out: Any) -> None:
-    """One closed-loop client: send, wait for the answer, repeat until the time is up."""
-    base, method, path = spec["base"], spec["method"], spec["path"]
-    body, duration = spec["body"], spec["duration"]
-    headers = {"content-type": "application/json"}
+def _client(spec: dict[str, Any], out: Any, go: Any) -> None:
+    """One closed-loop client: send, read the whole answer, repeat until the time is up."""
+    method, path, body = spec["method"], spec["path"], spec["body"]
+    headers = {"content-type": "application/json"} if body is not None else {}
+    conn = http.client.HTTPConnection("127.0.0.1", spec["port"], timeout=30)
     done = errors = 0
-    with httpx.Client(base_url=base, timeout=30.0) as client:
-        # One warm-up request outside the window (connection set-up, first-use caches).
-        client.request(method, path, content=body, headers=headers)
-        deadline = time.perf_counter() + duration
-        while time.perf_counter() < deadline:
-            response = client.request(method, path, content=body, headers=headers)
-            if response.status_code == 200:
-                done += 1
-            else:
-                errors += 1
+
+    def once() -> int:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+    once()  # connection set-up outside the window
+    out.put("ready")
+    go.wait()
+    deadline = time.perf_counter() + spec["duration"]
+    while time.perf_counter() < deadline:
+        if once() == 200:
+            done += 1
+        else:
+            errors += 1
+    conn.close()
     out.put((done, errors))
 
 
+def _server_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _load(
-    base: str, method: str, path: str, *, body: bytes | None, duration: float, clients: int
+    port: int, pid: int, route: tuple[str, str, bytes | None], *, duration: float, clients: int
 ) -> dict[str, float]:
-    """Requests per second of `clients` closed-loop clients over `duration` seconds."""
+    """Requests per second of `clients` closed-loop clients over `duration` seconds, and the
+    server's CPU seconds in that window. The clients connect first and start together."""
     context = mp.get_context("spawn")
     out: Any = context.Queue()
-    spec = {"base": base, "method": method, "path": path, "body": body, "duration": duration}
-    workers = [context.Process(target=_client, args=(spec, out)) for _ in range(clients)]
-    start = time.perf_counter()
+    go: Any = context.Event()
+    method, path, body = route
+    spec = {"port": port, "method": method, "path": path, "body": body, "duration": duration}
+    workers = [context.Process(target=_client, args=(spec, out, go)) for _ in range(clients)]
     for worker in workers:
         worker.start()
+    for _ in workers:
+        if out.get() != "ready":
+            raise RuntimeError("a client failed before the measurement")
+    cpu0 = _server_cpu_s(pid)
+    go.set()
     results = [out.get() for _ in workers]
+    cpu1 = _server_cpu_s(pid)
     for worker in workers:
         worker.join()
-    elapsed = time.perf_counter() - start
     done = sum(r[0] for r in results)
-    errors = sum(r[1] for r in results)
-    return {"requests": done, "errors": errors, "rps": done / duration, "wall_s": elapsed}
+    return {
+        "requests": done,
+        "errors": sum(r[1] for r in results),
+        "rps": done / duration,
+        "server_cpu_s": cpu1 - cpu0,
+    }
 
 
-def _total(parts: list[dict[str, float]], duration: float) -> dict[str, float]:
+def _summary(parts: list[dict[str, float]], duration: float) -> dict[str, float]:
     done = sum(p["requests"] for p in parts)
+    cpu = sum(p["server_cpu_s"] for p in parts)
     return {
         "requests": done,
         "errors": sum(p["errors"] for p in parts),
         "rps": done / duration,
+        "server_cpu_ms_per_request": 1e3 * cpu / done if done else float("nan"),
+        "rounds_rps": [p["rps"] for p in parts],
     }
+
+
+def _ratios(summary: dict[str, dict[str, Any]], base: str) -> dict[str, dict[str, float]]:
+    """Each route against `base`: requests per second (of the totals, and the median of the
+    rounds' ratios) and server CPU time per request."""
+    bare = summary[base]
+    out: dict[str, dict[str, float]] = {}
+    for name, s in summary.items():
+        per_round = [r / b for r, b in zip(s["rounds_rps"], bare["rounds_rps"], strict=True) if b]
+        out[name] = {
+            "rps": s["rps"] / bare["rps"],
+            "rps_median_of_rounds": statistics.median(per_round),
+            "server_cpu": bare["server_cpu_ms_per_request"] / s["server_cpu_ms_per_request"],
+        }
+    return out
+
+
+def _table(summary: dict[str, dict[str, Any]], ratios: dict[str, Any]) -> str:
+    lines = [
+        f"{'route':28s} {'req/s':>7s} {'cpu ms/req':>10s} "
+        f"{'x bare':>7s} {'(rounds)':>8s} {'x bare cpu':>10s} {'x json':>7s}"
+    ]
+    for name, s in summary.items():
+        main, json_ = ratios["bare_parse"][name], ratios["bare_parse_json"][name]
+        lines.append(
+            f"{name:28s} {s['rps']:7.0f} {s['server_cpu_ms_per_request']:10.3f} "
+            f"{main['rps']:7.2f} {main['rps_median_of_rounds']:8.2f} "
+            f"{main['server_cpu']:10.2f} {json_['rps']:7.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _check(port: int, routes: dict[str, tuple[str, str, bytes | None]]) -> dict[str, Any]:
+    """One request per route: every answer is a 200 and the /predict ones hold every point."""
+    seen: dict[str, Any] = {}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for name, (method, path, body) in routes.items():
+        headers = {"content-type": "application/json"} if body is not None else {}
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise SystemExit(f"{name}: {response.status} {data[:300]!r}")
+        if path == "/predict":
+            answer = json.loads(data)
+            assert len(answer["loss"]) == POINTS_PER_REQUEST, name
+            has_interval = answer["lower"] is not None
+            assert has_interval == name.endswith(("interval", "confidence")), (name, answer)
+            seen[name] = {"warnings": answer["warnings"], "interval": has_interval}
+    conn.close()
+    return seen
 
 
 def main() -> None:
     """Run the benchmark and write the results file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=12.0, help="seconds per route")
+    parser.add_argument("--duration", type=float, default=24.0, help="seconds per route")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per route")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds (route order rotates)")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="refits of the fit")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
+    parser.add_argument(
+        "--routes", nargs="+", help="measure only these routes (and the two bare ones)"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="p2law-bench-") as folder:
         url = f"sqlite:///{Path(folder) / 'bench.sqlite3'}"
-        fit_id = _seed_database(url)
+        fit = _seed_database(url, args.bootstrap)
+        routes = _bodies(fit)
+        if args.routes:
+            routes = {k: v for k, v in routes.items() if k.startswith("bare_") or k in args.routes}
         port = _free_port()
         env = {
             **os.environ,
@@ -158,7 +323,8 @@ def main() -> None:
                 sys.executable,
                 "-m",
                 "uvicorn",
-                "app.main:app",
+                "benchmarks.predict_bench:bench_app",
+                "--factory",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -172,65 +338,77 @@ def main() -> None:
             cwd=ROOT,
             env=env,
         )
-        base = f"http://127.0.0.1:{port}"
+        load_before = os.getloadavg()
         try:
-            for _ in range(200):
+            for _ in range(300):
                 try:
-                    if httpx.get(f"{base}/health", timeout=1.0).status_code == 200:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+                    conn.request("GET", "/health")
+                    if conn.getresponse().status == 200:
                         break
-                except httpx.HTTPError:
+                except OSError:
                     pass
                 time.sleep(0.1)
             else:
-                raise SystemExit("the server did not answer /health within 20 s")
-            body = _predict_body(fit_id)
-            check = httpx.post(
-                f"{base}/predict", content=body, headers={"content-type": "application/json"}
-            )
-            check.raise_for_status()
-            assert len(check.json()["loss"]) == POINTS_PER_REQUEST
-            # The background load of a shared machine drifts: the routes take turns in short
-            # rounds (order alternating) so both see the same conditions on average.
-            load = {"duration": args.duration / args.rounds, "clients": args.clients}
-            rounds: list[dict[str, dict[str, float]]] = []
+                raise SystemExit("the server did not answer /health within 30 s")
+            checked = _check(port, routes)
+            # The background load of a shared machine drifts: routes take turns in short
+            # rounds, each round starting one route later, so all see the same conditions.
+            names = list(routes)
+            per_round = args.duration / args.rounds
+            measured: dict[str, list[dict[str, float]]] = {name: [] for name in names}
             for index in range(args.rounds):
-                order = ["health", "predict"] if index % 2 == 0 else ["predict", "health"]
-                measured: dict[str, dict[str, float]] = {}
-                for route in order:
-                    if route == "health":
-                        measured[route] = _load(base, "GET", "/health", body=None, **load)
-                    else:
-                        measured[route] = _load(base, "POST", "/predict", body=body, **load)
-                rounds.append(measured)
-            health = _total([r["health"] for r in rounds], args.duration)
-            predict = _total([r["predict"] for r in rounds], args.duration)
+                shift = index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    measured[name].append(
+                        _load(
+                            port,
+                            server.pid,
+                            routes[name],
+                            duration=per_round,
+                            clients=args.clients,
+                        )
+                    )
         finally:
             server.terminate()
             server.wait(timeout=10)
+        load_after = os.getloadavg()
 
+    summary = {name: _summary(parts, args.duration) for name, parts in measured.items()}
+    ratios = {base: _ratios(summary, base) for base in ("bare_parse", "bare_parse_json")}
     result = {
-        "benchmark": "POST /predict (100 points, stored fit) vs GET /health, one uvicorn worker",
+        "benchmark": (
+            "POST /predict (100 points) against a bare endpoint parsing the same body, "
+            "one uvicorn worker, side by side"
+        ),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
+            "load_average_before": load_before,
+            "load_average_after": load_after,
         },
-        "duration_s": args.duration,
+        "command": "benchmarks/predict_bench.py " + " ".join(sys.argv[1:]),
+        "duration_s_per_route": args.duration,
         "rounds": args.rounds,
-        "round_ratios": [
-            r["predict"]["rps"] / r["health"]["rps"] if r["health"]["rps"] else None for r in rounds
-        ],
         "clients": args.clients,
         "points_per_request": POINTS_PER_REQUEST,
-        "health": health,
-        "predict": predict,
-        "ratio": predict["rps"] / health["rps"] if health["rps"] else None,
-        "target_ratio": 0.5,
+        "interval_level": LEVEL,
+        "fit": fit,
+        "answers": checked,
+        "routes": summary,
+        "ratio_to": ratios,
+        "targets": {
+            "baseline": "bare_parse",
+            "stored_default_interval": 0.5,
+            "stored_default_confidence": 0.5,
+            "inline_law": 0.8,
+        },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(_table(summary, ratios))
 
 
 if __name__ == "__main__":
