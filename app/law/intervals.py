@@ -296,9 +296,29 @@ def anchor(values: FloatArray, l0: FloatArray, shift: FloatArray) -> FloatArray:
     return np.asarray(np.where(values > l0, scaled, values), dtype=np.float64)
 
 
-def gap_anchor(law: Form, params: Params, run: Dataset) -> float:
-    """Mean log ratio of observed to predicted gap (L − L0) over a run's last ANCHOR_POINTS
-    checkpoints, clipped to ±ANCHOR_LIMIT; 0 when a gap there is not positive."""
+def checkpoint_noise(law: Form, params: Params, data: Dataset) -> float:
+    """The noise of one checkpoint's loss (nats) about its run's smooth course: a robust spread
+    of the differences of consecutive residuals within runs, / √2. A run's own offset from the
+    law cancels in the differences, so this is what a run's last checkpoints cannot tell from
+    a real departure."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        residual = data.loss - law.predict_data(params, data)
+    diffs = []
+    for r in np.unique(data.run):
+        idx = np.flatnonzero(data.run == r)
+        idx = idx[np.argsort(data.x.tokens[idx], kind="stable")]
+        diffs.append(np.diff(residual[idx]))
+    joined = np.concatenate(diffs) if diffs else np.zeros(0)
+    joined = joined[np.isfinite(joined)]
+    if joined.size == 0:
+        return 0.0
+    return float(1.4826 * np.median(np.abs(joined)) / np.sqrt(2.0))
+
+
+def raw_anchor(law: Form, params: Params, run: Dataset, noise: float) -> tuple[float, float]:
+    """A run's mean log ratio of observed to predicted gap (L − L0) over its last ANCHOR_POINTS
+    checkpoints, and the variance that checkpoint noise alone gives it (noise² / (k·g²) for a
+    mean gap g over k checkpoints); (0, inf) when a gap there is not positive."""
     order = np.argsort(run.x.tokens, kind="stable")[-ANCHOR_POINTS:]
     last = run.take(order)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -306,9 +326,29 @@ def gap_anchor(law: Form, params: Params, run: Dataset) -> float:
         observed_gap = last.loss - last.x.l0
         predicted_gap = predicted - last.x.l0
         if np.any(observed_gap <= 0) or np.any(predicted_gap <= 0):
-            return 0.0
+            return 0.0, float("inf")
         value = float(np.mean(np.log(observed_gap / predicted_gap)))
-    return float(np.clip(value, -ANCHOR_LIMIT, ANCHOR_LIMIT)) if np.isfinite(value) else 0.0
+        variance = noise**2 / (len(last) * float(np.mean(observed_gap)) ** 2)
+    if not np.isfinite(value):
+        return 0.0, float("inf")
+    return value, variance
+
+
+def between_runs(anchors: Sequence[tuple[float, float]]) -> float:
+    """The variance of the runs' true levels: the anchors' mean square less the part their
+    noise explains (method of moments, at least 0)."""
+    usable = [(a, v) for a, v in anchors if np.isfinite(v)]
+    if not usable:
+        return 0.0
+    return max(float(np.mean([a * a for a, _ in usable]) - np.mean([v for _, v in usable])), 0.0)
+
+
+def shrink(value: float, variance: float, tau2: float) -> float:
+    """An anchor shrunk towards 0 by τ² / (τ² + its noise variance), clipped to ±ANCHOR_LIMIT:
+    a gap that checkpoint noise could have made says little about a run's level."""
+    if not np.isfinite(variance) or tau2 <= 0:
+        return 0.0
+    return float(np.clip(value * tau2 / (tau2 + variance), -ANCHOR_LIMIT, ANCHOR_LIMIT))
 
 
 def _log_residual(
@@ -322,7 +362,14 @@ def _log_residual(
 
 
 def _shifts(
-    law: Form, params: Params, fitted: Dataset, runs: FloatArray, points: Dataset
+    law: Form,
+    params: Params,
+    fitted: Dataset,
+    runs: FloatArray,
+    points: Dataset,
+    *,
+    noise: float,
+    tau2: float,
 ) -> FloatArray:
     """Each point's run anchor, measured on that run's points in `fitted` (0 for others)."""
     shift = np.zeros(len(points))
@@ -330,7 +377,8 @@ def _shifts(
         mine_fitted = fitted.run == r
         if not np.any(mine_fitted):
             continue
-        shift[points.run == r] = gap_anchor(law, params, fitted.take(mine_fitted))
+        value, variance = raw_anchor(law, params, fitted.take(mine_fitted), noise)
+        shift[points.run == r] = shrink(value, variance, tau2)
     return shift
 
 
@@ -423,6 +471,8 @@ def _d_pool(law: Form, data: Dataset, params: Params) -> _Collected:
     groups = min(D_GROUPS, runs.size)
     order = np.random.default_rng(1).permutation(runs)
     per_run = law.blocks(data) is not None
+    noise = checkpoint_noise(law, params, data)
+    tau2 = between_runs([raw_anchor(law, params, data.take(data.run == r), noise) for r in runs])
     for share in D_CUTS:
         for g in range(groups):
             held = order[g::groups]
@@ -437,7 +487,7 @@ def _d_pool(law: Form, data: Dataset, params: Params) -> _Collected:
                 refit = _refit(law, train, params, grid=per_run)
             except LawError:
                 continue
-            shift = _shifts(law, refit, train, held, test)
+            shift = _shifts(law, refit, train, held, test, noise=noise, tau2=tau2)
             out.add(_log_residual(law, refit, test, shift), test, distance[~keep])
     return out
 
@@ -490,8 +540,12 @@ def _extrapolation_pool(
 def run_keys(form: str, params: Params, data: Dataset) -> tuple[RunKey, ...]:
     """Each run's id, (n0, ρ, L0), largest tokens seen and gap anchor under `params`."""
     law = get_form(form)
+    noise = checkpoint_noise(law, params, data)
+    present = np.unique(data.run)
+    raws = [raw_anchor(law, params, data.take(data.run == r), noise) for r in present]
+    tau2 = between_runs(raws)
     keys = []
-    for r in np.unique(data.run):
+    for r, (value, variance) in zip(present, raws, strict=True):
         mine = data.run == r
         keys.append(
             RunKey(
@@ -501,7 +555,7 @@ def run_keys(form: str, params: Params, data: Dataset) -> tuple[RunKey, ...]:
                 l0=float(np.median(data.x.l0[mine])),
                 tokens_max=float(np.max(data.x.tokens[mine])),
                 tokens_min=float(np.min(data.x.tokens[mine])),
-                anchor=gap_anchor(law, params, data.take(mine)),
+                anchor=shrink(value, variance, tau2),
             )
         )
     return tuple(keys)
