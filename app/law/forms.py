@@ -250,7 +250,7 @@ class Form(ABC):
                 f"form {self.name!r} takes parameters {', '.join(self.param_names)} "
                 f"({'; '.join(parts)})"
             )
-        bad = [p for p in self.param_names if not np.isfinite(float(params[p]))]
+        bad = [p for p in self.param_names if not math.isfinite(float(params[p]))]
         if bad:
             raise LawError(f"parameters must be finite: {', '.join(bad)}")
 
