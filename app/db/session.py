@@ -11,6 +11,7 @@ The cost: transactions, read-only ones included, run one at a time against the s
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 from collections.abc import Generator, Iterator, Mapping
 from contextlib import contextmanager
@@ -102,6 +103,7 @@ def reset_engines() -> None:
         _engines.clear()
     for engine in engines:
         engine.dispose()
+    _close_nowait_connections()
 
 
 def _forget_engines_after_fork() -> None:
@@ -110,6 +112,7 @@ def _forget_engines_after_fork() -> None:
     for engine in _engines.values():
         engine.dispose(close=False)
     _engines.clear()
+    _nowait.clear()
 
 
 os.register_at_fork(after_in_child=_forget_engines_after_fork)
@@ -170,6 +173,14 @@ def _compile(statement: ClauseElement, dialect: Dialect) -> _Compiled:
     return entry
 
 
+def _bound(entry: _Compiled, params: Mapping[str, Any]) -> Any:
+    # The bound values, with those the statement carries itself (its LIMIT).
+    values = entry.compiled.construct_params(dict(params))
+    if entry.positional is not None:
+        return tuple(values[name] for name in entry.positional)
+    return values
+
+
 def read_scalar(
     statement: ClauseElement, params: Mapping[str, Any], engine: Engine | None = None
 ) -> Any:
@@ -186,11 +197,7 @@ def read_scalar(
     """
     engine = engine if engine is not None else get_engine()
     entry = _compile(statement, engine.dialect)
-    # The bound values, with those the statement carries itself (its LIMIT).
-    values = entry.compiled.construct_params(dict(params))
-    bound: Any = (
-        tuple(values[name] for name in entry.positional) if entry.positional is not None else values
-    )
+    bound = _bound(entry, params)
     connection = engine.raw_connection()
     try:
         cursor = connection.cursor()
@@ -202,3 +209,72 @@ def read_scalar(
     finally:
         connection.close()
     return None if row is None else row[0]
+
+
+# Connections of `read_scalar_nowait`: one per thread and SQLite file, outside the pools, that
+# never wait for a lock. Kept here so that reset_engines can close them and a fork drop them.
+_nowait: dict[tuple[int, str], sqlite3.Connection] = {}
+_nowait_lock = threading.Lock()
+
+
+def _nowait_connection(database: str) -> sqlite3.Connection | None:
+    key = (threading.get_ident(), database)
+    with _nowait_lock:
+        connection = _nowait.get(key)
+    if connection is not None:
+        return connection
+    try:
+        # mode=rw: never create a missing file; timeout 0: a lock is an answer, not a wait.
+        connection = sqlite3.connect(
+            f"{Path(database).expanduser().resolve().as_uri()}?mode=rw",
+            uri=True,
+            timeout=0,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error:
+        return None
+    with _nowait_lock:
+        _nowait[key] = connection
+    return connection
+
+
+def read_scalar_nowait(
+    statement: ClauseElement, params: Mapping[str, Any], engine: Engine | None = None
+) -> tuple[bool, Any]:
+    """`read_scalar` for a caller on an event loop: ``(True, value)`` when the database answers
+    without waiting, ``(False, None)`` when it might have to wait (the caller then reads in a
+    worker thread).
+
+    Only a SQLite file answers here, on a connection of the calling thread that waits for no
+    lock (busy timeout 0). In WAL mode a lone read waits for no writer; SQLite may still say
+    busy in rare moments (a connection opening or closing the file, recovery after a crash),
+    and any error at all is left to the waiting path to report. Other backends are a network
+    round trip away, so they always answer ``(False, None)``.
+    """
+    engine = engine if engine is not None else get_engine()
+    database = engine.url.database
+    if (
+        engine.dialect.name != "sqlite"
+        or not database
+        or database == ":memory:"
+        or database.startswith("file:")
+    ):
+        return False, None
+    connection = _nowait_connection(database)
+    if connection is None:
+        return False, None
+    entry = _compile(statement, engine.dialect)
+    try:
+        row = connection.execute(entry.sql, _bound(entry, params)).fetchone()
+    except sqlite3.Error:
+        return False, None
+    return True, None if row is None else row[0]
+
+
+def _close_nowait_connections() -> None:
+    with _nowait_lock:
+        connections = list(_nowait.values())
+        _nowait.clear()
+    for connection in connections:
+        connection.close()

@@ -8,7 +8,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models.fit import Fit
-from app.db.session import read_scalar
+from app.db.session import read_scalar, read_scalar_nowait
 
 
 def add(session: Session, fit: Fit) -> Fit:
@@ -48,6 +48,13 @@ def _read(session: Session | None, statement: Any, params: dict[str, Any]) -> An
 def exists(session: Session | None, fit_id: str) -> bool:
     """Whether a fit with id ``fit_id`` is stored (a primary-key lookup of the id alone)."""
     return _read(session, _EXISTS, {"fit_id": fit_id}) is not None
+
+
+def exists_nowait(fit_id: str) -> bool | None:
+    """`exists` read without waiting (`read_scalar_nowait`); None when the database could not
+    answer at once."""
+    answered, found = read_scalar_nowait(_EXISTS, {"fit_id": fit_id})
+    return (found is not None) if answered else None
 
 
 def _same_group(family: str | None, method: str | None) -> list[Any]:
@@ -98,6 +105,12 @@ def default_id(session: Session | None, family: str, method: str) -> str | None:
     the row (the (family, method, is_default) index answers it)."""
     found = _read(session, _DEFAULT_ID, {"family": family, "method": method})
     return None if found is None else str(found)
+
+
+def default_id_nowait(family: str, method: str) -> tuple[bool, str | None]:
+    """`default_id` read without waiting (`read_scalar_nowait`): (answered, id)."""
+    answered, found = read_scalar_nowait(_DEFAULT_ID, {"family": family, "method": method})
+    return answered, None if found is None else str(found)
 
 
 def default_ids(session: Session, family: str) -> list[tuple[str, str]]:

@@ -127,20 +127,28 @@ def law_from_fit(fit: Fit) -> LawRef:
     return ref
 
 
+def _gone(fit_id: str) -> NotFound:
+    fit_cache.discard(fit_id)
+    return NotFound(f"no fit with id {fit_id!r}")
+
+
+def _no_default(choice: LawChoice) -> Unprocessable:
+    return Unprocessable(
+        f"no default fit for family={choice.family!r}, method={choice.method!r}: "
+        "create one with POST /fits (make_default=true), or pass `fit_id` or `law`"
+    )
+
+
 def _current_id(session: Session | None, choice: LawChoice) -> str:
     """The id of the fit `choice` names as the database has it now (one indexed query)."""
     if choice.fit_id is not None:
         if not fits_repo.exists(session, choice.fit_id):
-            fit_cache.discard(choice.fit_id)
-            raise NotFound(f"no fit with id {choice.fit_id!r}")
+            raise _gone(choice.fit_id)
         return choice.fit_id
     assert choice.family is not None and choice.method is not None
     fit_id = fits_repo.default_id(session, choice.family, choice.method)
     if fit_id is None:
-        raise Unprocessable(
-            f"no default fit for family={choice.family!r}, method={choice.method!r}: "
-            "create one with POST /fits (make_default=true), or pass `fit_id` or `law`"
-        )
+        raise _no_default(choice)
     return fit_id
 
 
@@ -178,3 +186,29 @@ def resolve_law(choice: LawChoice, session: Session | None = None) -> LawRef:
             "both `family` and `method` to use their default fit"
         )
     return stored_law(_current_id(session, choice), session)
+
+
+def resolve_cached(choice: LawChoice) -> LawRef | None:
+    """The stored fit `choice` names when finding it costs no wait, for a caller on an event
+    loop: the database says which fit without waiting (`read_scalar_nowait`, SQLite) and the
+    fit's content is cached. None otherwise (an inline law, another backend, a lock, a fit not
+    yet loaded): the caller then uses `resolve_law` in a worker thread. An unknown fit id or a
+    missing default raises as `resolve_law` does.
+    """
+    if choice.law is not None:
+        return None
+    if choice.fit_id is not None:
+        present = fits_repo.exists_nowait(choice.fit_id)
+        if present is None:
+            return None
+        if not present:
+            raise _gone(choice.fit_id)
+        return fit_cache.get(choice.fit_id)
+    if choice.family is None or choice.method is None:
+        return None
+    answered, fit_id = fits_repo.default_id_nowait(choice.family, choice.method)
+    if not answered:
+        return None
+    if fit_id is None:
+        raise _no_default(choice)
+    return fit_cache.get(fit_id)

@@ -89,10 +89,14 @@ def interval(
     return finite_list(band.lower, "lower bound"), finite_list(band.upper, "upper bound")
 
 
-def predict(request: PredictRequest, session: Session | None = None) -> dict[str, Any]:
-    """Predicted losses for the request's points, with interval and warnings (docs/api.md)."""
+def predict(
+    request: PredictRequest, session: Session | None = None, law: LawRef | None = None
+) -> dict[str, Any]:
+    """Predicted losses for the request's points, with interval and warnings (docs/api.md).
+    `law` is the request's law when the caller has already resolved it."""
     x = request_features(request)
-    law = resolve_law(request, session)
+    if law is None:
+        law = resolve_law(request, session)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         center = law.form.predict(law.params, x)
         loss = finite_list(

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import pytest
 from fastapi import Body
 from fastapi.testclient import TestClient
 
 from app.core.config import get_settings
+from app.db.models.fit import Fit
+from app.db.session import create_engine_for, session_scope
 from app.main import create_app
+from app.repositories import fits as fits_repo
 from app.schemas.predict import PredictRequest
 from tests.api.conftest import FAMILY, LAW, error_message, strict_json, validation_error
 
@@ -301,3 +305,48 @@ def test_the_route_parses_its_body_into_the_same_answers_as_fastapi(sqlite_url: 
             assert ours.status_code == theirs.status_code, (raw, ours.text, theirs.text)
             if ours.status_code == 422:
                 assert ours.json() == theirs.json(), (raw, content_type)
+
+
+def test_a_cached_stored_fit_is_answered_on_the_event_loop_and_a_new_default_at_once(
+    seeded_client: TestClient, seeded: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite the read of which fit answers waits for no lock, so once the fit is cached the
+    request needs no worker thread; the read still happens every time."""
+    import app.api.routes.predict as route
+
+    hops: list[object] = []
+    real = route.run_in_threadpool
+
+    async def counting(func: Any, *args: Any) -> Any:
+        hops.append(func)
+        return await real(func, *args)
+
+    monkeypatch.setattr(route, "run_in_threadpool", counting)
+    body = {"family": FAMILY, "method": "depth", "points": [POINT], "interval": 0.8}
+    first = seeded_client.post("/predict", json=body).json()
+    assert first["fit_id"] == seeded["depth"] and len(hops) == 1  # loaded in a worker thread
+    again = seeded_client.post("/predict", json=body).json()
+    assert again == first and len(hops) == 1  # cached: answered on the loop
+    # Another process makes a copy of the width fit the depth default: the next request sees it.
+    engine = create_engine_for(get_settings().database_url)
+    try:
+        with session_scope(engine) as session:
+            width = fits_repo.get(session, seeded["width"])
+            assert width is not None
+            copy = Fit(
+                **{
+                    c.name: getattr(width, c.name)
+                    for c in Fit.__table__.columns
+                    if c.name not in ("id", "is_default", "created_at")
+                }
+            )
+            copy.method = "depth"
+            fits_repo.add(session, copy)
+            fits_repo.set_default(session, copy)
+            new_id = copy.id
+    finally:
+        engine.dispose()
+    changed = seeded_client.post("/predict", json=body).json()
+    assert changed["fit_id"] == new_id and changed["loss"] != first["loss"]
+    back = seeded_client.post("/predict", json={**body, "fit_id": seeded["depth"]}).json()
+    assert back["loss"] == first["loss"]

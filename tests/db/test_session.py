@@ -11,7 +11,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import (
+    Column,
+    Float,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    create_engine,
+    select,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -22,6 +32,7 @@ from app.db.session import (
     get_engine,
     make_sessionmaker,
     read_scalar,
+    read_scalar_nowait,
     reset_engines,
     session_scope,
 )
@@ -238,3 +249,38 @@ def test_read_scalar_reads_beside_a_held_write_lock_and_takes_none(sqlite_url: s
         assert read_scalar(statement, {"run": "seen"}) == 2.25
     finally:
         holder.close()
+
+
+def test_read_scalar_nowait_answers_from_sqlite_or_says_it_would_wait(tmp_path: Path) -> None:
+    path = tmp_path / "plain.sqlite3"
+    setup = sqlite3.connect(path, isolation_level=None)  # a rollback journal, unlike the app's
+    setup.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v REAL)")
+    setup.execute("INSERT INTO t VALUES ('a', 1.5)")
+    setup.close()
+    table = Table("t", MetaData(), Column("k", String, primary_key=True), Column("v", Float))
+    statement = select(table.c.v).where(table.c.k == bindparam("k"))
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        assert read_scalar_nowait(statement, {"k": "a"}, engine) == (True, 1.5)
+        assert read_scalar_nowait(statement, {"k": "b"}, engine) == (True, None)
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN EXCLUSIVE")  # in this journal mode, readers must wait
+            start = time.perf_counter()
+            assert read_scalar_nowait(statement, {"k": "a"}, engine) == (False, None)
+            assert time.perf_counter() - start < 1
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert read_scalar_nowait(statement, {"k": "a"}, engine) == (True, 1.5)
+    finally:
+        engine.dispose()
+        reset_engines()  # closes the no-wait connections too
+    missing = tmp_path / "missing.sqlite3"
+    assert read_scalar_nowait(statement, {"k": "a"}, create_engine(f"sqlite:///{missing}")) == (
+        False,
+        None,
+    )
+    assert not missing.exists()  # never created by the attempt
+    postgres = create_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    assert read_scalar_nowait(statement, {"k": "a"}, postgres) == (False, None)
