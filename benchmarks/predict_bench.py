@@ -23,7 +23,7 @@ Reported per route: requests per second (of the totals, and the median of the ro
 the server process's CPU time per request (from /proc, so without the clients' share), and
 ratios to both bare endpoints. Results go to benchmarks/results/predict_bench.json.
 
-    .venv/bin/python benchmarks/predict_bench.py [--duration 24] [--rounds 8] [--clients 4]
+    .venv/bin/python benchmarks/predict_bench.py [--duration 24] [--rounds 24] [--clients 4]
 """
 
 from __future__ import annotations
@@ -164,30 +164,39 @@ def _bodies(fit: dict[str, Any]) -> dict[str, tuple[str, str, bytes | None]]:
     }
 
 
-def _client(spec: dict[str, Any], out: Any, go: Any) -> None:
-    """One closed-loop client: send, read the whole answer, repeat until the time is up."""
-    method, path, body = spec["method"], spec["path"], spec["body"]
-    headers = {"content-type": "application/json"} if body is not None else {}
-    conn = http.client.HTTPConnection("127.0.0.1", spec["port"], timeout=30)
-    done = errors = 0
+def _client(port: int, orders: Any, out: Any) -> None:
+    """One closed-loop client process, kept for the whole run. For each route it is given, it
+    connects (one warm-up request outside the window), says it is ready, waits for the start,
+    then sends, reads the whole answer and repeats until the time is up."""
+    while (order := orders.get()) is not None:
+        method, path, body, duration = order
+        headers = {"content-type": "application/json"} if body is not None else {}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        _send(conn, method, path, body, headers)
+        out.put("ready")
+        orders.get()  # the start
+        done = errors = 0
+        deadline = time.perf_counter() + duration
+        while time.perf_counter() < deadline:
+            if _send(conn, method, path, body, headers) == 200:
+                done += 1
+            else:
+                errors += 1
+        conn.close()
+        out.put((done, errors))
 
-    def once() -> int:
-        conn.request(method, path, body=body, headers=headers)
-        response = conn.getresponse()
-        response.read()
-        return response.status
 
-    once()  # connection set-up outside the window
-    out.put("ready")
-    go.wait()
-    deadline = time.perf_counter() + spec["duration"]
-    while time.perf_counter() < deadline:
-        if once() == 200:
-            done += 1
-        else:
-            errors += 1
-    conn.close()
-    out.put((done, errors))
+def _send(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+) -> int:
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    response.read()
+    return response.status
 
 
 def _server_cpu_s(pid: int) -> float:
@@ -196,35 +205,50 @@ def _server_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _load(
-    port: int, pid: int, route: tuple[str, str, bytes | None], *, duration: float, clients: int
-) -> dict[str, float]:
-    """Requests per second of `clients` closed-loop clients over `duration` seconds, and the
-    server's CPU seconds in that window. The clients connect first and start together."""
-    context = mp.get_context("spawn")
-    out: Any = context.Queue()
-    go: Any = context.Event()
-    method, path, body = route
-    spec = {"port": port, "method": method, "path": path, "body": body, "duration": duration}
-    workers = [context.Process(target=_client, args=(spec, out, go)) for _ in range(clients)]
-    for worker in workers:
-        worker.start()
-    for _ in workers:
-        if out.get() != "ready":
-            raise RuntimeError("a client failed before the measurement")
-    cpu0 = _server_cpu_s(pid)
-    go.set()
-    results = [out.get() for _ in workers]
-    cpu1 = _server_cpu_s(pid)
-    for worker in workers:
-        worker.join()
-    done = sum(r[0] for r in results)
-    return {
-        "requests": done,
-        "errors": sum(r[1] for r in results),
-        "rps": done / duration,
-        "server_cpu_s": cpu1 - cpu0,
-    }
+class _Clients:
+    """CLIENTS client processes started once, so that a route's turn costs no process start
+    and the turns can be short (the finer the interleaving, the less drift between routes)."""
+
+    def __init__(self, port: int, clients: int) -> None:
+        context = mp.get_context("spawn")
+        self._out: Any = context.Queue()
+        self._orders: list[Any] = [context.Queue() for _ in range(clients)]
+        self._workers = [
+            context.Process(target=_client, args=(port, orders, self._out))
+            for orders in self._orders
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def load(
+        self, pid: int, route: tuple[str, str, bytes | None], duration: float
+    ) -> dict[str, float]:
+        """Requests per second over `duration` seconds, all clients on `route` together, and
+        the server's CPU seconds in that window."""
+        method, path, body = route
+        for orders in self._orders:
+            orders.put((method, path, body, duration))
+        for _ in self._orders:
+            if self._out.get(timeout=60) != "ready":
+                raise RuntimeError("a client failed before the measurement")
+        cpu0 = _server_cpu_s(pid)
+        for orders in self._orders:
+            orders.put("go")
+        results = [self._out.get(timeout=60 + duration) for _ in self._orders]
+        cpu1 = _server_cpu_s(pid)
+        done = sum(r[0] for r in results)
+        return {
+            "requests": done,
+            "errors": sum(r[1] for r in results),
+            "rps": done / duration,
+            "server_cpu_s": cpu1 - cpu0,
+        }
+
+    def close(self) -> None:
+        for orders in self._orders:
+            orders.put(None)
+        for worker in self._workers:
+            worker.join(timeout=30)
 
 
 def _summary(parts: list[dict[str, float]], duration: float) -> dict[str, float]:
@@ -295,7 +319,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=24.0, help="seconds per route")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds (route order rotates)")
+    parser.add_argument("--rounds", type=int, default=24, help="rounds (route order rotates)")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="refits of the fit")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file")
     parser.add_argument(
@@ -357,18 +381,14 @@ def main() -> None:
             names = list(routes)
             per_round = args.duration / args.rounds
             measured: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-            for index in range(args.rounds):
-                shift = index % len(names)
-                for name in names[shift:] + names[:shift]:
-                    measured[name].append(
-                        _load(
-                            port,
-                            server.pid,
-                            routes[name],
-                            duration=per_round,
-                            clients=args.clients,
-                        )
-                    )
+            clients = _Clients(port, args.clients)
+            try:
+                for index in range(args.rounds):
+                    shift = index % len(names)
+                    for name in names[shift:] + names[:shift]:
+                        measured[name].append(clients.load(server.pid, routes[name], per_round))
+            finally:
+                clients.close()
         finally:
             server.terminate()
             server.wait(timeout=10)
