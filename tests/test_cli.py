@@ -10,6 +10,7 @@ import pytest
 
 from app.cli import main
 from app.law.recommend import recommend
+from app.law.select import P2_TIE_RTOL
 from app.law.synthetic import SYNTHETIC_P2, make_rows
 
 
@@ -121,8 +122,10 @@ def test_fit_auto_prints_the_comparison_and_saves_it(
     assert document["form"] == selection["chosen"] and selection["select_by"] == "rho"
     assert {row["form"] for row in selection["table"]} >= {"p2", "frantar", "curve", "p2-tpp"}
     chosen = next(row for row in selection["table"] if row["form"] == document["form"])
+    # The lowest mean held-out MAPE wins, except that p2 is kept within P2_TIE_RTOL of it.
+    slack = (1.0 - P2_TIE_RTOL) if chosen["form"] == "p2" else 1.0
     assert all(
-        row["mean_mape"] is None or row["mean_mape"] >= chosen["mean_mape"]
+        row["mean_mape"] is None or row["mean_mape"] >= chosen["mean_mape"] * slack
         for row in selection["table"]
     )
 
