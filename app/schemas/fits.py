@@ -170,6 +170,7 @@ EXAMPLE_FIT: dict[str, Any] = {
             "confidence": 0.35,
             "points": 27,
             "runs": 9,
+            "mape": 0.74,
         }
     ],
     "interval_notes": [],
@@ -189,6 +190,9 @@ class CoverageOut(BaseModel):
     )
     points: int = Field(..., description="Held-out points counted.")
     runs: int = Field(..., description="Held-out runs they belong to.")
+    mape: float | None = Field(
+        None, description="The law's held-out MAPE (%) on this protocol, fitted on its train side."
+    )
 
 
 class SelectionFoldOut(BaseModel):

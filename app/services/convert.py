@@ -118,7 +118,8 @@ def fit_out(fit: Fit) -> dict[str, Any]:
         "ranges": fit.ranges,
         "bootstrap": len(fit.bootstrap or []),
         "coverage": [
-            {k: c[k] for k in _COVERAGE_FIELDS} for c in (fit.calibration or {}).get("coverage", [])
+            {k: c.get(k) for k in _COVERAGE_FIELDS}
+            for c in (fit.calibration or {}).get("coverage", [])
         ],
         "interval_notes": list((fit.calibration or {}).get("notes", [])),
         "selection": fit.selection,
@@ -128,4 +129,4 @@ def fit_out(fit: Fit) -> dict[str, Any]:
 
 
 _METRIC_NAMES = ("r2", "rmse", "mape", "huber", "asd")
-_COVERAGE_FIELDS = ("protocol", "level", "prediction", "confidence", "points", "runs")
+_COVERAGE_FIELDS = ("protocol", "level", "prediction", "confidence", "points", "runs", "mape")

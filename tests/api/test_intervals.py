@@ -36,6 +36,7 @@ def test_a_fit_with_a_bootstrap_reports_its_coverage_per_protocol(
     for c in by_protocol.values():
         assert c["level"] == 0.8
         assert 0.0 <= c["prediction"] <= 1.0 and c["points"] > 0 and c["runs"] > 0
+        assert 0.0 < c["mape"] < 5.0  # synthetic data from the law itself, 0.3% noise
     # Without a bootstrap there are no intervals, so nothing to cover.
     assert seeded_client.get(f"/fits/{seeded['width']}").json()["coverage"] == []
 
