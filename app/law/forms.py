@@ -852,7 +852,39 @@ class CurveForm(Form):
         return np.asarray(e, dtype=np.float64)
 
 
-class P2TppForm(Form):
+class _GapOverL0Form(Form):
+    """A form L = L0 + exp(u) whose subclass gives `_log_gap`: u, log L̂ and the Jacobian of
+    log L̂ for many fit vectors at once. Fitting and prediction follow from it."""
+
+    @abstractmethod
+    def _log_gap(
+        self, theta: FloatArray, x: Features, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+        """log of the term added to L0 (clipped), log L̂, and the Jacobian of log L̂."""
+
+    @abstractmethod
+    def to_vector(self, params: Params, data: Dataset | None = None) -> FloatArray:
+        """Parameters → fit vector; shared constants only, so `data` is not needed."""
+
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
+        return log_pred, jac
+
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
+
+    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
+        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
+
+    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
+        check_features(x)
+        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
+        return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
+
+
+class P2TppForm(_GapOverL0Form):
     """P² on tokens per parameter, shifted:
     L = L0 + (1/ρ)^γ · (N_C / N0^α + D_C / (D/N0 + T_s)^β + E).
 
@@ -957,23 +989,6 @@ class P2TppForm(Form):
         )
         return u, log_pred, jac
 
-    def log_model(
-        self, theta: FloatArray, data: Dataset, *, grad: bool
-    ) -> tuple[FloatArray, FloatArray | None]:
-        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
-        return log_pred, jac
-
-    def predict(self, params: Params, x: Features) -> FloatArray:
-        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
-
-    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
-        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
-
-    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
-        check_features(x)
-        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
-        return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
-
     def floor(self, params: Params, x: Features) -> FloatArray:
         check_features(x)
         n = x.n0 / 1e9
@@ -1006,7 +1021,7 @@ class P2TppForm(Form):
         return np.asarray(d_star, dtype=np.float64)
 
 
-class P2ShiftForm(Form):
+class P2ShiftForm(_GapOverL0Form):
     """P² with a shifted token axis:
     L = L0 + (1/ρ)^γ · (1/N0)^δ · (N_C / N0^α + D_C / (D + D_s)^β + E).
 
@@ -1072,23 +1087,6 @@ class P2ShiftForm(Form):
             axis=-1,
         )
         return u, log_pred, jac
-
-    def log_model(
-        self, theta: FloatArray, data: Dataset, *, grad: bool
-    ) -> tuple[FloatArray, FloatArray | None]:
-        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
-        return log_pred, jac
-
-    def predict(self, params: Params, x: Features) -> FloatArray:
-        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
-
-    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
-        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
-
-    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
-        check_features(x)
-        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
-        return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
 
     def floor(self, params: Params, x: Features) -> FloatArray:
         return self._p2.floor(params, x)
