@@ -667,23 +667,26 @@ def forecast(
     x: Features,
     *,
     center: FloatArray | None = None,
+    runs: Continued | None = None,
 ) -> FloatArray:
     """The law's predictions at `x`, with the gap of each point that continues a fitted run
-    scaled to that run's level at its last checkpoints (docs/law.md §4). `center` may pass the
-    law's own predictions when the caller has them."""
+    scaled to that run's level at its last checkpoints (docs/law.md §4). `center` (the law's
+    own predictions) and `runs` (`continued(calibration, x)`) may pass what the caller has."""
     if center is None:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             center = get_form(form).predict(params, x)
-    shift = continued(calibration, x).shift
+    shift = (runs if runs is not None else continued(calibration, x)).shift
     return anchor(center, x.l0, shift) if np.any(shift != 0) else center
 
 
-def continuation_note(calibration: Calibration | None, x: Features) -> list[str]:
+def continuation_note(
+    calibration: Calibration | None, x: Features, runs: Continued | None = None
+) -> list[str]:
     """A warning naming the fitted runs whose own level the forecast keeps, if any."""
-    runs = continued(calibration, x).run_ids
-    if not runs:
+    ids = (runs if runs is not None else continued(calibration, x)).run_ids
+    if not ids:
         return []
-    shown = ", ".join(runs[:5]) + (" …" if len(runs) > 5 else "")
+    shown = ", ".join(ids[:5]) + (" …" if len(ids) > 5 else "")
     return [
         f"point(s) continue fitted run(s) {shown}: the forecast keeps each run's gap above L0 "
         f"at its last {ANCHOR_POINTS} checkpoints (docs/law.md §4)"
@@ -713,6 +716,7 @@ def prediction_band(
     calibration: Calibration,
     x: Features,
     level: float,
+    runs: Continued | None = None,
 ) -> Band:
     """The prediction interval at `level` around the predicted losses `center`.
 
@@ -728,7 +732,7 @@ def prediction_band(
     lower = np.full(n, np.inf)
     upper = np.full(n, -np.inf)
     used = np.array([""] * n, dtype=object)
-    runs = continued(calibration, x)
+    runs = runs if runs is not None else continued(calibration, x)
     matched, tokens_max = runs.matched, runs.tokens_max
     span = runs.span if runs.span is not None else np.full(n, MIN_LOG_SPAN)
     with np.errstate(divide="ignore"):
@@ -803,28 +807,31 @@ def interval(
     kind: IntervalKind = "prediction",
     thetas: FloatArray | None = None,
     center: FloatArray | None = None,
+    runs: Continued | None = None,
 ) -> Band:
     """The interval of `kind` at `level` for points `x` (see the module docstring).
 
     A caller that already has them may pass `thetas`, the refits' `Form.params_matrix` (a
-    cached fit), and `center`, the law's own predictions at `x`; they are computed otherwise.
+    cached fit), `center`, the law's own predictions at `x`, and `runs`,
+    `continued(calibration, x)`; they are computed otherwise.
     Points that continue a fitted run are anchored to its level (`forecast`), band and all.
     The prediction interval does not use the refits: each pool's residuals come from refits
     without the runs they measure, so they hold the constants' uncertainty already (adding the
     bootstrap band on top over-covered continued runs of a known law: 97% at 80%).
     """
+    runs = runs if runs is not None else continued(calibration, x)
     if kind == "confidence":
         if not refits:
             raise LawError("a confidence interval needs bootstrap refits")
         lower, upper = predict_interval(form, refits, x, level, thetas=thetas)
-        shift = continued(calibration, x).shift
+        shift = runs.shift
         if np.any(shift != 0):
             lower, upper = anchor(lower, x.l0, shift), anchor(upper, x.l0, shift)
         return Band(lower=lower, upper=upper, pools=("bootstrap",) * len(x))
     if calibration is None or not calibration.has_pools:
         raise LawError("a prediction interval needs the fit's calibration")
-    center = forecast(form, params, calibration, x, center=center)
-    return prediction_band(center, calibration, x, level)
+    center = forecast(form, params, calibration, x, center=center, runs=runs)
+    return prediction_band(center, calibration, x, level, runs)
 
 
 # --------------------------------------------------------------------------- coverage

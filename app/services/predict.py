@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.core.config import get_settings
 from app.core.errors import PayloadTooLarge
-from app.law.intervals import continuation_note, forecast
+from app.law.intervals import Continued, continuation_note, continued, forecast
 from app.law.intervals import interval as interval_band
 from app.law.ranges import warnings_for
 from app.law.types import Features, FloatArray
@@ -66,9 +66,11 @@ def interval(
     warnings: list[str],
     *,
     center: FloatArray | None = None,
+    runs: Continued | None = None,
 ) -> tuple[list[float] | None, list[float] | None]:
     """The interval of `kind` at `level` (docs/law.md §4), or (None, None) with a warning why
-    there is none. `center` is the law's prediction at `x` when the caller has it."""
+    there is none. `center` (the law's prediction at `x`) and `runs` (the fitted runs `x`
+    continues) may pass what the caller has."""
     if level is None:
         return None, None
     if not law.refits:
@@ -84,6 +86,7 @@ def interval(
         kind=interval_kind_for(law, kind, warnings),
         thetas=law.refit_thetas,
         center=center,
+        runs=runs,
     )
     warnings.extend(band.notes)
     return finite_list(band.lower, "lower bound"), finite_list(band.upper, "upper bound")
@@ -97,15 +100,17 @@ def predict(
     x = request_features(request)
     if law is None:
         law = resolve_law(request, session)
+    runs = continued(law.calibration, x)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         center = law.form.predict(law.params, x)
         loss = finite_list(
-            forecast(law.form.name, law.params, law.calibration, x, center=center), "loss"
+            forecast(law.form.name, law.params, law.calibration, x, center=center, runs=runs),
+            "loss",
         )
     warnings = range_warnings(law, x, family=request.family, method=request.method)
-    warnings += continuation_note(law.calibration, x)
+    warnings += continuation_note(law.calibration, x, runs)
     lower, upper = interval(
-        law, x, request.interval, request.interval_kind, warnings, center=center
+        law, x, request.interval, request.interval_kind, warnings, center=center, runs=runs
     )
     return {
         "form": law.form.name,
