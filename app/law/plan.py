@@ -29,6 +29,7 @@ class PlanCandidate:
     params: Mapping[str, float]
     refits: Sequence[Mapping[str, float]] | None = None
     calibration: Calibration | None = None
+    thetas: FloatArray | None = None  # the refits as `Form.params_matrix`, when kept
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def plan(
             )
             lower, upper = band.lower, band.upper
         elif level is not None and cand.refits:
-            lower, upper = predict_interval(cand.form, cand.refits, x, level)
+            lower, upper = predict_interval(cand.form, cand.refits, x, level, thetas=cand.thetas)
         for i in range(rho_col.size):
             options.append(
                 PlanOption(

@@ -326,10 +326,12 @@ def loss_curve(
     level: float | None = None,
     calibration: Calibration | None = None,
     kind: IntervalKind = "prediction",
+    thetas: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray | None, FloatArray | None]:
     """Predicted loss over `tokens` for one (n0, ρ, L0), with a band when `level` is given:
     the prediction band with a `calibration` holding pools and `kind` "prediction", else the
-    refits' percentile band (else None). A run the fit saw keeps its own level (`recommend`)."""
+    refits' percentile band (else None; `thetas`: the refits' matrix when the caller keeps
+    one). A run the fit saw keeps its own level (`recommend`)."""
     x = _point(n0, rho, l0, tokens)
     loss = forecast(form, params, calibration, x)
     if level is None:
@@ -337,7 +339,9 @@ def loss_curve(
     if kind == "prediction" and calibration is not None and calibration.has_pools:
         band = interval(form, params, refits or [], calibration, x, level=level)
     elif refits:
-        band = interval(form, params, refits, calibration, x, level=level, kind="confidence")
+        band = interval(
+            form, params, refits, calibration, x, level=level, kind="confidence", thetas=thetas
+        )
     else:
         return loss, None, None
     return loss, band.lower, band.upper

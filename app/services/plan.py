@@ -71,6 +71,7 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
             params=available[m].params,
             refits=list(available[m].refits) if asked else None,
             calibration=available[m].calibration if asked and kinds[m] == "prediction" else None,
+            thetas=available[m].refit_thetas if asked else None,
         )
         for m in chosen
     ]

@@ -69,6 +69,7 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
             level=request.interval if refits else None,
             calibration=law.calibration,
             kind=kind,
+            thetas=law.refit_thetas,
         )
     losses = finite_list(loss, "loss on the curve")
     lows = [finite_or_none(v) for v in lower] if lower is not None else [None] * len(grid)
