@@ -32,7 +32,7 @@ from app.law.bootstrap import refit_runs
 from app.law.errors import LawError
 from app.law.fitting import fit
 from app.law.forms import FORMS
-from app.law.intervals import Calibration, IntervalKind, calibrate, measure_coverage, runs_only
+from app.law.intervals import Calibration, IntervalKind, calibrate_and_measure, runs_only
 from app.law.recommend import loss_curve, recommend
 from app.law.select import SELECT_BY, Selection, select_form
 from app.law.types import Dataset, FitResult, Protocol, Rule
@@ -118,10 +118,7 @@ def _fit_command(args: argparse.Namespace) -> int:
     print(_table(result, refits))
     calibration = runs_only(form, data, result)
     if refits:
-        calibration = replace(
-            calibrate(form, data, result),
-            coverage=measure_coverage(form, data, level=args.interval, bootstrap=30),
-        )
+        calibration = calibrate_and_measure(form, data, result, level=args.interval)
         print("\n" + _coverage_table(calibration))
 
     plot_path = Path(args.plot) if args.plot else csv_path.with_suffix(".fit.png")

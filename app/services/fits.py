@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -15,7 +14,7 @@ from app.db.models.observation import Observation
 from app.law.bootstrap import refit_runs
 from app.law.fitting import fit as fit_law
 from app.law.forms import get_form
-from app.law.intervals import calibrate, measure_coverage, runs_only
+from app.law.intervals import calibrate, calibrate_and_measure, runs_only
 from app.law.select import SelectBy, select_form
 from app.law.types import Dataset, FitResult, Protocol
 from app.repositories import fits as repo
@@ -27,10 +26,6 @@ AUTO_FORM = "auto"
 DEFAULT_SELECT_BY: SelectBy = "runs"
 #: Level at which a fit's interval coverage is measured unless the request names another.
 DEFAULT_COVERAGE_LEVEL = 0.8
-#: Bootstrap refits behind each protocol's confidence-interval coverage (the prediction
-#: interval needs none): 30 place its percentiles well enough for a coverage count, at a third
-#: of the cost of 100.
-COVERAGE_REFITS = 30
 
 
 def _describe(family: str | None, method: str | None, run_ids: Sequence[str] | None) -> str:
@@ -202,11 +197,9 @@ def calibration_of(
     """The residual pools of a fit's prediction intervals and (with `coverage`) their coverage
     at `level` on each protocol its data allow (docs/law.md §4), as stored in
     ``fits.calibration``."""
-    calibration = calibrate(form, data, result)
     if not coverage:
-        return calibration.as_dict()
-    measured = measure_coverage(form, data, level=level, bootstrap=COVERAGE_REFITS, seed=seed)
-    return replace(calibration, coverage=measured).as_dict()
+        return calibrate(form, data, result).as_dict()
+    return calibrate_and_measure(form, data, result, level=level, seed=seed).as_dict()
 
 
 def store_fit(session: Session, fit: Fit, *, make_default: bool) -> None:
