@@ -16,11 +16,21 @@ from pydantic.json_schema import models_json_schema
 
 from app.api.body_limit import BodySizeLimit
 from app.api.errors import install_error_handlers
-from app.api.routes import fits, health, jobs, observations, plan, predict, recommend
+from app.api.routes import (
+    families,
+    fits,
+    health,
+    jobs,
+    observations,
+    plan,
+    predict,
+    recommend,
+)
 from app.core.config import get_settings
 from app.schemas.observations import ObservationsIn
 from app.schemas.predict import PredictRequest
 from app.services.health import VERSION
+from app.web import install_web
 
 DESCRIPTION = """
 Predict, plan and run post-training of pruned LLMs with the **P² law**
@@ -72,9 +82,12 @@ def create_app() -> FastAPI:
         version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served from installed assets by install_web (app/web/docs.py)
+        redoc_url=None,
     )
-    for module in (health, predict, recommend, plan, observations, fits, jobs):
+    for module in (health, predict, recommend, plan, families, observations, fits, jobs):
         app.include_router(module.router)
+    install_web(app)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

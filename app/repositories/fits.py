@@ -135,3 +135,21 @@ def set_default(session: Session, fit: Fit) -> None:
     )
     fit.is_default = True
     session.flush()
+
+
+def defaults(session: Session) -> dict[tuple[str, str], tuple[str, str]]:
+    """(id, form) of the default fit of every (family, method) that has one."""
+    rows = session.execute(
+        select(Fit.family, Fit.method, Fit.id, Fit.form)
+        .where(Fit.family.is_not(None), Fit.method.is_not(None), Fit.is_default.is_(True))
+        .order_by(Fit.created_at.desc(), Fit.id.desc())
+    ).all()
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    for family, method, fit_id, form in rows:
+        found.setdefault((str(family), str(method)), (str(fit_id), str(form)))
+    return found
+
+
+def count_all(session: Session) -> int:
+    """How many fits are stored."""
+    return int(session.scalar(select(func.count()).select_from(Fit)) or 0)

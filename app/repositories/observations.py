@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, delete, func, select
+from sqlalchemy import Table, bindparam, case, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -42,6 +42,10 @@ _FLOAT_COLUMNS = ("n0", "rho", "l0", "tokens", "loss")
 _STR_COLUMNS = ("run_id", "family", "method", "protocol", "source")
 #: Column order of a written row (everything but the generated id).
 _WRITTEN = (*REQUIRED_COLUMNS, *OPTIONAL_DEFAULTS)
+#: `source` of the observations shipped with the service (app/reference/).
+REFERENCE_SOURCE = "reference"
+#: Columns whose span a family summary reports.
+_SPANNED = (Observation.n0, Observation.rho, Observation.l0, Observation.tokens)
 #: Rows per statement on PostgreSQL: bounds the size of the array parameters in one round trip.
 PG_CHUNK_ROWS = 50_000
 
@@ -248,3 +252,49 @@ def other_runs(
             .order_by(Observation.run_id, Observation.tokens)
         ).all()
     )
+
+
+def family_method_summaries(session: Session) -> list[dict[str, Any]]:
+    """Per (family, method) of the kept observations: runs, points, the span of n0, rho, l0
+    and tokens, how many points came from the shipped reference data, and the protocols; ordered
+    by family and method. One grouped query, however many observations there are."""
+    kept = Observation.excluded.is_(False)
+    spans = [func.min(column).label(f"{column.key}_lo") for column in _SPANNED] + [
+        func.max(column).label(f"{column.key}_hi") for column in _SPANNED
+    ]
+    rows = session.execute(
+        select(
+            Observation.family,
+            Observation.method,
+            func.count(func.distinct(Observation.run_id)).label("n_runs"),
+            func.count().label("n_observations"),
+            func.sum(case((Observation.source == REFERENCE_SOURCE, 1), else_=0)).label(
+                "n_reference"
+            ),
+            *spans,
+        )
+        .where(kept)
+        .group_by(Observation.family, Observation.method)
+        .order_by(Observation.family, Observation.method)
+    ).all()
+    protocols: dict[tuple[str, str], list[str]] = {}
+    for family, method, protocol in session.execute(
+        select(Observation.family, Observation.method, Observation.protocol)
+        .where(kept)
+        .distinct()
+        .order_by(Observation.family, Observation.method, Observation.protocol)
+    ).all():
+        protocols.setdefault((family, method), []).append(protocol)
+    return [
+        {
+            **row._asdict(),
+            "n_reference": int(row.n_reference or 0),
+            "protocols": protocols.get((row.family, row.method), []),
+        }
+        for row in rows
+    ]
+
+
+def count_all(session: Session) -> int:
+    """How many observations are stored (excluded ones included)."""
+    return int(session.scalar(select(func.count()).select_from(Observation)) or 0)

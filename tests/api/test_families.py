@@ -1,0 +1,62 @@
+"""`GET /families`: families, methods, spans and default fits from the stored observations."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from app.db.session import create_engine_for, make_sessionmaker
+from app.repositories import observations as observations_repo
+from tests.api.conftest import FAMILY, RHOS, SIZES, TOKENS, error_message, synthetic_observations
+
+
+def test_an_empty_database_has_no_families(any_client: TestClient) -> None:
+    response = any_client.get("/families")
+    assert response.status_code == 200
+    assert response.json() == {"families": []}
+
+
+def test_families_give_each_methods_spans_and_default_fit(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    response = seeded_client.get("/families")
+    assert response.status_code == 200
+    (family,) = response.json()["families"]
+    assert family["family"] == FAMILY
+    assert family["reference"] is False  # synthetic uploads, not shipped data
+    assert family["protocols"] == ["eval-1"]
+    per_method = len(SIZES) * len(RHOS)
+    assert family["n_runs"] == 2 * per_method
+    assert family["n_observations"] == 2 * per_method * len(TOKENS)
+    assert family["n0"] == [min(SIZES), max(SIZES)]
+    assert family["rho"] == [min(RHOS), max(RHOS)]
+    assert family["tokens"] == [min(TOKENS), max(TOKENS)]
+    assert family["l0"][0] < family["l0"][1]
+    methods = {m["method"]: m for m in family["methods"]}
+    assert sorted(methods) == ["depth", "width"]
+    for method, fit_id in seeded.items():
+        assert methods[method]["default_fit_id"] == fit_id
+        assert methods[method]["default_form"] == "p2"
+        assert methods[method]["n_runs"] == per_method
+    assert seeded_client.get(f"/families/{FAMILY}").json() == family
+
+
+def test_excluded_points_and_methods_without_default_are_reported_as_such(
+    any_client: TestClient, db_url: str
+) -> None:
+    rows = synthetic_observations("2:4")
+    rows[0]["excluded"] = True  # as a job stores a checkpoint below L0
+    engine = create_engine_for(db_url)
+    with make_sessionmaker(engine)() as session:
+        observations_repo.insert_ignore(session, rows)
+        session.commit()
+    engine.dispose()
+    (family,) = any_client.get("/families").json()["families"]
+    (method,) = family["methods"]
+    assert method["method"] == "2:4"
+    assert method["n_observations"] == len(rows) - 1
+    assert method["default_fit_id"] is None and method["default_form"] is None
+
+
+def test_an_unknown_family_is_a_404(client: TestClient) -> None:
+    response = client.get("/families/nope")
+    assert "GET /families" in error_message(response, 404)
