@@ -8,6 +8,7 @@
     p2law make-model --arch llama --size tiny --out var/models/demo-llama
     p2law import-gguf [--gguf FILE.gguf] [--name NAME] [--out DIR]   # a real model (GGUF -> HF)
     p2law tokenize corpus.txt --model demo-llama --name corpus-demo  # token shards in DATA_ROOT
+    p2law jobs submit job.json --watch | list | show ID | watch ID | cancel ID   # on a service
 
 A fit file holds the form, the parameters (billions convention, docs/law.md §1), the bootstrap
 refits and the calibration of the prediction intervals (`--interval-kind prediction`, the
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.cli_jobs import add_jobs_parser, run_jobs_command
 from app.core.errors import AppError
 from app.law.bootstrap import refit_runs
 from app.law.errors import LawError
@@ -380,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     tok_p.add_argument("--shard-tokens", type=int, default=1 << 26, help="tokens per shard file")
     tok_p.add_argument("--overwrite", action="store_true", help="replace another dataset there")
 
+    add_jobs_parser(commands)
     commands.add_parser("migrate", help="upgrade the database to the latest schema")
     commands.add_parser(
         "make-model",
@@ -403,6 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["import-gguf"]:
         return _import_gguf_command(args_list[1:])
     args = build_parser().parse_args(args_list)
+    if args.command == "jobs":
+        return run_jobs_command(args)
     try:
         if args.command == "fit":
             return _fit_command(args)
