@@ -35,8 +35,9 @@ $(VENV)/.installed-dev: requirements-dev.txt requirements-real.txt $(VENV)/.inst
 venv: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
+## Upgrade the schema; an empty database also gets the reference laws (app/reference/).
 migrate: venv
-	$(BIN)/python -m app.db.migrate
+	$(BIN)/p2law migrate
 
 ## Set everything up and serve the API + a Celery worker on the embedded defaults.
 run: venv

@@ -321,6 +321,39 @@ def _features_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _migrate_command() -> int:
+    """Upgrade the schema; a first start (empty database) also gets the reference laws."""
+    from app.core.config import get_settings
+    from app.db.migrate import upgrade
+    from app.db.session import session_scope
+    from app.services.reference import load_reference
+
+    upgrade()
+    print("database at the latest schema")
+    if get_settings().load_reference:
+        with session_scope() as session:
+            print(load_reference(session, only_if_empty=True).summary())
+    return 0
+
+
+def _reference_command(action: str) -> int:
+    """`p2law reference load|build`."""
+    from app.core.config import PROJECT_ROOT
+    from app.db.session import session_scope
+    from app.reference import FITS_JSON, OBSERVATIONS_CSV
+    from app.services import reference
+
+    if action == "load":
+        with session_scope() as session:
+            print(reference.load_reference(session, only_if_empty=False).summary())
+        return 0
+    reference.write_observations(reference.gather_study_observations(PROJECT_ROOT))
+    fits = reference.build_fits(reference.read_observations())
+    reference.write_fits(fits)
+    print(f"wrote {OBSERVATIONS_CSV} and {FITS_JSON} ({len(fits)} fits)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `p2law` argument parser (also used by the tests)."""
     parser = argparse.ArgumentParser(prog="p2law", description=__doc__.split("\n\n")[0])
@@ -383,7 +416,18 @@ def build_parser() -> argparse.ArgumentParser:
     tok_p.add_argument("--overwrite", action="store_true", help="replace another dataset there")
 
     add_jobs_parser(commands)
-    commands.add_parser("migrate", help="upgrade the database to the latest schema")
+    commands.add_parser(
+        "migrate",
+        help="upgrade the database to the latest schema; an empty one gets the reference laws "
+        "(LOAD_REFERENCE=false leaves it empty)",
+    )
+    ref_p = commands.add_parser("reference", help="the reference laws shipped with the service")
+    ref_p.add_argument(
+        "action",
+        choices=("load", "build"),
+        help="load: store the shipped observations and default fits (never overwrites); "
+        "build: remake the shipped files from the study results (in a source checkout)",
+    )
     commands.add_parser(
         "make-model",
         help="build and pretrain a small Llama/Qwen2 model (python -m workers.ml.make_model -h)",
@@ -420,11 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tokenize":
             return _tokenize_command(args)
         if args.command == "migrate":
-            from app.db.migrate import upgrade
-
-            upgrade()
-            print("database at the latest schema")
-            return 0
+            return _migrate_command()
+        if args.command == "reference":
+            return _reference_command(args.action)
     except (ValueError, AppError, OSError, KeyError) as exc:  # LawError, JSON errors included
         print(f"p2law: error: {exc}", file=sys.stderr)
         return 2

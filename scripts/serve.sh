@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Serve the API and a real Celery worker process (make run).
 #
-# Migrates the database, starts one worker for both queues (`gpu` jobs, `cpu` fits and the
-# reaper) with beat embedded, then the API in the foreground on 127.0.0.1:${PORT:-8000}. With
+# Migrates the database (an empty one also gets the reference laws), starts one worker for both
+# queues (`gpu` jobs, `cpu` fits and the reaper) with beat embedded, then the API in the
+# foreground on 127.0.0.1:${PORT:-8000}. With
 # REDIS_URL unset the worker and the API share the embedded file broker under var/broker
 # (app/core/queue.py says why files, and the limits). Ctrl-C or the API exiting stops the worker.
 set -e
@@ -13,8 +14,10 @@ PORT="${PORT:-8000}"
 LOG_DIR="${LOG_DIR:-var/log}"
 mkdir -p "$LOG_DIR" var
 
+# Migrate; on a first start (empty database) this also loads the reference laws shipped in
+# app/reference/, so /predict, /recommend and /plan answer for their families at once.
 echo "migrating ${DATABASE_URL:-the default SQLite database under var/}"
-"$BIN/python" -c "from app.db.migrate import upgrade; upgrade()"
+"$BIN/p2law" migrate
 
 if [ -n "${REDIS_URL:-}" ]; then
     echo "broker: ${REDIS_URL%%@*}@… (REDIS_URL)"

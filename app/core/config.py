@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     )
     job_time_limit_s: int = Field(24 * 3600, description="Hard time limit of one job attempt.")
     reaper_interval_s: float = Field(30.0, description="How often expired leases are reaped.")
+    load_reference: bool = Field(
+        True,
+        description="`p2law migrate` (and `make run`) load the reference laws into an empty "
+        "database (app/reference/); false leaves a new database empty.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
+from app.cli import main as cli_main
+from app.core.config import get_settings
 from app.db.session import create_engine_for, make_sessionmaker
 from app.repositories import observations as observations_repo
 from tests.api.conftest import FAMILY, RHOS, SIZES, TOKENS, error_message, synthetic_observations
@@ -60,3 +63,55 @@ def test_excluded_points_and_methods_without_default_are_reported_as_such(
 def test_an_unknown_family_is_a_404(client: TestClient) -> None:
     response = client.get("/families/nope")
     assert "GET /families" in error_message(response, 404)
+
+
+def test_a_shipped_family_answers_at_once_after_a_first_migrate(client: TestClient) -> None:
+    """What `make run` gives on an empty database: the reference laws answer /predict (with an
+    interval), /recommend and /plan, and /families lists them as reference data."""
+    assert cli_main(["migrate"]) == 0
+    families = {f["family"]: f for f in client.get("/families").json()["families"]}
+    wide = families["wide-llama"]
+    assert wide["reference"] is True
+    depth = {m["method"]: m for m in wide["methods"]}["depth"]
+    assert depth["default_fit_id"] is not None
+    n0 = wide["n0"][1]
+    l0 = wide["l0"][0]
+    point = {"n0": n0, "rho": 0.25, "l0": l0, "tokens": wide["tokens"][1]}
+    predicted = client.post(
+        "/predict",
+        json={"family": "wide-llama", "method": "depth", "points": [point], "interval": 0.8},
+    )
+    assert predicted.status_code == 200, predicted.text
+    body = predicted.json()
+    assert body["fit_id"] == depth["default_fit_id"]
+    assert body["lower"][0] < body["loss"][0] < body["upper"][0]
+    recommended = client.post(
+        "/recommend",
+        json={
+            "family": "wide-llama",
+            "method": "depth",
+            "n0": n0,
+            "rho": 0.25,
+            "l0": l0,
+            "rule": "gap",
+            "threshold": 0.05,
+            "interval": 0.8,
+        },
+    )
+    assert recommended.status_code == 200, recommended.text
+    assert recommended.json()["tokens"] > 0
+    plan = client.post(
+        "/plan",
+        json={"family": "wide-llama", "n0": n0, "l0": l0, "rho_min": 0.15, "token_budget": 1e6},
+    )
+    assert plan.status_code == 200, plan.text
+    assert {o["method"] for o in plan.json()["options"]} <= {"depth", "width", "2:4"}
+
+
+def test_a_first_migrate_leaves_the_database_empty_when_told_to(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LOAD_REFERENCE", "false")
+    get_settings.cache_clear()
+    assert cli_main(["migrate"]) == 0
+    assert client.get("/families").json() == {"families": []}

@@ -1,0 +1,221 @@
+"""Reference laws out of the box: load the shipped observations and default fits into a
+database, and rebuild the shipped fits from the shipped observations (docs/law.md §8).
+
+Loading never overwrites: an observation whose (run_id, tokens) is already stored keeps the
+stored row, a shipped fit already stored (same id) is skipped, and a shipped fit becomes the
+default of its (family, method) only where that pair has no default yet. The shipped fits carry
+deterministic ids, so loading twice stores nothing the second time.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import tempfile
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db.models.fit import Fit
+from app.reference import FITS_JSON, OBSERVATIONS_CSV
+from app.repositories import fits as fits_repo
+from app.repositories import observations as observations_repo
+from app.repositories.observations import REFERENCE_SOURCE
+from app.services.fits import AUTO_FORM, compute_fit, store_fit
+
+#: How the shipped default fits are made: the form with the lowest held-out error on whole
+#: runs, 50 bootstrap refits (prediction intervals calibrated, coverage measured at 80%).
+REFERENCE_FORM = AUTO_FORM
+REFERENCE_BOOTSTRAP = 50
+REFERENCE_SEED = 0
+#: The study results the shipped observations are gathered from (relative to the repository).
+STUDY_CSVS = (
+    "studies/results/observations.csv",
+    "studies/results/wide/observations.csv",
+    "studies/results/wide/smollm2/observations.csv",
+)
+_FLOATS = ("n0", "rho", "l0", "tokens", "loss")
+_COLUMNS = ("run_id", "family", "method", "n0", "rho", "l0", "tokens", "loss", "protocol")
+#: Fit columns a shipped fit carries (the rest are set when it is stored).
+_FIT_FIELDS = (
+    "id",
+    "form",
+    "family",
+    "method",
+    "protocol",
+    "run_ids",
+    "params",
+    "objective",
+    "converged",
+    "message",
+    "n_starts",
+    "n_observations",
+    "n_runs",
+    "metrics",
+    "holdout_protocol",
+    "holdout_metrics",
+    "ranges",
+    "bootstrap",
+    "selection",
+    "calibration",
+)
+_ID_NAMESPACE = uuid.UUID("5f6a1d0e-7c1b-4f7e-9a53-2b8f0c6e4d21")
+
+
+@dataclass
+class LoadReport:
+    """What one load stored and what it left alone."""
+
+    observations: int = 0
+    observations_kept: int = 0
+    fits: int = 0
+    fits_present: int = 0
+    defaults: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+    def summary(self) -> str:
+        """One line for a terminal."""
+        if self.skipped is not None:
+            return f"reference laws not loaded: {self.skipped}"
+        return (
+            f"reference laws: {self.observations} observations stored "
+            f"({self.observations_kept} already there), {self.fits} fits stored "
+            f"({self.fits_present} already there), defaults set for "
+            f"{', '.join(self.defaults) if self.defaults else 'no pair'}"
+        )
+
+
+def read_observations(path: Path = OBSERVATIONS_CSV) -> list[dict[str, Any]]:
+    """The shipped observations as rows for the observations table (source ``reference``)."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [
+            {
+                **{name: row[name] for name in _COLUMNS},
+                **{name: float(row[name]) for name in _FLOATS},
+                "source": REFERENCE_SOURCE,
+            }
+            for row in csv.DictReader(handle)
+        ]
+
+
+def read_fits(path: Path = FITS_JSON) -> list[dict[str, Any]]:
+    """The shipped fits, one dict of Fit columns each."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    return list(document["fits"])
+
+
+def database_is_empty(session: Session) -> bool:
+    """No observation and no fit stored: the state a first start finds."""
+    return observations_repo.count_all(session) == 0 and fits_repo.count_all(session) == 0
+
+
+def load_reference(
+    session: Session,
+    *,
+    only_if_empty: bool = True,
+    observations: Sequence[Mapping[str, Any]] | None = None,
+    fits: Sequence[Mapping[str, Any]] | None = None,
+) -> LoadReport:
+    """Store the shipped observations and fits (see the module docstring) and commit.
+
+    With `only_if_empty` (what a start does), a database holding any observation or fit is left
+    as it is. `observations` and `fits` default to the shipped files."""
+    if only_if_empty and not database_is_empty(session):
+        session.rollback()
+        return LoadReport(skipped="the database already holds observations or fits")
+    rows = list(observations) if observations is not None else read_observations()
+    shipped = list(fits) if fits is not None else read_fits()
+    report = LoadReport()
+    report.observations = observations_repo.insert_ignore(session, rows)
+    report.observations_kept = len(rows) - report.observations
+    for values in shipped:
+        if fits_repo.get(session, str(values["id"])) is not None:
+            report.fits_present += 1
+            continue
+        fit = Fit(**{name: values[name] for name in _FIT_FIELDS}, is_default=False)
+        store_fit(session, fit, make_default=False)
+        report.fits += 1
+        if fit.is_default:
+            report.defaults.append(f"{fit.family}/{fit.method}")
+    session.commit()
+    return report
+
+
+def gather_study_observations(root: Path) -> list[dict[str, str]]:
+    """The study's observations (STUDY_CSVS under `root`), in file then row order."""
+    rows: list[dict[str, str]] = []
+    for name in STUDY_CSVS:
+        with (root / name).open(newline="", encoding="utf-8") as handle:
+            rows.extend(
+                {column: row[column] for column in _COLUMNS} for row in csv.DictReader(handle)
+            )
+    return rows
+
+
+def write_observations(rows: Iterable[Mapping[str, str]], path: Path = OBSERVATIONS_CSV) -> None:
+    """Write the shipped observations file."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def fit_id_of(family: str, method: str, run_ids: Sequence[str], form: str) -> str:
+    """A deterministic fit id: the same shipped data and recipe give the same id."""
+    digest = hashlib.sha256("\n".join([family, method, form, *run_ids]).encode()).hexdigest()
+    return uuid.uuid5(_ID_NAMESPACE, digest).hex
+
+
+def build_fits(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    pairs: Iterable[tuple[str, str]] | None = None,
+    bootstrap: int = REFERENCE_BOOTSTRAP,
+) -> list[dict[str, Any]]:
+    """The default fit of every (family, method) of `rows` (or of `pairs`), made exactly as
+    `POST /fits` makes one, on a scratch SQLite database."""
+    from app.db.migrate import upgrade
+    from app.db.session import create_engine_for, make_sessionmaker
+
+    wanted = sorted(set(pairs) if pairs is not None else {(r["family"], r["method"]) for r in rows})
+    with tempfile.TemporaryDirectory(prefix="p2law-reference-") as folder:
+        url = f"sqlite:///{Path(folder) / 'reference.sqlite3'}"
+        upgrade(url)
+        engine = create_engine_for(url)
+        try:
+            with make_sessionmaker(engine)() as session:
+                observations_repo.insert_ignore(session, list(rows))
+                session.commit()
+                built = []
+                for family, method in wanted:
+                    fit = compute_fit(
+                        session,
+                        form=REFERENCE_FORM,
+                        family=family,
+                        method=method,
+                        bootstrap=bootstrap,
+                        seed=REFERENCE_SEED,
+                    )
+                    fit.id = fit_id_of(family, method, fit.run_ids, REFERENCE_FORM)
+                    built.append({name: getattr(fit, name) for name in _FIT_FIELDS})
+        finally:
+            engine.dispose()
+    return built
+
+
+def write_fits(fits: Sequence[Mapping[str, Any]], path: Path = FITS_JSON) -> None:
+    """Write the shipped fits file (stable key order, so a rebuild diffs cleanly)."""
+    document = {
+        "recipe": {
+            "form": REFERENCE_FORM,
+            "bootstrap": REFERENCE_BOOTSTRAP,
+            "seed": REFERENCE_SEED,
+        },
+        "fits": list(fits),
+    }
+    path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -1,0 +1,108 @@
+"""Reference laws out of the box (app/services/reference.py): the shipped files, loading them
+idempotently without overwriting anything, and that the shipped fits are what the recipe makes
+from the shipped observations."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core.config import PROJECT_ROOT
+from app.db.models.fit import Fit
+from app.db.models.observation import Observation
+from app.reference import OBSERVATIONS_CSV
+from app.repositories import fits as fits_repo
+from app.repositories import observations as observations_repo
+from app.services import reference
+from app.services.fits import create_fit
+
+
+def _pairs(rows: list[dict[str, object]]) -> set[tuple[str, str]]:
+    return {(str(r["family"]), str(r["method"])) for r in rows}
+
+
+def test_the_shipped_observations_are_the_study_results() -> None:
+    with OBSERVATIONS_CSV.open(newline="", encoding="utf-8") as handle:
+        shipped = list(csv.DictReader(handle))
+    assert shipped == reference.gather_study_observations(PROJECT_ROOT)
+    families = Counter(row["family"] for row in shipped)
+    assert set(families) == {"study-llama", "wide-llama", "wide-qwen2", "smollm2-135m"}
+    assert len({(row["run_id"], row["tokens"]) for row in shipped}) == len(shipped)
+
+
+def test_every_family_and_method_ships_one_fit_with_bootstrap_and_coverage() -> None:
+    rows = reference.read_observations()
+    fits = reference.read_fits()
+    assert sorted((f["family"], f["method"]) for f in fits) == sorted(_pairs(rows))
+    for fit in fits:
+        assert len(fit["bootstrap"]) >= reference.REFERENCE_BOOTSTRAP * 0.9
+        assert fit["calibration"]["coverage"], fit["family"]
+        assert fit["selection"]["chosen"] == fit["form"]
+        assert fit["id"] == reference.fit_id_of(
+            fit["family"], fit["method"], fit["run_ids"], reference.REFERENCE_FORM
+        )
+
+
+def test_loading_an_empty_database_stores_everything_and_sets_the_defaults(
+    session: Session,
+) -> None:
+    rows = reference.read_observations()
+    report = reference.load_reference(session)
+    assert report.skipped is None
+    assert report.observations == len(rows) and report.observations_kept == 0
+    assert report.fits == len(reference.read_fits()) and report.fits_present == 0
+    assert sorted(report.defaults) == sorted(f"{f}/{m}" for f, m in _pairs(rows))
+    stored = session.scalars(select(Observation.source)).all()
+    assert set(stored) == {"reference"} and len(stored) == len(rows)
+    for family, method in _pairs(rows):
+        default = fits_repo.get_default(session, family, method)
+        assert default is not None and default.bootstrap
+
+
+def test_loading_twice_stores_nothing_the_second_time(session: Session) -> None:
+    reference.load_reference(session)
+    skipped = reference.load_reference(session)
+    assert skipped.skipped is not None and "already holds" in skipped.skipped
+    again = reference.load_reference(session, only_if_empty=False)
+    assert again.observations == 0 and again.fits == 0 and again.defaults == []
+    assert again.fits_present == len(reference.read_fits())
+    assert len(session.scalars(select(Fit.id)).all()) == len(reference.read_fits())
+
+
+def test_loading_never_overwrites_user_data_or_a_default_the_user_chose(
+    session: Session,
+) -> None:
+    rows = reference.read_observations()
+    smol = [r for r in rows if r["family"] == "smollm2-135m" and r["method"] == "depth"]
+    mine = [{**r, "loss": r["loss"] + 0.5, "source": "api"} for r in smol]
+    observations_repo.insert_ignore(session, mine)
+    session.commit()
+    chosen = create_fit(session, form="curve", family="smollm2-135m", method="depth")
+    assert chosen.is_default
+
+    report = reference.load_reference(session, only_if_empty=False)
+    assert report.observations_kept == len(mine)
+    assert "smollm2-135m/depth" not in report.defaults
+    losses = session.scalars(
+        select(Observation.loss).where(Observation.run_id.in_({r["run_id"] for r in mine}))
+    ).all()
+    assert sorted(losses) == sorted(r["loss"] for r in mine)
+    default = fits_repo.get_default(session, "smollm2-135m", "depth")
+    assert default is not None and default.id == chosen.id
+
+
+@pytest.mark.parametrize("pair", [("smollm2-135m", "2:4")])
+def test_the_shipped_fit_is_what_the_recipe_makes(pair: tuple[str, str]) -> None:
+    """Rebuilding one pair from the shipped observations gives the shipped fit: a change to the
+    law code that would change the reference laws shows here (`p2law reference build`)."""
+    shipped = {(f["family"], f["method"]): f for f in reference.read_fits()}[pair]
+    (rebuilt,) = reference.build_fits(reference.read_observations(), pairs=[pair])
+    assert rebuilt["id"] == shipped["id"]
+    assert rebuilt["form"] == shipped["form"]
+    assert rebuilt["params"] == pytest.approx(shipped["params"], rel=1e-6)
+    assert len(rebuilt["bootstrap"]) == len(shipped["bootstrap"])
+    assert rebuilt["ranges"] == shipped["ranges"]
