@@ -248,10 +248,8 @@ def _recommend_command(args: argparse.Namespace) -> int:
 def _serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.db.migrate import upgrade
-
     if not args.no_migrate:
-        upgrade()
+        _migrate_command()
     uvicorn.run("app.main:app", host=args.host, port=args.port, log_level="info")
     return 0
 
