@@ -1,0 +1,22 @@
+// What GET /families says the stored observations cover, shared by the views.
+
+import { api } from "./api.js";
+
+let cache = null;
+let loadedAt = 0;
+
+/** The families (docs/api.md "GET /families"), fetched again when older than `maxAgeMs`. */
+export async function families(maxAgeMs = Infinity) {
+  if (cache === null || Date.now() - loadedAt > maxAgeMs) {
+    const body = await api("families");
+    cache = body.families;
+    loadedAt = Date.now();
+  }
+  return cache;
+}
+
+/** The method entry of (family, method), or null. */
+export function methodEntry(list, family, method) {
+  const entry = (list || []).find((f) => f.family === family);
+  return entry ? entry.methods.find((m) => m.method === method) || null : null;
+}

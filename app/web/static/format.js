@@ -1,0 +1,54 @@
+// Number formats shared by the views.
+
+/** A count such as 3.47e8 as "347M" (k, M, B, T), 3 significant digits. */
+export function count(value) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  const units = [[1e12, "T"], [1e9, "B"], [1e6, "M"], [1e3, "k"]];
+  for (const [size, unit] of units) {
+    if (Math.abs(value) >= size) return `${Number((value / size).toPrecision(3))}${unit}`;
+  }
+  return String(Number(value.toPrecision(3)));
+}
+
+/** A float with `digits` significant digits, "–" when missing. */
+export function num(value, digits = 4) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  return String(Number(value.toPrecision(digits)));
+}
+
+/** A loss in nats with 4 decimals. */
+export function loss(value) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  return value.toFixed(4);
+}
+
+/** "[lo, hi]" with `fmt`, "–" when there is no interval. */
+export function interval(lo, hi, fmt = loss) {
+  if ((lo === null || lo === undefined) && (hi === null || hi === undefined)) return "–";
+  return `[${fmt(lo)}, ${hi === null || hi === undefined ? "not reached" : fmt(hi)}]`;
+}
+
+/** Seconds as "1 h 05 min", "4 min 10 s" or "12 s". */
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds)) return "–";
+  const s = Math.round(seconds);
+  if (s >= 3600) return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+  if (s >= 60) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${s} s`;
+}
+
+/** Create an element with attributes and children (strings become text, never HTML). */
+export function h(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name === "class") node.className = value;
+    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else node.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
