@@ -160,8 +160,10 @@ function onMethodChange() {
   schedule(0);
 }
 
+/** Redraw after `delayMs` (slider moves within it make one request); busy from now on. */
 function schedule(delayMs = 150) {
   clearTimeout(state.timer);
+  document.querySelector("#view-planner .results").setAttribute("aria-busy", "true");
   state.timer = setTimeout(update, delayMs);
 }
 
@@ -240,14 +242,16 @@ function renderWarnings(list, messages) {
 }
 
 async function update() {
+  state.timer = null;
   const seq = ++state.seq;
   const results = document.querySelector("#view-planner .results");
   results.setAttribute("aria-busy", "true");
+  // Not busy only when this is the latest request and no other is scheduled.
   const done = () => {
     if (seq !== state.seq) return;
     state.updates += 1;
     results.dataset.updates = String(state.updates);
-    results.setAttribute("aria-busy", "false");
+    if (state.timer === null) results.setAttribute("aria-busy", "false");
   };
   const box = $("planner-error");
   let choice;

@@ -1,0 +1,299 @@
+"""The planner page at `/` in headless Chromium against a live server: planner, jobs, fits and
+the API key, each compared with what the API answers for the same inputs."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from fnmatch import fnmatch
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.db.session import create_engine_for, make_sessionmaker
+from app.main import create_app
+from app.repositories import jobs as jobs_repo
+from app.schemas.common import EXAMPLE_LAW
+from app.services.observations import add_observations
+from app.web.routes import STATIC_DIR, STATIC_URL
+from tests.api.conftest import FAMILY
+from tests.web.conftest import ROOT, LiveServer, WebPage
+
+pytestmark = pytest.mark.xdist_group("web")
+
+RULES = ("marginal", "gap", "target")
+
+
+def _wait_for_update(web: WebPage, after: int) -> int:
+    """Wait until the planner has redrawn more than `after` times; the new count."""
+    web.page.wait_for_function(
+        """n => {
+            const results = document.querySelector('#view-planner .results');
+            return Number(results.dataset.updates || 0) > n
+                && results.getAttribute('aria-busy') === 'false';
+        }""",
+        arg=after,
+    )
+    return int(web.page.locator("#view-planner .results").get_attribute("data-updates") or 0)
+
+
+def _shown(web: WebPage) -> dict[str, Any]:
+    """What the planner shows: slider values, each rule's numbers, the curve's path."""
+    page = web.page
+    values = {n: float(page.locator(f"#{n}-value").get_attribute("data-value") or "nan")
+              for n in ("n0", "rho", "l0")}  # fmt: skip
+    rules: dict[str, dict[str, float]] = {}
+    for rule in RULES:
+        row = page.locator(f"#rule-{rule}")
+        rules[rule] = {
+            cell: float(row.locator(f".{cell}").get_attribute("data-value") or "nan")
+            for cell in ("tokens", "loss", "floor")
+        }
+        rules[rule]["target"] = float(row.get_attribute("data-target") or "nan")
+    return {
+        "values": values,
+        "rules": rules,
+        "curve": page.locator("#curve-line").get_attribute("d"),
+        "band": page.locator("#curve-band").count(),
+        "observed": page.locator("circle.obs").count(),
+    }
+
+
+def test_planner_slider_moves_the_curve_and_shows_what_recommend_answers(
+    live_server: LiveServer, web: WebPage
+) -> None:
+    page = web.page
+    page.goto(f"{live_server.url}/")
+    count = _wait_for_update(web, 0)
+    assert page.locator("#family").input_value() == FAMILY
+    before = _shown(web)
+    page.locator("#rho").focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    _wait_for_update(web, count)
+    after = _shown(web)
+    web.screenshot("planner")
+
+    assert after["values"]["rho"] > before["values"]["rho"]
+    assert after["curve"] != before["curve"]
+    assert after["band"] == 1 and after["observed"] > 0
+    with live_server.client() as client:
+        for rule in RULES:
+            assert after["rules"][rule]["tokens"] != before["rules"][rule]["tokens"], rule
+            body: dict[str, Any] = {
+                "family": FAMILY,
+                "method": page.locator("#method").input_value(),
+                **after["values"],
+                "rule": rule,
+                "interval": 0.8,
+                "interval_kind": "prediction",
+            }
+            if rule == "target":
+                body["target_loss"] = after["rules"]["target"]["target"]
+            else:
+                body["threshold"] = float(page.locator(f"#{rule}-threshold").input_value())
+            answer = client.post("/recommend", json=body).json()
+            assert after["rules"][rule] | {"target": 0} == {
+                "tokens": answer["tokens"],
+                "loss": answer["predicted_loss"],
+                "floor": answer["floor_loss"],
+                "target": 0,
+            }, rule
+    web.assert_offline()
+
+
+def test_planner_with_an_inline_law_and_an_unreachable_target(
+    live_server: LiveServer, web: WebPage
+) -> None:
+    page = web.page
+    page.goto(f"{live_server.url}/")
+    count = _wait_for_update(web, 0)
+    page.get_by_role("radio", name="Inline law").check()
+    count = _wait_for_update(web, count)
+    shown = _shown(web)
+    body = {"law": EXAMPLE_LAW, **shown["values"], "interval": 0.8, "interval_kind": "prediction"}
+    with live_server.client() as client:
+        answer = client.post("/recommend", json={**body, "rule": "gap", "threshold": 0.02}).json()
+        unreachable = client.post("/recommend", json={**body, "rule": "target", "target_loss": 1.0})
+    assert shown["rules"]["gap"]["tokens"] == answer["tokens"]
+    assert shown["band"] == 0  # an inline law has no refits, so no interval
+    page.locator("#target-loss").fill("1.0")
+    page.locator("#target-loss").press("Enter")
+    _wait_for_update(web, count)
+    error = page.locator("#rule-target .rule-error").inner_text()
+    assert unreachable.status_code == 422
+    assert error.startswith("422") and unreachable.json()["detail"] in error
+    assert f"floor_loss = {unreachable.json()['floor_loss']:.6g}" in error
+    web.assert_offline()
+
+
+def test_page_and_its_files_have_cache_headers_and_ship_as_package_data(sqlite_url: str) -> None:
+    with TestClient(create_app()) as client:
+        index = client.get("/")
+        assert index.headers["content-type"].startswith("text/html")
+        assert index.headers["cache-control"] == "no-cache"
+        assert index.headers["content-security-policy"].startswith("default-src 'self'")
+        referenced = re.findall(r'(?:src|href)="static/app/([\w.]+)"', index.text)
+        modules = {
+            name
+            for path in STATIC_DIR.glob("*.js")
+            for name in re.findall(r'from "\./([\w.]+)"', path.read_text())
+        }
+        assert {"app.js", "style.css"} <= set(referenced)
+        for name in {*referenced, *modules}:
+            response = client.get(f"{STATIC_URL}/{name}")
+            assert response.status_code == 200, name
+            assert response.headers["cache-control"] == "no-cache"
+            assert "etag" in response.headers
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["app.web"]
+    for path in STATIC_DIR.iterdir():
+        assert any(fnmatch(f"static/{path.name}", p) for p in patterns), path.name
+
+
+def _job_body() -> str:
+    """A small job on the server's tiny model folder and corpus (no worker runs it)."""
+    body = {
+        "model": "tiny",
+        "method": "depth",
+        "rho": 0.25,
+        "tokens": 4096,
+        "dataset": {"path": "corpus.txt"},
+        "checkpoints": 4,
+        "family": FAMILY,
+    }
+    return json.dumps(body)
+
+
+def _submit(web: WebPage) -> None:
+    web.page.locator("#job-body").fill(_job_body())
+    web.page.get_by_role("button", name="Submit").click()
+
+
+def test_jobs_view_submits_a_job_and_cancels_it(live_server: LiveServer, web: WebPage) -> None:
+    page = web.page
+    page.goto(f"{live_server.url}/#jobs")
+    _submit(web)
+    result = page.locator("#job-result")
+    result.get_by_text("is queued").wait_for()
+    job_id = result.get_attribute("data-job-id")
+    row = page.locator(f'tr[data-job-id="{job_id}"]')
+    row.wait_for()
+    assert row.get_attribute("data-status") == "queued"
+    assert "0 / 4.1k" in row.locator(".progress-cell").inner_text()
+    row.get_by_role("button", name=f"Cancel job {job_id[:8]}").click()
+    page.locator(f'tr[data-job-id="{job_id}"][data-status="cancelled"]').wait_for()
+    web.screenshot("jobs")
+    with live_server.client() as client:
+        assert client.get(f"/jobs/{job_id}").json()["status"] == "cancelled"
+    web.assert_offline()
+
+
+def _run_halfway(server: LiveServer, job_id: str, measured: dict[str, float], loss: float) -> None:
+    """Do to the server's database what a worker does at a job's first checkpoint: claim it,
+    record the measured model, half the tokens with an ETA, and one observed loss."""
+    engine = create_engine_for(server.database_url)
+    with make_sessionmaker(engine)() as session:
+        assert jobs_repo.claim(session, job_id, "web-test", lease_s=600)
+        jobs_repo.heartbeat(
+            session,
+            job_id,
+            "web-test",
+            lease_s=600,
+            tokens_done=2048,
+            eta_s=75.0,
+            measured={
+                **measured,
+                "n_after": measured["n0"] * (1 - measured["rho"]),
+                "loss_after_prune": loss + 1.0,
+                "protocol": "eval-1",
+            },
+        )
+        session.commit()
+        row = {"run_id": job_id, "family": FAMILY, "method": "depth", **measured}
+        add_observations(session, [{**row, "tokens": 2048.0, "loss": loss, "protocol": "eval-1"}])
+    engine.dispose()
+
+
+def test_jobs_view_follows_a_running_job_against_the_laws_forecast(
+    live_server: LiveServer, web: WebPage
+) -> None:
+    page = web.page
+    with live_server.client() as client:
+        job_id = client.post("/jobs/prune-finetune", json=json.loads(_job_body())).json()["id"]
+        page.goto(f"{live_server.url}/#jobs")
+        row = page.locator(f'tr[data-job-id="{job_id}"]')
+        row.wait_for()
+        measured = {"n0": 1.0e9, "rho": 0.25, "l0": 2.2}
+        _run_halfway(live_server, job_id, measured, loss=2.5)
+        forecast = client.post(
+            "/predict",
+            json={
+                "family": FAMILY,
+                "method": "depth",
+                "points": [{**measured, "tokens": 2048.0}],
+                "interval": 0.8,
+            },
+        ).json()
+    # The next poll (every 2 s) shows the progress, the ETA, the loss and the forecast.
+    page.locator(f'tr[data-job-id="{job_id}"][data-status="running"]').wait_for()
+    assert "2.05k / 4.1k" in row.locator(".progress-cell").inner_text()
+    assert row.locator("progress").get_attribute("value") == "50"
+    assert "1 min 15 s" in row.inner_text()
+    row.locator(".forecast").get_by_text(f"{forecast['loss'][0]:.4f}").wait_for()
+    assert "2.5000 at 2.05k" in row.locator(".latest").inner_text()
+    assert f"[{forecast['lower'][0]:.4f}, {forecast['upper'][0]:.4f}]" in row.inner_text()
+    row.get_by_role("button", name=f"Cancel job {job_id[:8]}").click()
+    page.locator(f'tr[data-job-id="{job_id}"][data-status="cancelling"]').wait_for()
+    web.assert_offline()
+
+
+def test_writes_without_the_key_show_the_401_and_succeed_with_it(
+    keyed_server: LiveServer, web: WebPage
+) -> None:
+    page = web.page
+    page.goto(f"{keyed_server.url}/#jobs")
+    _submit(web)
+    error = page.locator("#job-error")
+    error.get_by_text("401").wait_for()
+    assert "X-API-Key" in error.inner_text() and "API key" in error.inner_text()
+    assert page.get_by_role("alert").filter(has_text="401").count() == 1
+
+    page.get_by_label("API key").fill(keyed_server.api_key or "")
+    _submit(web)
+    page.locator("#job-result").get_by_text("is queued").wait_for()
+    assert page.locator("#job-error").is_hidden()
+    job_id = page.locator("#job-result").get_attribute("data-job-id")
+    # The key is kept: after a reload the page still sends it.
+    page.reload()
+    page.locator(f'tr[data-job-id="{job_id}"]').wait_for()
+    page.get_by_role("button", name=f"Cancel job {job_id[:8]}").click()
+    page.locator(f'tr[data-job-id="{job_id}"][data-status="cancelled"]').wait_for()
+    web.assert_offline()
+
+
+def test_fits_view_lists_the_seeded_fits_with_their_coverage(
+    live_server: LiveServer, web: WebPage
+) -> None:
+    page = web.page
+    page.goto(f"{live_server.url}/")
+    page.get_by_role("tab", name="Planner").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.get_by_role("tab", name="Fits").get_attribute("aria-selected") == "true"
+    with live_server.client() as client:
+        fits = client.get("/fits").json()["items"]
+    depth = next(f for f in fits if f["method"] == "depth")
+    row = page.locator(f'tr[data-fit-id="{depth["id"]}"]')
+    row.wait_for()
+    assert "p2" in row.inner_text() and "default" in row.inner_text()
+    shown = {c["protocol"] for c in depth["coverage"]}
+    assert shown and all(row.locator(f'td[data-protocol="{p}"]').count() == 1 for p in shown)
+    assert page.locator("#fits-table tbody tr").count() == len(fits)
+    row.get_by_role("button").click()
+    page.locator("#fit-details").get_by_text("Coverage of the intervals per protocol").wait_for()
+    web.screenshot("fits")
+    web.assert_offline()
