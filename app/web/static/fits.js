@@ -32,6 +32,26 @@ function groupBest(fits) {
   return best;
 }
 
+/** The forms an `auto` fit compared: held-out MAPE per fold, their means, and why not. */
+function selectionTable(selection) {
+  const folds = selection.folds.map((f) => f.name);
+  return h("table", { class: "data compact selection" },
+    h("caption", {}, `Forms compared by held-out error (select_by ${selection.select_by}; chosen: ${selection.chosen})`),
+    h("thead", {}, h("tr", {},
+      h("th", { scope: "col" }, "Form"),
+      h("th", { scope: "col" }, "Mean MAPE %"),
+      h("th", { scope: "col" }, "Mean RMSE"),
+      folds.map((name) => h("th", { scope: "col" }, `${name} MAPE %`)),
+      h("th", { scope: "col" }, "Reason"))),
+    h("tbody", {}, selection.table.map((row) =>
+      h("tr", { class: row.form === selection.chosen ? "best" : null },
+        h("th", { scope: "row" }, row.form, row.form === selection.chosen ? h("span", { class: "badge" }, "chosen") : null),
+        h("td", {}, num(row.mean_mape, 3)),
+        h("td", {}, num(row.mean_rmse, 3)),
+        folds.map((_, i) => h("td", {}, num((row.mape || [])[i], 3))),
+        h("td", {}, row.reason || "")))));
+}
+
 async function details(id) {
   const box = $("fit-details");
   try {
@@ -46,6 +66,7 @@ async function details(id) {
         h("caption", {}, "Coverage of the intervals per protocol"),
         h("thead", {}, h("tr", {}, ["Protocol", "Level", "Prediction", "Confidence", "Held-out MAPE %", "Points", "Runs"].map((t) => h("th", { scope: "col" }, t)))),
         h("tbody", {}, fit.coverage.map((c) => h("tr", {}, h("th", { scope: "row" }, c.protocol), h("td", {}, num(c.level, 2)), h("td", {}, num(c.prediction, 3)), h("td", {}, num(c.confidence, 3)), h("td", {}, num(c.mape, 3)), h("td", {}, c.points), h("td", {}, c.runs))))),
+      fit.selection ? selectionTable(fit.selection) : null,
       fit.interval_notes.length ? h("ul", { class: "warnings" }, fit.interval_notes.map((n) => h("li", {}, n))) : null,
       h("img", { src: `fits/${encodeURIComponent(fit.id)}/plot.png`, alt: `Observed points and fitted curves of fit ${fit.id.slice(0, 8)}`, class: "fit-plot" }),
     ];

@@ -71,12 +71,25 @@ function bounds(ranges, beyond) {
   };
 }
 
-/** The slider values as the requests send them: N0 to 3 significant digits. */
+/** `value`, or the end of the data's span `[lo, hi]` that it is within `tolerance` of. */
+function snap(value, span, tolerance) {
+  if (!span) return value;
+  return span.find((end) => Math.abs(end - value) <= tolerance) ?? value;
+}
+
+/**
+ * The slider values as the requests send them: N0 to 3 significant digits, ρ and L0 to 3
+ * decimals, except that a value within half a slider step of an end of the data's span is that
+ * end exactly (a family of one size has N0 = 134,515,008, not 1.35e8, which would be outside).
+ */
 export function sliderValues() {
+  const ranges = dataRanges();
+  const exponent = Number($("n0").value);
+  const end = ranges?.n0.find((x) => Math.abs(Math.log10(x) - exponent) <= Number($("n0").step) / 2);
   return {
-    n0: Number((10 ** Number($("n0").value)).toPrecision(3)),
-    rho: Number(Number($("rho").value).toFixed(3)),
-    l0: Number(Number($("l0").value).toFixed(3)),
+    n0: end ?? Number((10 ** exponent).toPrecision(3)),
+    rho: snap(Number(Number($("rho").value).toFixed(3)), ranges?.rho, Number($("rho").step) / 2),
+    l0: snap(Number(Number($("l0").value).toFixed(3)), ranges?.l0, Number($("l0").step) / 2),
   };
 }
 
@@ -238,7 +251,13 @@ function renderRules(results) {
 }
 
 function renderWarnings(list, messages) {
-  list.replaceChildren(...[...new Set(messages)].map((m) => h("li", {}, m)));
+  const unique = [...new Set(messages)];
+  list.replaceChildren(...unique.map((m) => h("li", {}, m)));
+  const box = list.closest("details");
+  if (box) {
+    box.hidden = unique.length === 0;
+    box.querySelector("summary").textContent = `${unique.length} warning${unique.length === 1 ? "" : "s"} from the API`;
+  }
 }
 
 async function update() {
@@ -390,7 +409,7 @@ export async function initPlanner() {
     showError($("planner-error"), error);
   }
   $("family").replaceChildren(
-    ...state.families.map((f) => h("option", { value: f.family }, `${f.family}${f.reference ? " (reference)" : ""}`)),
+    ...state.families.map((f) => h("option", { value: f.family }, f.family)),
   );
   if (!state.families.length) document.querySelector('input[name="law-source"][value="inline"]').checked = true;
   onLawSource();
