@@ -176,6 +176,8 @@ def _submit(web: WebPage) -> None:
 def test_jobs_view_submits_a_job_and_cancels_it(live_server: LiveServer, web: WebPage) -> None:
     page = web.page
     page.goto(f"{live_server.url}/#jobs")
+    example = json.loads((ROOT / "examples" / "quick-job.json").read_text())
+    assert json.loads(page.locator("#job-body").input_value()) == example
     _submit(web)
     result = page.locator("#job-result")
     result.get_by_text("is queued").wait_for()

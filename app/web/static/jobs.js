@@ -11,16 +11,14 @@ const PAGE = 20;
 const ACTIVE = new Set(["queued", "running", "cancelling"]);
 const CANCELLABLE = new Set(["queued", "running"]);
 
-/** Prefilled body: the demo model and corpus of `make demo-model` (docs/jobs.md). */
+/** Prefilled body: examples/quick-job.json, the tiny model `make run` makes on its first start. */
 const EXAMPLE_JOB = {
-  model: "demo-llama",
+  model: "quick-llama",
   method: "depth",
   rho: 0.25,
-  tokens: 2000000,
-  dataset: { path: "python-corpus.txt" },
-  checkpoints: 8,
-  seq_len: 128,
-  batch_size: 8,
+  tokens: 30000,
+  dataset: { path: "quick-llama.txt" },
+  family: "quick-llama",
 };
 
 const state = { timer: null, busy: false, latest: new Map(), forecasts: new Map() };
