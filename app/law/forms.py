@@ -170,6 +170,16 @@ class Form(ABC):
     _fit_names: tuple[str, ...] = ()
     _bounds: tuple[tuple[float, float], ...] = ()
 
+    @property
+    def nonnegative_params(self) -> tuple[str, ...]:
+        """Parameters fitted as their log: a law whose value of one is negative is refused
+        (`_log_param`); the others may have any sign."""
+        return tuple(
+            name
+            for name, fit_name in zip(self.param_names, self._fit_names, strict=False)
+            if fit_name == f"log_{name}"
+        )
+
     def n_parameters(self, data: Dataset) -> int:
         """How many numbers a fit to `data` estimates."""
         return len(self.fit_names(data))

@@ -7,6 +7,7 @@ Every float in a request is finite (`allow_inf_nan=False`): JSON's `NaN`, `Infin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -72,12 +73,83 @@ EXAMPLE_LAW: dict[str, Any] = {
 }
 
 
+def null_or_absent(*names: str) -> dict[str, Any]:
+    """JSON Schema for: each of these fields is left out or null (the model reads both as
+    not given)."""
+    return {"properties": {name: {"type": "null"} for name in names}}
+
+
+def with_rules(
+    examples: list[dict[str, Any]], *rules: dict[str, Any] | Callable[[], dict[str, Any]]
+) -> Callable[[dict[str, Any]], None]:
+    """A `json_schema_extra` that adds `examples` and the request's cross-field rules as
+    `allOf` of JSON Schema (`oneOf` of the allowed shapes), so that what the model validators
+    refuse is refused by the OpenAPI schema too. A rule may be a function, for rules built from
+    the form registry when the schema is generated."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["examples"] = examples
+        schema["allOf"] = [rule() if callable(rule) else rule for rule in rules]
+
+    return extra
+
+
+def _form_shape(name: str) -> dict[str, Any]:
+    """The `law` object of one registered form: its exact parameter names, and ≥ 0 where the
+    form takes a parameter's log. `p2` is also the shape of a law that leaves `form` out."""
+    from app.law.forms import FORMS, CurveForm
+
+    form = FORMS[name]
+    shape: dict[str, Any] = {"title": name, "properties": {"form": {"const": name}}}
+    if name != "p2":
+        shape["required"] = ["form"]
+    if isinstance(form, CurveForm):
+        # One power law per run: E@<run>, B@<run>, beta@<run> and the run's n0@, rho@, l0@.
+        # That each run has all six keys is checked by the service (a 422 naming them).
+        keys = "|".join(CurveForm._run_keys)
+        shape["properties"]["params"] = {
+            "minProperties": len(CurveForm._run_keys),
+            "propertyNames": {"pattern": f"^({keys})@"},
+            "patternProperties": {"^(E|B)@": {"minimum": 0}},
+        }
+        return shape
+    shape["properties"]["params"] = {
+        "required": list(form.param_names),
+        "properties": {
+            p: {"minimum": 0} if p in form.nonnegative_params else {} for p in form.param_names
+        },
+        "additionalProperties": False,
+    }
+    return shape
+
+
+def form_enum(schema: dict[str, Any], *extra: str) -> None:
+    """State in a `form` field's schema which names are accepted: the registered forms (from
+    the registry when the schema is generated), plus `extra`."""
+    from app.law.forms import FORMS
+
+    schema["enum"] = [*FORMS, *extra]
+
+
+def law_forms() -> dict[str, Any]:
+    """JSON Schema of an inline law: exactly one registered form with exactly its parameters."""
+    from app.law.forms import FORMS
+
+    return {"oneOf": [_form_shape(name) for name in FORMS]}
+
+
 class LawSpec(BaseModel):
     """An inline law: a registered form and its parameters (billions convention, docs/law.md §1)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_LAW]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=with_rules([EXAMPLE_LAW], law_forms)
+    )
 
-    form: str = Field("p2", description="A registered form: p2, frantar, compression, curve.")
+    form: str = Field(
+        "p2",
+        description="A registered form: p2, frantar, compression, curve, p2-tpp, p2-shift.",
+        json_schema_extra=form_enum,
+    )
     params: dict[Label, FiniteFloat] = Field(
         ..., max_length=10_000, description="The form's parameters by name; all required, finite."
     )
@@ -106,6 +178,24 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "Body or a list in it is over a limit."},
     422: {"model": ErrorResponse, "description": "Invalid request or a law that cannot answer."},
 }
+
+
+def unprocessable(*cases: str) -> dict[int | str, dict[str, Any]]:
+    """An operation's 422, listing the refusals its schema cannot state: rules that compare one
+    field with another (JSON Schema has no way to), and those that depend on stored data or on
+    the law's values. Request validation answers `detail` as a list of problems with their
+    locations; the service answers a message string."""
+    listed = "".join(f"\n- {case}" for case in cases)
+    return {
+        422: {
+            "model": ErrorResponse,
+            "description": "Invalid request (`detail`: a list of problems with their locations), "
+            "or a request that cannot be answered (`detail`: a message). Besides what the "
+            f"request schema refuses:{listed}",
+        }
+    }
+
+
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "A fit named by the request does not exist."}
 }

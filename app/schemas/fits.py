@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas.common import NO_NUL, Page
+from app.schemas.common import NO_NUL, Page, form_enum, with_rules
 
 #: The `form` value that chooses a form by cross-validated held-out error.
 AUTO_FORM = "auto"
@@ -21,6 +21,26 @@ class Holdout(BaseModel):
     protocol: Literal["D", "N0", "rho"]
 
 
+#: `select_by` only with `"form": "auto"` (`_select_by_needs_auto`), as JSON Schema.
+SELECT_BY_NEEDS_AUTO: dict[str, Any] = {
+    "oneOf": [
+        {
+            "title": "one form (no select_by)",
+            "properties": {"form": {"not": {"const": AUTO_FORM}}, "select_by": {"type": "null"}},
+        },
+        {
+            "title": "form chosen by held-out error",
+            "required": ["form"],
+            "properties": {"form": {"const": AUTO_FORM}},
+        },
+    ]
+}
+
+
+def _form_or_auto(schema: dict[str, Any]) -> None:
+    form_enum(schema, AUTO_FORM)
+
+
 class FitCreate(BaseModel):
     """Fit a form to the observations selected by family, method and run ids.
 
@@ -29,8 +49,8 @@ class FitCreate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
+        json_schema_extra=with_rules(
+            [
                 {
                     "form": "p2",
                     "family": "llama-3",
@@ -39,8 +59,9 @@ class FitCreate(BaseModel):
                     "holdout": {"protocol": "D"},
                     "make_default": True,
                 }
-            ]
-        },
+            ],
+            SELECT_BY_NEEDS_AUTO,
+        ),
     )
 
     form: str = Field(
@@ -48,6 +69,7 @@ class FitCreate(BaseModel):
         description="A registered form (p2, frantar, compression, curve, p2-tpp, p2-shift), "
         "or `auto`: fit every registered form and keep the one with the lowest cross-validated "
         "held-out error for the use named by `select_by` (docs/law.md §4).",
+        json_schema_extra=_form_or_auto,
     )
     select_by: Literal["D", "N0", "rho", "runs"] | None = Field(
         None,

@@ -18,6 +18,8 @@ from app.schemas.common import (
     Level,
     Rho,
     Tokens,
+    null_or_absent,
+    with_rules,
 )
 
 
@@ -49,6 +51,33 @@ class Columns(BaseModel):
         return self
 
 
+#: The choice of a law as JSON Schema: a stored fit, an inline law, or the default fit of a
+#: family and method; exactly one (`_at_most_one_law` and the service's "choose a law" 422 say
+#: the same). `family` and `method` may come with any of them (range warnings).
+LAW_CHOICE: dict[str, Any] = {
+    "oneOf": [
+        {
+            "title": "a stored fit",
+            "required": ["fit_id"],
+            "properties": {"fit_id": {"type": "string"}, "law": {"type": "null"}},
+        },
+        {
+            "title": "an inline law",
+            "required": ["law"],
+            "properties": {"law": {"type": "object"}, "fit_id": {"type": "null"}},
+        },
+        {
+            "title": "the default fit of family and method",
+            "required": ["family", "method"],
+            "allOf": [
+                {"properties": {"family": {"type": "string"}, "method": {"type": "string"}}},
+                null_or_absent("fit_id", "law"),
+            ],
+        },
+    ]
+}
+
+
 class LawChoice(BaseModel):
     """Which law answers: `fit_id`, or an inline `law`, or the default fit of family+method."""
 
@@ -77,13 +106,30 @@ EXAMPLE_PREDICT: dict[str, Any] = {
 }
 
 
+#: Exactly one of `points` and `columns` (`_exactly_one_input`), as JSON Schema.
+POINTS_OR_COLUMNS: dict[str, Any] = {
+    "oneOf": [
+        {
+            "title": "points",
+            "required": ["points"],
+            "properties": {"points": {"type": "array"}, "columns": {"type": "null"}},
+        },
+        {
+            "title": "columns",
+            "required": ["columns"],
+            "properties": {"columns": {"type": "object"}, "points": {"type": "null"}},
+        },
+    ]
+}
+
+
 class PredictRequest(LawChoice):
     """Points (or columns) to predict with one law; optional interval from bootstrap refits."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
+        json_schema_extra=with_rules(
+            [
                 EXAMPLE_PREDICT,
                 {
                     "family": "llama-3",
@@ -96,8 +142,10 @@ class PredictRequest(LawChoice):
                     },
                     "interval": 0.8,
                 },
-            ]
-        },
+            ],
+            LAW_CHOICE,
+            POINTS_OR_COLUMNS,
+        ),
     )
 
     points: list[Point] | None = Field(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,8 +16,25 @@ from app.schemas.common import (
     PositiveFloat,
     Rho,
     Tokens,
+    with_rules,
 )
-from app.schemas.predict import LawChoice
+from app.schemas.predict import LAW_CHOICE, LawChoice
+
+#: The arguments each rule needs (`_rule_arguments`), as JSON Schema: one shape per rule.
+RULE_ARGUMENTS: dict[str, Any] = {
+    "oneOf": [
+        {
+            "title": "marginal or gap: threshold",
+            "required": ["rule", "threshold"],
+            "properties": {"rule": {"enum": ["marginal", "gap"]}, "threshold": {"type": "number"}},
+        },
+        {
+            "title": "target: target_loss",
+            "required": ["rule", "target_loss"],
+            "properties": {"rule": {"const": "target"}, "target_loss": {"type": "number"}},
+        },
+    ]
+}
 
 
 class RecommendRequest(LawChoice):
@@ -25,8 +42,8 @@ class RecommendRequest(LawChoice):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
+        json_schema_extra=with_rules(
+            [
                 {
                     "law": EXAMPLE_LAW,
                     "n0": 1.0e9,
@@ -46,8 +63,10 @@ class RecommendRequest(LawChoice):
                     "max_tokens": 5.0e10,
                     "interval": 0.8,
                 },
-            ]
-        },
+            ],
+            LAW_CHOICE,
+            RULE_ARGUMENTS,
+        ),
     )
 
     n0: N0

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import Response
 
 from app.api.deps import SessionDep, require_api_key
-from app.schemas.common import ERRORS, NO_NUL, NOT_FOUND, UNAUTHORIZED
+from app.schemas.common import ERRORS, NO_NUL, NOT_FOUND, UNAUTHORIZED, unprocessable
 from app.schemas.fits import FitCreate, FitOut, FitPage
 from app.services import fits as service
 from app.services.convert import fit_out
@@ -40,12 +40,22 @@ _EXAMPLES: dict[str, Any] = {
 }
 
 
+#: What POST /fits refuses beyond its request schema (docs/api.md, POST /fits): all of it
+#: depends on the stored observations.
+FIT_422 = unprocessable(
+    "data: no observation matches the selection; the selection mixes evaluation protocols "
+    "(the message lists them); fewer observations than the form has parameters; a hold-out "
+    "protocol that leaves one side empty; with `auto`, a `select_by` that cannot form a fold, "
+    "or no form scored on every fold.",
+)
+
+
 @router.post(
     "/fits",
     status_code=201,
     response_model=FitOut,
     dependencies=[Depends(require_api_key)],
-    responses=UNAUTHORIZED,
+    responses={**UNAUTHORIZED, **FIT_422},
 )
 def create_fit(
     session: SessionDep, body: FitCreate = Body(..., openapi_examples=_EXAMPLES)

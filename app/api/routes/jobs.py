@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Response, status
 
 from app.api.deps import SessionDep, require_api_key
-from app.schemas.common import ERRORS, UNAUTHORIZED, ErrorResponse
+from app.schemas.common import ERRORS, UNAUTHORIZED, ErrorResponse, unprocessable
 from app.schemas.jobs import JobAccepted, JobObservationPage, JobOut, JobPage, JobRequest, JobStatus
 from app.schemas.observations import ObservationOut
 from app.services import jobs as service
@@ -24,13 +24,23 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "The job has already finished."}
 }
 
+#: What a submission refuses beyond its request schema, before anything is queued (docs/api.md,
+#: POST /jobs/prune-finetune).
+JOB_422 = unprocessable(
+    "`tokens` below `checkpoints`;",
+    "data: a `model` or `dataset` path outside its root or missing; a hub id without "
+    "ALLOW_HUB_MODELS; a 2:4 target above what the pattern can zero on this model; a dataset "
+    "directory that is neither a saved dataset nor a valid tokenised one, was tokenised with "
+    "another tokenizer, or holds too few held-out blocks.",
+)
+
 
 @router.post(
     "/prune-finetune",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
     dependencies=[Depends(require_api_key)],
-    responses={**UNAUTHORIZED, **UNAVAILABLE},
+    responses={**UNAUTHORIZED, **UNAVAILABLE, **JOB_422},
 )
 def create_job(request: JobRequest, session: SessionDep, response: Response) -> JobAccepted:
     """Queue a prune → post-train job; 202 with its id (also while the broker is down: the job

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import SessionDep, require_api_key
 from app.core.config import get_settings
 from app.core.errors import AppError, Unprocessable
-from app.schemas.common import ERRORS, NO_NUL, UNAUTHORIZED
+from app.schemas.common import ERRORS, NO_NUL, UNAUTHORIZED, unprocessable
 from app.schemas.observations import (
     CSV_COLUMNS,
     CSV_OPTIONAL,
@@ -93,6 +93,12 @@ _UPLOAD_DOC: dict[str, Any] = {
     }
 }
 
+#: The CSV upload is text the OpenAPI schema does not describe beyond its media type.
+OBSERVATIONS_422 = unprocessable(
+    "a CSV that is not UTF-8, is empty, lacks a required column in its header line, or has a "
+    "bad row (the message names its line).",
+)
+
 
 @router.post(
     "/observations",
@@ -100,7 +106,11 @@ _UPLOAD_DOC: dict[str, Any] = {
     response_model=ObservationsCreated,
     dependencies=[Depends(require_api_key)],
     openapi_extra=_UPLOAD_DOC,
-    responses={**UNAUTHORIZED, 415: {"description": "Neither JSON nor CSV."}},
+    responses={
+        **UNAUTHORIZED,
+        **OBSERVATIONS_422,
+        415: {"description": "Neither JSON nor CSV."},
+    },
 )
 def create_observations(
     session: SessionDep, rows: Annotated[list[dict[str, Any]], Depends(read_upload)]

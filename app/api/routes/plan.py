@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Body
 
 from app.api.deps import SessionDep
-from app.schemas.common import ERRORS
+from app.schemas.common import ERRORS, unprocessable
 from app.schemas.plan import PlanRequest, PlanResponse
 from app.services import plan as service
 
@@ -42,7 +42,14 @@ _EXAMPLES: dict[str, Any] = {
 }
 
 
-@router.post("/plan", response_model=PlanResponse)
+#: What /plan refuses beyond its request schema (docs/api.md, POST /plan).
+PLAN_422 = unprocessable(
+    "a `rho_grid` with no value ≥ `rho_min`, a `token_grid` with no value ≤ `token_budget`;",
+    "data: no requested method with a default fit for `family`.",
+)
+
+
+@router.post("/plan", response_model=PlanResponse, responses=PLAN_422)
 def plan(
     session: SessionDep,
     body: PlanRequest = Body(..., openapi_examples=_EXAMPLES),

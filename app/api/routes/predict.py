@@ -27,7 +27,8 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
-from app.schemas.common import ERRORS, NOT_FOUND
+from app.api.errors import bad_json_body
+from app.schemas.common import ERRORS, NOT_FOUND, unprocessable
 from app.schemas.predict import EXAMPLE_PREDICT, PredictRequest, PredictResponse
 from app.services import predict as service
 from app.services.lawref import resolve_cached
@@ -92,24 +93,10 @@ def _as_fastapi(raw: bytes, content_type: str) -> PredictRequest:
     if _is_json(content_type):
         try:
             value = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            # Bytes that are not text in any JSON encoding are a bad body like any other: 422.
-            pos, why = (
-                (exc.pos, exc.msg)
-                if isinstance(exc, json.JSONDecodeError)
-                else (exc.start, f"not valid {exc.encoding}: {exc.reason}")
-            )
-            raise RequestValidationError(
-                [
-                    {
-                        "type": "json_invalid",
-                        "loc": ("body", pos),
-                        "msg": "JSON decode error",
-                        "input": {},
-                        "ctx": {"error": why},
-                    }
-                ]
-            ) from None
+        except (ValueError, RecursionError) as exc:
+            # Not JSON, bytes that are not text in any JSON encoding, or nesting past the
+            # parser's recursion limit: a bad body like any other, 422.
+            raise bad_json_body(exc) from None
     try:
         return PredictRequest.model_validate(value, from_attributes=True)
     except ValidationError as exc:
@@ -130,7 +117,18 @@ def _parse(raw: bytes, content_type: str) -> PredictRequest:
     return _as_fastapi(raw, content_type)
 
 
-@router.post("/predict", response_model=PredictResponse, openapi_extra=_BODY_DOC)
+#: What /predict refuses beyond its request schema (docs/api.md, POST /predict).
+PREDICT_422 = unprocessable(
+    "`columns` of unequal lengths;",
+    "a `curve` law whose `params` lack one of the six `key@run` entries of a run;",
+    "data: no default fit for `family` and `method`; a `curve` law with no run at a point's "
+    "n0, rho and l0; a law that overflows at these points.",
+)
+
+
+@router.post(
+    "/predict", response_model=PredictResponse, openapi_extra=_BODY_DOC, responses=PREDICT_422
+)
 async def predict(request: Request) -> Response:
     """Predict the loss after pruning and post-training at each point."""
     raw = await request.body()

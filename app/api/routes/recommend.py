@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Body
 
 from app.api.deps import SessionDep
-from app.schemas.common import ERRORS, EXAMPLE_LAW, NOT_FOUND
+from app.schemas.common import ERRORS, EXAMPLE_LAW, NOT_FOUND, unprocessable
 from app.schemas.recommend import RecommendRequest, RecommendResponse
 from app.services import recommend as service
 
@@ -53,7 +53,17 @@ _EXAMPLES: dict[str, Any] = {
 }
 
 
-@router.post("/recommend", response_model=RecommendResponse)
+#: What /recommend refuses beyond its request schema (docs/api.md, POST /recommend).
+RECOMMEND_422 = unprocessable(
+    "a `curve` law whose `params` lack one of the six `key@run` entries of a run;",
+    "data: no default fit for `family` and `method`; a target at or below the law's floor "
+    "(the body also carries `floor_loss` and `target_loss`); a rule not met below 1e15 tokens "
+    "without `max_tokens`; a `curve` law with no run at this n0, rho and l0; a law that "
+    "overflows here.",
+)
+
+
+@router.post("/recommend", response_model=RecommendResponse, responses=RECOMMEND_422)
 def recommend(
     session: SessionDep,
     body: RecommendRequest = Body(..., openapi_examples=_EXAMPLES),
