@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 Span = tuple[float, float]
+
+_EXAMPLE_METHOD: dict[str, Any] = {
+    "method": "depth",
+    "n_runs": 12,
+    "n_observations": 126,
+    "n0": [25360, 211424],
+    "rho": [0.1677, 0.3382],
+    "l0": [3.044, 4.666],
+    "tokens": [2048, 210944],
+    "default_fit_id": "c2fff5e7a37a59cc8d14f52d4f719065",
+    "default_form": "p2",
+}
+EXAMPLE_FAMILY: dict[str, Any] = {
+    "family": "wide-llama",
+    "reference": True,
+    "protocols": ["eval:2d54c8c059537bd3:seq128:n16384"],
+    "n_runs": 35,
+    "n_observations": 368,
+    "n0": [25360, 211424],
+    "rho": [0.1498, 0.3505],
+    "l0": [3.044, 4.666],
+    "tokens": [2048, 210944],
+    "methods": [_EXAMPLE_METHOD],
+}
 
 
 class _Coverage(BaseModel):
@@ -32,6 +58,8 @@ class MethodSummary(_Coverage):
 class FamilySummary(_Coverage):
     """One family: its spans over every method, and each method."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_FAMILY]})
+
     family: str
     reference: bool = Field(
         ..., description="Every point of this family came with the service (reference data)."
@@ -42,5 +70,7 @@ class FamilySummary(_Coverage):
 
 class FamiliesOut(BaseModel):
     """Every family with stored observations, in name order."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"families": [EXAMPLE_FAMILY]}]})
 
     families: list[FamilySummary]
