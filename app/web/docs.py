@@ -57,7 +57,7 @@ def install_docs(app: FastAPI) -> None:
     oauth2_redirect_url = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
     @app.get("/docs", include_in_schema=False)
-    def swagger_ui(request: Request) -> HTMLResponse:
+    async def swagger_ui(request: Request) -> HTMLResponse:
         """Swagger UI on the service's OpenAPI schema."""
         root = request.scope.get("root_path", "")
         page = get_swagger_ui_html(
@@ -74,12 +74,12 @@ def install_docs(app: FastAPI) -> None:
         return page
 
     @app.get(oauth2_redirect_url, include_in_schema=False)
-    def swagger_ui_oauth2_redirect() -> HTMLResponse:
+    async def swagger_ui_oauth2_redirect() -> HTMLResponse:
         """The page Swagger UI's OAuth2 flow returns to."""
         return get_swagger_ui_oauth2_redirect_html()
 
     @app.get("/redoc", include_in_schema=False)
-    def redoc(request: Request) -> HTMLResponse:
+    async def redoc(request: Request) -> HTMLResponse:
         """ReDoc on the service's OpenAPI schema, without Google Fonts."""
         root = request.scope.get("root_path", "")
         page = get_redoc_html(

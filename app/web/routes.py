@@ -21,8 +21,8 @@ STATIC_URL = "/static/app"
 router = APIRouter(include_in_schema=False)
 
 
-@router.get("/")
-def index() -> FileResponse:
+@router.api_route("/", methods=["GET", "HEAD"])
+async def index() -> FileResponse:
     """The planner page."""
     return FileResponse(
         STATIC_DIR / "index.html",
