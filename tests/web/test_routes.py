@@ -101,6 +101,26 @@ def test_planner_slider_moves_the_curve_and_shows_what_recommend_answers(
                 "floor": answer["floor_loss"],
                 "target": 0,
             }, rule
+        # The joint plan, made for the family when the page opened (N0 and L0 unchanged since).
+        plan = client.post(
+            "/plan",
+            json={
+                "family": FAMILY,
+                "n0": after["values"]["n0"],
+                "l0": after["values"]["l0"],
+                "rho_min": float(page.locator("#rho-min").input_value()),
+                "token_budget": float(page.locator("#token-budget").input_value()),
+                "interval": 0.8,
+                "interval_kind": "prediction",
+                "max_options": int(page.locator("#plan-options").input_value()),
+            },
+        ).json()
+    rows = page.locator("#plan-table tbody tr")
+    rows.first.wait_for()
+    assert rows.count() == len(plan["options"]) > 1
+    best = rows.first.locator("td")
+    assert best.nth(1).inner_text() == plan["best"]["method"]
+    assert best.nth(4).inner_text() == f"{plan['best']['predicted_loss']:.4f}"
     web.assert_offline()
 
 
