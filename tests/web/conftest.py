@@ -42,6 +42,8 @@ from tests.api.conftest import FAMILY, WIDTH_LAW, synthetic_observations
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
+#: A family with observations and no fit in the seeded database.
+UNFITTED = "a-fresh-job"
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 API_KEY = "web-test-key"
 #: Viewport of the laptop screen the page is laid out for.
@@ -72,7 +74,8 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def web_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite file with synthetic llama-3 depth and width runs and default fits."""
+    """A migrated SQLite file with synthetic llama-3 depth and width runs and default fits, and
+    one run of a family without a fit (`UNFITTED`)."""
     path = tmp_path_factory.mktemp("web-db") / "seeded.sqlite3"
     url = f"sqlite:///{path}"
     upgrade(url)
@@ -82,6 +85,11 @@ def web_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
         add_observations(session, synthetic_observations("width", params=WIDTH_LAW, seed=1))
         create_fit(session, family=FAMILY, method="depth", bootstrap=8, make_default=True)
         create_fit(session, family=FAMILY, method="width", make_default=True, coverage=False)
+        # A family with runs but no fit yet (a first job's checkpoints), named to sort first:
+        # the planner must still open on a family a law answers for.
+        fresh = [{**row, "family": UNFITTED, "run_id": f"fresh-{row['run_id']}"}
+                 for row in synthetic_observations("depth")[:8]]  # fmt: skip
+        add_observations(session, fresh)
     engine.dispose()  # closes the last connection, which checkpoints the WAL into the file
     return path
 

@@ -19,7 +19,7 @@ from app.schemas.common import EXAMPLE_LAW
 from app.services.observations import add_observations
 from app.web.routes import STATIC_DIR, STATIC_URL
 from tests.api.conftest import FAMILY
-from tests.web.conftest import ROOT, LiveServer, WebPage
+from tests.web.conftest import ROOT, UNFITTED, LiveServer, WebPage
 
 pytestmark = pytest.mark.xdist_group("web")
 
@@ -67,7 +67,9 @@ def test_planner_slider_moves_the_curve_and_shows_what_recommend_answers(
     page = web.page
     page.goto(f"{live_server.url}/")
     count = _wait_for_update(web, 0)
+    # The page opens on a family a law answers for, not on the first name (which has no fit).
     assert page.locator("#family").input_value() == FAMILY
+    assert "no default fit" in page.locator(f'#family option[value="{UNFITTED}"]').inner_text()
     before = _shown(web)
     page.locator("#rho").focus()
     for _ in range(4):

@@ -408,9 +408,13 @@ export async function initPlanner() {
     state.families = [];
     showError($("planner-error"), error);
   }
+  const answers = (f) => f.methods.some((m) => m.default_fit_id);
   $("family").replaceChildren(
-    ...state.families.map((f) => h("option", { value: f.family }, f.family)),
+    ...state.families.map((f) => h("option", { value: f.family }, answers(f) ? f.family : `${f.family} (no default fit)`)),
   );
+  // Start on a family a law answers for (a family with only fresh job runs has no fit yet).
+  const answering = state.families.find(answers);
+  if (answering) $("family").value = answering.family;
   if (!state.families.length) document.querySelector('input[name="law-source"][value="inline"]').checked = true;
   onLawSource();
   $("family").addEventListener("change", onFamilyChange);
