@@ -454,6 +454,8 @@ class P2Form(Form):
     ) -> FloatArray | None:
         n = x.n0 / 1e9
         beta = _p(params, "beta")
+        if not beta > 0:  # the D term does not fall with D: no closed form, the numeric path says
+            return None
         k_dc = x.rho ** (-_p(params, "gamma")) * n ** (-_p(params, "delta")) * _p(params, "D_C")
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             if rule == "marginal":
@@ -1019,6 +1021,8 @@ class P2TppForm(_GapOverL0Form):
         t_s = _p(params, "T_s")
         if t_s < 0:
             raise LawError(f"parameter T_s must be ≥ 0, got {t_s!r}")
+        if not beta > 0:  # as in P²: no closed form when the D term does not fall with D
+            return None
         k_dc = x.rho ** (-_p(params, "gamma")) * _p(params, "D_C")
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             if rule == "marginal":
@@ -1105,11 +1109,12 @@ class P2ShiftForm(_GapOverL0Form):
         self, params: Params, x: Features, rule: Rule, value: float
     ) -> FloatArray | None:
         # p2's answers are for the shifted axis D + D_s; D* is that less D_s (billions).
-        shifted = self._p2.closed_form_tokens(params, x, rule, value)
-        assert shifted is not None
         d_s = _p(params, "D_s")
         if d_s < 0:
             raise LawError(f"parameter D_s must be ≥ 0, got {d_s!r}")
+        shifted = self._p2.closed_form_tokens(params, x, rule, value)
+        if shifted is None:
+            return None
         return np.asarray(shifted - d_s * 1e9, dtype=np.float64)
 
 

@@ -120,3 +120,25 @@ def test_unknown_fit_is_404(client: TestClient) -> None:
         },
     )
     assert error_message(response, 404) == f"no fit with id '{'f' * 32}'"
+
+
+@pytest.mark.parametrize("form", ["p2", "p2-tpp", "p2-shift"])
+@pytest.mark.parametrize("beta", [0.0, -1.0])
+@pytest.mark.parametrize(
+    "rule", [{"rule": "marginal", "threshold": 0.05}, {"rule": "gap", "threshold": 0.01}]
+)
+def test_a_law_whose_d_term_does_not_fall_is_answered_not_a_500(
+    client: TestClient, form: str, beta: float, rule: dict[str, object]
+) -> None:
+    """β ≤ 0 (found by schemathesis: a 500 from dividing by β): the numeric path answers."""
+    params = {**LAW, "beta": beta}
+    if form == "p2-tpp":
+        params = {k: v for k, v in params.items() if k != "delta"} | {"T_s": 1.0}
+    elif form == "p2-shift":
+        params = {**params, "D_s": 0.001}
+    response = client.post(
+        "/recommend", json={**BASE, "law": {"form": form, "params": params}, **rule}
+    )
+    assert response.status_code in (200, 422), response.text
+    if response.status_code == 422:
+        assert "1e15" in error_message(response, 422) or "not met" in response.text
