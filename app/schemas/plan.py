@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.common import L0, N0, IntervalKind, Label, Level, Rho, Tokens
+
+#: Plans on a family shipped with the service (docs/law.md §8): they answer on a fresh install.
+EXAMPLE_PLAN: dict[str, Any] = {
+    "family": "wide-llama",
+    "n0": 211424.0,
+    "l0": 3.044,
+    "rho_min": 0.2,
+    "token_budget": 2.0e5,
+    "interval": 0.8,
+}
+EXAMPLE_PLAN_GRIDS: dict[str, Any] = {
+    "family": "wide-llama",
+    "methods": ["depth", "width"],
+    "n0": 211424.0,
+    "l0": 3.044,
+    "rho_min": 0.25,
+    "token_budget": 2.0e5,
+    "rho_grid": [0.25, 0.3, 0.35],
+    "token_grid": [5.0e4, 1.0e5, 2.0e5],
+    "max_options": 10,
+}
 
 
 class PlanRequest(BaseModel):
@@ -13,29 +36,7 @@ class PlanRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    "family": "llama-3",
-                    "n0": 8.03e9,
-                    "l0": 2.1,
-                    "rho_min": 0.2,
-                    "token_budget": 5.0e9,
-                    "interval": 0.8,
-                },
-                {
-                    "family": "llama-3",
-                    "methods": ["depth", "width"],
-                    "n0": 8.03e9,
-                    "l0": 2.1,
-                    "rho_min": 0.25,
-                    "token_budget": 2.0e9,
-                    "rho_grid": [0.25, 0.3, 0.35],
-                    "token_grid": [5.0e8, 1.0e9, 2.0e9],
-                    "max_options": 10,
-                },
-            ]
-        },
+        json_schema_extra={"examples": [EXAMPLE_PLAN, EXAMPLE_PLAN_GRIDS]},
     )
 
     family: Label = Field(..., description="Model family whose default fits are used.")

@@ -123,6 +123,21 @@ POINTS_OR_COLUMNS: dict[str, Any] = {
 }
 
 
+#: The default fit of a family shipped with the service (docs/law.md §8): answers on a fresh
+#: install, so "Try it out" in /docs works at once.
+EXAMPLE_PREDICT_DEFAULT: dict[str, Any] = {
+    "family": "wide-llama",
+    "method": "depth",
+    "columns": {
+        "n0": [150000.0, 150000.0],
+        "rho": [0.3, 0.3],
+        "l0": [3.3, 3.3],
+        "tokens": [2.0e4, 2.0e5],
+    },
+    "interval": 0.8,
+}
+
+
 class PredictRequest(LawChoice):
     """Points (or columns) to predict with one law; optional interval from bootstrap refits."""
 
@@ -131,17 +146,7 @@ class PredictRequest(LawChoice):
         json_schema_extra=with_rules(
             [
                 EXAMPLE_PREDICT,
-                {
-                    "family": "llama-3",
-                    "method": "depth",
-                    "columns": {
-                        "n0": [1.0e9, 1.0e9],
-                        "rho": [0.25, 0.25],
-                        "l0": [2.5, 2.5],
-                        "tokens": [1.0e8, 1.0e9],
-                    },
-                    "interval": 0.8,
-                },
+                EXAMPLE_PREDICT_DEFAULT,
             ],
             LAW_CHOICE,
             POINTS_OR_COLUMNS,

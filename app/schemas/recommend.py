@@ -37,6 +37,20 @@ RULE_ARGUMENTS: dict[str, Any] = {
 }
 
 
+#: The target rule on the default fit of a shipped family (docs/law.md §8), with an interval.
+EXAMPLE_RECOMMEND_TARGET: dict[str, Any] = {
+    "family": "wide-llama",
+    "method": "depth",
+    "n0": 150000.0,
+    "rho": 0.3,
+    "l0": 3.3,
+    "rule": "target",
+    "target_loss": 3.45,
+    "max_tokens": 1.0e7,
+    "interval": 0.8,
+}
+
+
 class RecommendRequest(LawChoice):
     """How many post-training tokens one pruned model needs, by a rule."""
 
@@ -52,17 +66,7 @@ class RecommendRequest(LawChoice):
                     "rule": "gap",
                     "threshold": 0.01,
                 },
-                {
-                    "family": "llama-3",
-                    "method": "depth",
-                    "n0": 1.0e9,
-                    "rho": 0.25,
-                    "l0": 2.5,
-                    "rule": "target",
-                    "target_loss": 2.7,
-                    "max_tokens": 5.0e10,
-                    "interval": 0.8,
-                },
+                EXAMPLE_RECOMMEND_TARGET,
             ],
             LAW_CHOICE,
             RULE_ARGUMENTS,

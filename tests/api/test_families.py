@@ -115,3 +115,18 @@ def test_a_first_migrate_leaves_the_database_empty_when_told_to(
     get_settings.cache_clear()
     assert cli_main(["migrate"]) == 0
     assert client.get("/families").json() == {"families": []}
+
+
+def test_every_worked_example_answers_on_a_fresh_install(client: TestClient) -> None:
+    """The examples in /docs ("Try it out") answer 200 on the database a first start makes:
+    those naming a family use a shipped one."""
+    assert cli_main(["migrate"]) == 0
+    paths = client.get("/openapi.json").json()["paths"]
+    tried = 0
+    for path in ("/predict", "/recommend", "/plan"):
+        media = paths[path]["post"]["requestBody"]["content"]["application/json"]
+        for name, example in media["examples"].items():
+            response = client.post(path, json=example["value"])
+            assert response.status_code == 200, (path, name, response.text)
+            tried += "family" in example["value"]
+    assert tried >= 4

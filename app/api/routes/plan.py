@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body
 
 from app.api.deps import SessionDep
 from app.schemas.common import ERRORS, unprocessable
-from app.schemas.plan import PlanRequest, PlanResponse
+from app.schemas.plan import EXAMPLE_PLAN, EXAMPLE_PLAN_GRIDS, PlanRequest, PlanResponse
 from app.services import plan as service
 
 router = APIRouter(tags=["predictions"], responses=ERRORS)
@@ -16,28 +16,11 @@ router = APIRouter(tags=["predictions"], responses=ERRORS)
 _EXAMPLES: dict[str, Any] = {
     "all methods": {
         "summary": "Every method with a default fit, default grids, 80% interval",
-        "value": {
-            "family": "llama-3",
-            "n0": 8.03e9,
-            "l0": 2.1,
-            "rho_min": 0.2,
-            "token_budget": 5.0e9,
-            "interval": 0.8,
-        },
+        "value": EXAMPLE_PLAN,
     },
     "explicit grids": {
         "summary": "Two methods on explicit ρ and token grids, top 10",
-        "value": {
-            "family": "llama-3",
-            "methods": ["depth", "width"],
-            "n0": 8.03e9,
-            "l0": 2.1,
-            "rho_min": 0.25,
-            "token_budget": 2.0e9,
-            "rho_grid": [0.25, 0.3, 0.35],
-            "token_grid": [5.0e8, 1.0e9, 2.0e9],
-            "max_options": 10,
-        },
+        "value": EXAMPLE_PLAN_GRIDS,
     },
 }
 

@@ -29,7 +29,12 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.errors import bad_json_body
 from app.schemas.common import ERRORS, NOT_FOUND, unprocessable
-from app.schemas.predict import EXAMPLE_PREDICT, PredictRequest, PredictResponse
+from app.schemas.predict import (
+    EXAMPLE_PREDICT,
+    EXAMPLE_PREDICT_DEFAULT,
+    PredictRequest,
+    PredictResponse,
+)
 from app.services import predict as service
 from app.services.lawref import resolve_cached
 
@@ -46,18 +51,8 @@ _EXAMPLES: dict[str, Any] = {
         "value": EXAMPLE_PREDICT,
     },
     "default fit, columns, interval": {
-        "summary": "The default fit of a family and method, columns, 80% interval",
-        "value": {
-            "family": "llama-3",
-            "method": "depth",
-            "columns": {
-                "n0": [1.0e9, 1.0e9],
-                "rho": [0.25, 0.25],
-                "l0": [2.5, 2.5],
-                "tokens": [1.0e8, 1.0e9],
-            },
-            "interval": 0.8,
-        },
+        "summary": "The default fit of a shipped family and method, columns, 80% interval",
+        "value": EXAMPLE_PREDICT_DEFAULT,
     },
 }
 

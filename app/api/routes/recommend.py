@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body
 
 from app.api.deps import SessionDep
 from app.schemas.common import ERRORS, EXAMPLE_LAW, NOT_FOUND, unprocessable
-from app.schemas.recommend import RecommendRequest, RecommendResponse
+from app.schemas.recommend import EXAMPLE_RECOMMEND_TARGET, RecommendRequest, RecommendResponse
 from app.services import recommend as service
 
 router = APIRouter(tags=["predictions"], responses={**ERRORS, **NOT_FOUND})
@@ -26,18 +26,8 @@ _EXAMPLES: dict[str, Any] = {
         },
     },
     "target": {
-        "summary": "Reach a target loss with the default fit, capped, with an interval",
-        "value": {
-            "family": "llama-3",
-            "method": "depth",
-            "n0": 1.0e9,
-            "rho": 0.25,
-            "l0": 2.5,
-            "rule": "target",
-            "target_loss": 2.7,
-            "max_tokens": 5.0e10,
-            "interval": 0.8,
-        },
+        "summary": "Reach a target loss with a shipped family's default fit, capped, interval",
+        "value": EXAMPLE_RECOMMEND_TARGET,
     },
     "marginal": {
         "summary": "Stop when a billion more tokens buys less than 0.001 nats",
