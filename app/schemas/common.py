@@ -138,6 +138,15 @@ def law_forms() -> dict[str, Any]:
     return {"oneOf": [_form_shape(name) for name in FORMS]}
 
 
+def _named_numbers(schema: dict[str, Any]) -> None:
+    """`dict[Label, float]` as JSON Schema: every value a number, every name a Label. Pydantic
+    states the name's pattern as `patternProperties`, which leaves a name outside the pattern
+    (one with a NUL) free to carry any value; the schema would accept what validation refuses."""
+    for pattern, values in schema.pop("patternProperties", {}).items():
+        schema.setdefault("propertyNames", {})["pattern"] = pattern
+        schema["additionalProperties"] = values
+
+
 class LawSpec(BaseModel):
     """An inline law: a registered form and its parameters (billions convention, docs/law.md §1)."""
 
@@ -151,7 +160,10 @@ class LawSpec(BaseModel):
         json_schema_extra=form_enum,
     )
     params: dict[Label, FiniteFloat] = Field(
-        ..., max_length=10_000, description="The form's parameters by name; all required, finite."
+        ...,
+        max_length=10_000,
+        description="The form's parameters by name; all required, finite.",
+        json_schema_extra=_named_numbers,
     )
 
     @field_validator("form")

@@ -14,6 +14,7 @@ Schema cannot state. On those operations `positive_data_acceptance` is replaced 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -124,11 +125,46 @@ def api_schema(api_app: FastAPI) -> schemathesis.BaseSchema:
 def test_every_check_passes_on_every_operation(
     case: schemathesis.Case, _keep_database: None
 ) -> None:
+    validate(case, case.call())
+
+
+def validate(case: schemathesis.Case, response: Response) -> None:
+    """Every check on `response`; on DATA_DEPENDENT operations, documented refusals pass."""
     if case.operation.label in DATA_DEPENDENT:
-        case.call_and_validate(
+        case.validate_response(
+            response,
             checks=ALL_CHECKS,
             excluded_checks=[positive_data_acceptance],
             additional_checks=[refusal_is_documented],
         )
     else:
-        case.call_and_validate(checks=ALL_CHECKS)
+        case.validate_response(response, checks=ALL_CHECKS)
+
+
+def test_every_check_passes_on_sequences_of_calls(
+    api_schema: schemathesis.BaseSchema, _keep_database: None
+) -> None:
+    """The stateful phase of `st run`: sequences that feed one response into the next request
+    (a job's id into its cancel, a fit's id into /predict), with the same checks. Hypothesis
+    derives the examples from the test (derandomize), so every run makes the same sequences."""
+
+    class Sequences(api_schema.as_state_machine()):  # type: ignore[misc]
+        def validate_response(
+            self,
+            response: Response,
+            case: schemathesis.Case,
+            additional_checks: list[CheckFunction] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            validate(case, response)
+
+    Sequences.run(
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=6,
+            derandomize=True,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+    )
