@@ -41,6 +41,10 @@ OUTCOME_EXIT: dict[str, int] = {
     "cancelled": EXIT_CANCELLED,
 }
 FINISHED = frozenset(OUTCOME_EXIT)
+#: What `watch` waits out: no answer at all (None), or a proxy's "the service is not there".
+TRANSIENT_STATUSES = frozenset({None, 502, 503, 504})
+#: How long `watch` keeps asking a service that does not answer (seconds).
+DEFAULT_PATIENCE_S = 300.0
 BAR_WIDTH = 24
 
 
@@ -227,20 +231,49 @@ def watch(
     err: TextIO,
     tty: bool | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    patience: float = DEFAULT_PATIENCE_S,
+    clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """Follow a job until it ends; the exit code says how it ended (:data:`OUTCOME_EXIT`).
 
     On a terminal one line is redrawn with ``\\r``; elsewhere (a log, a pipe) a line is printed
     whenever the status, the tokens done or the latest checkpoint changes, not the ETA alone.
+    A service that stops answering (a restart, a network blip, a 502/503/504 from a proxy) is
+    asked again every `interval` for up to `patience` seconds before the ServiceError is
+    raised: a job runs for hours, and the job itself goes on meanwhile.
     Ctrl-C stops watching, never the job: 130, with the command that cancels it.
     """
     tty = out.isatty() if tty is None else tty
     shown: tuple[str, int, float | None] | None = None
     width = 0
+    down_since: float | None = None
     try:
         while True:
-            job = client.job(job_id)
-            last = client.last_observation(job_id)
+            try:
+                job = client.job(job_id)
+                last = client.last_observation(job_id)
+            except ServiceError as exc:
+                if exc.status not in TRANSIENT_STATUSES:
+                    raise
+                now = clock()
+                if down_since is None:
+                    down_since = now
+                    if tty:
+                        out.write("\n")
+                        width = 0
+                    print(
+                        f"no answer from the service ({exc.message()}); asking again every "
+                        f"{interval:g}s for up to {patience:g}s",
+                        file=err,
+                        flush=True,
+                    )
+                if now - down_since > patience:
+                    raise
+                sleep(interval)
+                continue
+            if down_since is not None:
+                print("the service answers again", file=err, flush=True)
+                down_since = None
             line = progress_line(job, last)
             if tty:
                 out.write("\r" + line + " " * max(width - len(line), 0))
@@ -330,6 +363,14 @@ def add_jobs_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
         help="follow a job: tokens, %%, ETA, latest loss; exit 0 succeeded, 1 failed, 3 cancelled",
     )
     watch_p.add_argument("id")
+    for parser in (submit_p, watch_p):
+        parser.add_argument(
+            "--patience",
+            type=_positive,
+            default=DEFAULT_PATIENCE_S,
+            help="while watching, seconds to keep asking a service that does not answer "
+            f"before giving up with exit 2 (default {DEFAULT_PATIENCE_S:g})",
+        )
 
     cancel_p = sub.add_parser("cancel", parents=[common], help="cancel a queued or running job")
     cancel_p.add_argument("id")
@@ -355,7 +396,14 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     print(submitted.id if args.quiet else f"{submitted.id}  {submitted.status}  {location}")
     if not args.watch:
         return EXIT_OK
-    return watch(client, submitted.id, interval=args.interval, out=sys.stdout, err=sys.stderr)
+    return watch(
+        client,
+        submitted.id,
+        interval=args.interval,
+        out=sys.stdout,
+        err=sys.stderr,
+        patience=args.patience,
+    )
 
 
 def _cancel(client: Client, job_id: str) -> int:
@@ -393,7 +441,14 @@ def run_jobs_command(args: argparse.Namespace) -> int:
                 print(describe(client.job(args.id), client.last_observation(args.id)))
             return EXIT_OK
         if command == "watch":
-            return watch(client, args.id, interval=args.interval, out=sys.stdout, err=sys.stderr)
+            return watch(
+                client,
+                args.id,
+                interval=args.interval,
+                out=sys.stdout,
+                err=sys.stderr,
+                patience=args.patience,
+            )
         if command == "cancel":
             return _cancel(client, args.id)
         raise ValueError(f"unknown jobs command {command!r}")

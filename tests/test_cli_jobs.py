@@ -38,6 +38,7 @@ from app.cli_jobs import (
     progress_line,
     watch,
 )
+from app.client import ServiceError
 from app.core.config import PROJECT_ROOT
 from app.db.migrate import upgrade
 from app.db.session import session_scope
@@ -536,3 +537,49 @@ def test_submit_watch_follows_a_real_job_to_its_end(
         assert f"loss      {final.loss:.4f} at {format_tokens(final.tokens)} tokens" in shown
     finally:
         service.stop()
+
+
+@dataclass
+class Flaky(StandIn):
+    """A stand-in that does not answer (`failures` statuses, in order) before each state."""
+
+    failures: list[int | None] = field(default_factory=list)
+    now: float = 0.0
+
+    def job(self, job_id: str) -> JobOut:
+        if self.failures:
+            status = self.failures.pop(0)
+            raise ServiceError("connection refused", status=status, method="GET", url="u")
+        return super().job(job_id)
+
+    def sleep(self, seconds: float) -> None:
+        super().sleep(seconds)
+        self.now += seconds
+
+
+def test_watch_waits_out_a_service_that_stops_answering() -> None:
+    service = Flaky(_states(job_out("succeeded", 1000, 1000)), failures=[None, 503, 502])
+    out, err = io.StringIO(), io.StringIO()
+    code = watch(
+        service, "j", interval=2, out=out, err=err, sleep=service.sleep, clock=lambda: service.now
+    )
+    assert code == 0
+    notes = err.getvalue().splitlines()
+    assert notes[0].startswith("no answer from the service (connection refused)")
+    assert "up to 300s" in notes[0] and notes[1] == "the service answers again"
+    assert out.getvalue().splitlines()[-1].startswith("succeeded")
+
+
+def test_watch_gives_up_after_its_patience_and_refusals_are_not_waited_out() -> None:
+    down = Flaky([(job_out("running", 1, 10), None)], failures=[None] * 100)
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.raises(ServiceError):
+        watch(
+            down, "j", interval=5, out=out, err=err, sleep=down.sleep,
+            patience=12, clock=lambda: down.now,
+        )  # fmt: skip
+    assert down.now == 15  # asked at 0, 5, 10 and 15 s: past 12 s it gives up
+    missing = Flaky([(job_out("running", 1, 10), None)], failures=[404])
+    with pytest.raises(ServiceError):
+        watch(missing, "j", interval=5, out=out, err=err, sleep=missing.sleep)
+    assert missing.sleeps == []
