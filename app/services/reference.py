@@ -114,22 +114,16 @@ def database_is_empty(session: Session) -> bool:
     return observations_repo.count_all(session) == 0 and fits_repo.count_all(session) == 0
 
 
-def load_reference(
-    session: Session,
-    *,
-    only_if_empty: bool = True,
-    observations: Sequence[Mapping[str, Any]] | None = None,
-    fits: Sequence[Mapping[str, Any]] | None = None,
-) -> LoadReport:
+def load_reference(session: Session, *, only_if_empty: bool = True) -> LoadReport:
     """Store the shipped observations and fits (see the module docstring) and commit.
 
     With `only_if_empty` (what a start does), a database holding any observation or fit is left
-    as it is. `observations` and `fits` default to the shipped files."""
+    as it is."""
     if only_if_empty and not database_is_empty(session):
         session.rollback()
         return LoadReport(skipped="the database already holds observations or fits")
-    rows = list(observations) if observations is not None else read_observations()
-    shipped = list(fits) if fits is not None else read_fits()
+    rows = read_observations()
+    shipped = read_fits()
     report = LoadReport()
     report.observations = observations_repo.insert_ignore(session, rows)
     report.observations_kept = len(rows) - report.observations
