@@ -238,23 +238,25 @@ def watch(
 
     On a terminal one line is redrawn with ``\\r``; elsewhere (a log, a pipe) a line is printed
     whenever the status, the tokens done or the latest checkpoint changes, not the ETA alone.
-    A service that stops answering (a restart, a network blip, a 502/503/504 from a proxy) is
-    asked again every `interval` for up to `patience` seconds before the ServiceError is
-    raised: a job runs for hours, and the job itself goes on meanwhile.
+    A service that stops answering after it has answered once (a restart, a network blip, a
+    502/503/504 from a proxy) is asked again every `interval` for up to `patience` seconds
+    before the ServiceError is raised: a job runs for hours, and the job itself goes on
+    meanwhile. No answer to the first poll is raised at once (most likely a wrong URL).
     Ctrl-C stops watching, never the job: 130, with the command that cancels it.
     """
     tty = out.isatty() if tty is None else tty
     shown: tuple[str, int, float | None] | None = None
     width = 0
     down_since: float | None = None
+    shown_any = False
     try:
         while True:
             try:
                 job = client.job(job_id)
                 last = client.last_observation(job_id)
             except ServiceError as exc:
-                if exc.status not in TRANSIENT_STATUSES:
-                    raise
+                if exc.status not in TRANSIENT_STATUSES or shown_any is False:
+                    raise  # a refusal, or no answer from the start: a wrong URL, say so now
                 now = clock()
                 if down_since is None:
                     down_since = now
@@ -274,6 +276,7 @@ def watch(
             if down_since is not None:
                 print("the service answers again", file=err, flush=True)
                 down_since = None
+            shown_any = True
             line = progress_line(job, last)
             if tty:
                 out.write("\r" + line + " " * max(width - len(line), 0))

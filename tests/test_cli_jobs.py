@@ -541,13 +541,15 @@ def test_submit_watch_follows_a_real_job_to_its_end(
 
 @dataclass
 class Flaky(StandIn):
-    """A stand-in that does not answer (`failures` statuses, in order) before each state."""
+    """A stand-in that answers `answers` polls, then fails with `failures` (statuses, in order),
+    then answers again."""
 
     failures: list[int | None] = field(default_factory=list)
+    answers: int = 1
     now: float = 0.0
 
     def job(self, job_id: str) -> JobOut:
-        if self.failures:
+        if self.calls >= self.answers and self.failures:
             status = self.failures.pop(0)
             raise ServiceError("connection refused", status=status, method="GET", url="u")
         return super().job(job_id)
@@ -578,8 +580,12 @@ def test_watch_gives_up_after_its_patience_and_refusals_are_not_waited_out() -> 
             down, "j", interval=5, out=out, err=err, sleep=down.sleep,
             patience=12, clock=lambda: down.now,
         )  # fmt: skip
-    assert down.now == 15  # asked at 0, 5, 10 and 15 s: past 12 s it gives up
+    assert down.now == 20  # answered at 0 s; no answer at 5, 10, 15, 20 s: past 12 s it stops
     missing = Flaky([(job_out("running", 1, 10), None)], failures=[404])
     with pytest.raises(ServiceError):
         watch(missing, "j", interval=5, out=out, err=err, sleep=missing.sleep)
-    assert missing.sleeps == []
+    assert missing.sleeps == [5]  # one answer, then the 404 at once
+    never = Flaky([(job_out("running", 1, 10), None)], failures=[None], answers=0)
+    with pytest.raises(ServiceError):
+        watch(never, "j", interval=5, out=out, err=err, sleep=never.sleep)
+    assert never.sleeps == []  # no answer from the start: most likely a wrong URL
