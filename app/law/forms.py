@@ -289,6 +289,49 @@ class Form(ABC):
         return grid[order[:k]]
 
 
+def _p2_log_gap(
+    theta: FloatArray, x: Features, ln_d: FloatArray, *, delta: bool, grad: bool
+) -> tuple[FloatArray, FloatArray, FloatArray | None, FloatArray | None]:
+    """P²'s gap over L0 for many fit vectors on the D axis `ln_d` (log D in billions for p2; a
+    shifted axis for p2-tpp and p2-shift): log of the gap (clipped), log L̂, and with `grad` the
+    Jacobian of log L̂ in (log N_C, log D_C, log E, α, β, γ[, δ]) and s·w_D, the D term's share
+    of d log L̂, which a parameter inside the D axis multiplies. Without `delta` the N0 factor
+    (1/N0)^δ is left out (p2-tpp)."""
+    ln_n = np.log(x.n0 / 1e9)
+    ln_rho = np.log(x.rho)
+    a1 = _col(theta, 0) - _col(theta, 3) * ln_n
+    a2 = _col(theta, 1) - _col(theta, 4) * ln_d
+    a3 = np.broadcast_to(_col(theta, 2), a1.shape)
+    log_g, (w1, w2, w3) = logsumexp_terms([a1, a2, a3])
+    log_k = -_col(theta, 5) * ln_rho
+    if delta:
+        log_k = log_k - _col(theta, 6) * ln_n
+    u = np.minimum(log_k + log_g, _LOG_MAX)
+    log_pred = np.logaddexp(np.log(x.l0), u)
+    if not grad:
+        return u, log_pred, None, None
+    with np.errstate(invalid="ignore"):
+        s = np.where(np.isfinite(u), np.exp(u - log_pred), 0.0)
+    columns = [s * w1, s * w2, s * w3, -s * w1 * ln_n, -s * w2 * ln_d, -s * ln_rho]
+    if delta:
+        columns.append(-s * ln_n)
+    return u, log_pred, np.stack(columns, axis=-1), s * w2
+
+
+def _with_axis_shift(
+    gap: tuple[FloatArray, FloatArray, FloatArray | None, FloatArray | None],
+    theta: FloatArray,
+    w_s: FloatArray,
+) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+    """`_p2_log_gap` on a shifted D axis, with the Jacobian column of the shift's log (the
+    last fit parameter): −s·w_D·β·w_s, w_s the shift's share of the axis."""
+    u, log_pred, jac, s_w2 = gap
+    if jac is None or s_w2 is None:
+        return u, log_pred, None
+    shift = -s_w2 * _col(theta, 4) * w_s
+    return u, log_pred, np.concatenate([jac, shift[..., None]], axis=-1)
+
+
 class P2Form(Form):
     """P² (the paper's L1): L = L0 + (1/ρ)^γ · (1/N0)^δ · (N_C / N0^α + D_C / D^β + E).
 
@@ -352,33 +395,7 @@ class P2Form(Form):
         self, theta: FloatArray, x: Features, *, grad: bool
     ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
         """log of the term added to L0 (clipped), log L̂, and the Jacobian of log L̂."""
-        ln_n = np.log(x.n0 / 1e9)
-        ln_d = np.log(x.tokens / 1e9)
-        ln_rho = np.log(x.rho)
-        ln_l0 = np.log(x.l0)
-        a1 = _col(theta, 0) - _col(theta, 3) * ln_n
-        a2 = _col(theta, 1) - _col(theta, 4) * ln_d
-        a3 = np.broadcast_to(_col(theta, 2), a1.shape)
-        log_g, (w1, w2, w3) = logsumexp_terms([a1, a2, a3])
-        log_k = -_col(theta, 5) * ln_rho - _col(theta, 6) * ln_n
-        u = np.minimum(log_k + log_g, _LOG_MAX)
-        log_pred = np.logaddexp(ln_l0, u)
-        if not grad:
-            return u, log_pred, None
-        with np.errstate(invalid="ignore"):
-            s = np.where(np.isfinite(u), np.exp(u - log_pred), 0.0)
-        jac = np.stack(
-            [
-                s * w1,
-                s * w2,
-                s * w3,
-                -s * w1 * ln_n,
-                -s * w2 * ln_d,
-                -s * ln_rho,
-                -s * ln_n,
-            ],
-            axis=-1,
-        )
+        u, log_pred, jac, _ = _p2_log_gap(theta, x, np.log(x.tokens / 1e9), delta=True, grad=grad)
         return u, log_pred, jac
 
     def log_model(
@@ -969,37 +986,12 @@ class P2TppForm(_GapOverL0Form):
         self, theta: FloatArray, x: Features, *, grad: bool
     ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
         """log of the term added to L0 (clipped), log L̂, and the Jacobian of log L̂."""
-        ln_n = np.log(x.n0 / 1e9)
-        ln_rho = np.log(x.rho)
-        ln_l0 = np.log(x.l0)
         # log(D/N0 + T_s), and its slope in log T_s (the share of T_s in the shifted axis).
         with np.errstate(divide="ignore"):
             ln_u, (_, w_s) = logsumexp_terms(
                 [np.broadcast_to(np.log(x.tokens / x.n0), (theta.shape[0], len(x))), _col(theta, 6)]
             )
-        a1 = _col(theta, 0) - _col(theta, 3) * ln_n
-        a2 = _col(theta, 1) - _col(theta, 4) * ln_u
-        a3 = np.broadcast_to(_col(theta, 2), a1.shape)
-        log_g, (w1, w2, w3) = logsumexp_terms([a1, a2, a3])
-        u = np.minimum(-_col(theta, 5) * ln_rho + log_g, _LOG_MAX)
-        log_pred = np.logaddexp(ln_l0, u)
-        if not grad:
-            return u, log_pred, None
-        with np.errstate(invalid="ignore"):
-            s = np.where(np.isfinite(u), np.exp(u - log_pred), 0.0)
-        jac = np.stack(
-            [
-                s * w1,
-                s * w2,
-                s * w3,
-                -s * w1 * ln_n,
-                -s * w2 * ln_u,
-                -s * ln_rho,
-                -s * w2 * _col(theta, 4) * w_s,
-            ],
-            axis=-1,
-        )
-        return u, log_pred, jac
+        return _with_axis_shift(_p2_log_gap(theta, x, ln_u, delta=False, grad=grad), theta, w_s)
 
     def floor(self, params: Params, x: Features) -> FloatArray:
         check_features(x)
@@ -1069,38 +1061,11 @@ class P2ShiftForm(_GapOverL0Form):
     def _log_gap(
         self, theta: FloatArray, x: Features, *, grad: bool
     ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
-        ln_n = np.log(x.n0 / 1e9)
-        ln_rho = np.log(x.rho)
-        ln_l0 = np.log(x.l0)
         # log(D + D_s), and its slope in log D_s (the share of D_s in the shifted axis).
         ln_u, (_, w_s) = logsumexp_terms(
             [np.broadcast_to(np.log(x.tokens / 1e9), (theta.shape[0], len(x))), _col(theta, 7)]
         )
-        a1 = _col(theta, 0) - _col(theta, 3) * ln_n
-        a2 = _col(theta, 1) - _col(theta, 4) * ln_u
-        a3 = np.broadcast_to(_col(theta, 2), a1.shape)
-        log_g, (w1, w2, w3) = logsumexp_terms([a1, a2, a3])
-        log_k = -_col(theta, 5) * ln_rho - _col(theta, 6) * ln_n
-        u = np.minimum(log_k + log_g, _LOG_MAX)
-        log_pred = np.logaddexp(ln_l0, u)
-        if not grad:
-            return u, log_pred, None
-        with np.errstate(invalid="ignore"):
-            s = np.where(np.isfinite(u), np.exp(u - log_pred), 0.0)
-        jac = np.stack(
-            [
-                s * w1,
-                s * w2,
-                s * w3,
-                -s * w1 * ln_n,
-                -s * w2 * ln_u,
-                -s * ln_rho,
-                -s * ln_n,
-                -s * w2 * _col(theta, 4) * w_s,
-            ],
-            axis=-1,
-        )
-        return u, log_pred, jac
+        return _with_axis_shift(_p2_log_gap(theta, x, ln_u, delta=True, grad=grad), theta, w_s)
 
     def floor(self, params: Params, x: Features) -> FloatArray:
         return self._p2.floor(params, x)
