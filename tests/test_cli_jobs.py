@@ -45,6 +45,7 @@ from app.db.session import session_scope
 from app.repositories import observations as observations_repo
 from app.schemas.jobs import EXAMPLE_JOB_OUT, JobOut, JobPage
 from app.schemas.observations import ObservationOut
+from tests.test_client import observation_json
 from tests.workers import conftest as worker_fixtures
 from tests.workers.conftest import WorkerFactory
 
@@ -79,24 +80,7 @@ def job_out(status: str, done: int = 0, total: int = 1000, **overrides: Any) -> 
 
 
 def observation(tokens: float, loss: float) -> ObservationOut:
-    return ObservationOut.model_validate(
-        {
-            "id": 1,
-            "run_id": "j",
-            "family": "f",
-            "method": "depth",
-            "n0": 1e6,
-            "rho": 0.25,
-            "l0": 3.0,
-            "tokens": tokens,
-            "loss": loss,
-            "protocol": "p",
-            "source": "job",
-            "excluded": False,
-            "note": None,
-            "created_at": "2026-01-01T00:00:00Z",
-        }
-    )
+    return ObservationOut.model_validate(observation_json(tokens, loss))
 
 
 @pytest.mark.parametrize(

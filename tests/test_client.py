@@ -175,24 +175,31 @@ def test_only_http_urls_are_accepted(url: str) -> None:
         Client(url)
 
 
+def observation_json(
+    tokens: float, loss: float, *, id: int = 1, run_id: str = "j"
+) -> dict[str, Any]:
+    """One checkpoint as `GET /jobs/{id}/observations` lists it."""
+    return {
+        "id": id,
+        "run_id": run_id,
+        "family": "f",
+        "method": "depth",
+        "n0": 1e6,
+        "rho": 0.25,
+        "l0": 3.0,
+        "tokens": tokens,
+        "loss": loss,
+        "protocol": "p",
+        "source": "job",
+        "excluded": False,
+        "note": None,
+        "created_at": "2026-01-01T00:00:00Z",
+    }
+
+
 def test_the_last_observation_comes_from_the_last_page(stub: Stub) -> None:
     def observation(tokens: float, loss: float) -> dict[str, Any]:
-        return {
-            "id": int(tokens),
-            "run_id": "j1",
-            "family": "f",
-            "method": "depth",
-            "n0": 1e6,
-            "rho": 0.25,
-            "l0": 3.0,
-            "tokens": tokens,
-            "loss": loss,
-            "protocol": "p",
-            "source": "job",
-            "excluded": False,
-            "note": None,
-            "created_at": "2026-01-01T00:00:00Z",
-        }
+        return observation_json(tokens, loss, id=int(tokens), run_id="j1")
 
     first = {"items": [observation(100, 4.0)], "total": 150, "offset": 0, "limit": 100}
     last = {"items": [observation(9000, 3.5)], "total": 150, "offset": 149, "limit": 1}
