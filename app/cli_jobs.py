@@ -399,9 +399,14 @@ def _submit(client: Client, args: argparse.Namespace) -> int:
     print(submitted.id if args.quiet else f"{submitted.id}  {submitted.status}  {location}")
     if not args.watch:
         return EXIT_OK
+    return _watch(client, submitted.id, args)
+
+
+def _watch(client: Client, job_id: str, args: argparse.Namespace) -> int:
+    """`watch` on the terminal with the command's --interval and --patience."""
     return watch(
         client,
-        submitted.id,
+        job_id,
         interval=args.interval,
         out=sys.stdout,
         err=sys.stderr,
@@ -444,14 +449,7 @@ def run_jobs_command(args: argparse.Namespace) -> int:
                 print(describe(client.job(args.id), client.last_observation(args.id)))
             return EXIT_OK
         if command == "watch":
-            return watch(
-                client,
-                args.id,
-                interval=args.interval,
-                out=sys.stdout,
-                err=sys.stderr,
-                patience=args.patience,
-            )
+            return _watch(client, args.id, args)
         if command == "cancel":
             return _cancel(client, args.id)
         raise ValueError(f"unknown jobs command {command!r}")
