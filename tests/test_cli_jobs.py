@@ -45,6 +45,7 @@ from app.db.session import session_scope
 from app.repositories import observations as observations_repo
 from app.schemas.jobs import EXAMPLE_JOB_OUT, JobOut, JobPage
 from app.schemas.observations import ObservationOut
+from tests.api.test_jobs import job_request
 from tests.test_client import observation_json
 from tests.workers import conftest as worker_fixtures
 from tests.workers.conftest import WorkerFactory
@@ -357,14 +358,7 @@ def write_job(folder: Path, body: Mapping[str, Any]) -> Path:
     return path
 
 
-QUEUED_JOB = {
-    "model": "tiny",
-    "method": "depth",
-    "rho": 0.25,
-    "tokens": 4096,
-    "dataset": {"path": "corpus.txt"},
-    "checkpoints": 4,
-}
+QUEUED_JOB = job_request()
 
 
 @pytest.mark.xdist_group("cli-jobs-keyed-service")

@@ -19,6 +19,7 @@ from app.schemas.common import EXAMPLE_LAW
 from app.services.observations import add_observations
 from app.web.routes import STATIC_DIR, STATIC_URL
 from tests.api.conftest import FAMILY
+from tests.api.test_jobs import job_request
 from tests.web.conftest import ROOT, UNFITTED, LiveServer, WebPage
 
 pytestmark = pytest.mark.xdist_group("web")
@@ -178,16 +179,7 @@ def test_page_and_its_files_have_cache_headers_and_ship_as_package_data(sqlite_u
 
 def _job_body() -> str:
     """A small job on the server's tiny model folder and corpus (no worker runs it)."""
-    body = {
-        "model": "tiny",
-        "method": "depth",
-        "rho": 0.25,
-        "tokens": 4096,
-        "dataset": {"path": "corpus.txt"},
-        "checkpoints": 4,
-        "family": FAMILY,
-    }
-    return json.dumps(body)
+    return json.dumps(job_request(family=FAMILY))
 
 
 def _submit(web: WebPage) -> None:
