@@ -332,7 +332,39 @@ def _with_axis_shift(
     return u, log_pred, np.concatenate([jac, shift[..., None]], axis=-1)
 
 
-class P2Form(Form):
+class _GapOverL0Form(Form):
+    """A form L = L0 + exp(u) whose subclass gives `_log_gap`: u, log L̂ and the Jacobian of
+    log L̂ for many fit vectors at once. Fitting and prediction follow from it."""
+
+    @abstractmethod
+    def _log_gap(
+        self, theta: FloatArray, x: Features, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
+        """log of the term added to L0 (clipped), log L̂, and the Jacobian of log L̂."""
+
+    @abstractmethod
+    def to_vector(self, params: Params, data: Dataset | None = None) -> FloatArray:
+        """Parameters → fit vector; shared constants only, so `data` is not needed."""
+
+    def log_model(
+        self, theta: FloatArray, data: Dataset, *, grad: bool
+    ) -> tuple[FloatArray, FloatArray | None]:
+        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
+        return log_pred, jac
+
+    def predict(self, params: Params, x: Features) -> FloatArray:
+        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
+
+    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
+        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
+
+    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
+        check_features(x)
+        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
+        return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
+
+
+class P2Form(_GapOverL0Form):
     """P² (the paper's L1): L = L0 + (1/ρ)^γ · (1/N0)^δ · (N_C / N0^α + D_C / D^β + E).
 
     N0 and D in billions (n0/1e9, tokens/1e9); fitted with log N_C, log D_C, log E, the gap term
@@ -398,19 +430,9 @@ class P2Form(Form):
         u, log_pred, jac, _ = _p2_log_gap(theta, x, np.log(x.tokens / 1e9), delta=True, grad=grad)
         return u, log_pred, jac
 
-    def log_model(
-        self, theta: FloatArray, data: Dataset, *, grad: bool
-    ) -> tuple[FloatArray, FloatArray | None]:
-        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
-        return log_pred, jac
-
-    def predict(self, params: Params, x: Features) -> FloatArray:
-        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
-
-    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
-        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
-
     def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
+        # The shared path through `_log_gap` is exact, but a request's points usually allow
+        # the faster linear-space sum below.
         check_features(x)
         theta = _check_thetas(thetas, len(self._fit_names))
         ln_n = np.log(x.n0 / 1e9)
@@ -879,38 +901,6 @@ class CurveForm(Form):
         check_features(x)
         e, _, _ = self._per_point(params, self.match_runs(params, x))
         return np.asarray(e, dtype=np.float64)
-
-
-class _GapOverL0Form(Form):
-    """A form L = L0 + exp(u) whose subclass gives `_log_gap`: u, log L̂ and the Jacobian of
-    log L̂ for many fit vectors at once. Fitting and prediction follow from it."""
-
-    @abstractmethod
-    def _log_gap(
-        self, theta: FloatArray, x: Features, *, grad: bool
-    ) -> tuple[FloatArray, FloatArray, FloatArray | None]:
-        """log of the term added to L0 (clipped), log L̂, and the Jacobian of log L̂."""
-
-    @abstractmethod
-    def to_vector(self, params: Params, data: Dataset | None = None) -> FloatArray:
-        """Parameters → fit vector; shared constants only, so `data` is not needed."""
-
-    def log_model(
-        self, theta: FloatArray, data: Dataset, *, grad: bool
-    ) -> tuple[FloatArray, FloatArray | None]:
-        _, log_pred, jac = self._log_gap(theta, data.x, grad=grad)
-        return log_pred, jac
-
-    def predict(self, params: Params, x: Features) -> FloatArray:
-        return np.asarray(self.predict_many(self.to_vector(params)[None, :], x)[0])
-
-    def params_matrix(self, params_list: Sequence[Params]) -> FloatArray:
-        return _stack([self.to_vector(p) for p in params_list], len(self._fit_names))
-
-    def predict_many(self, thetas: FloatArray, x: Features) -> FloatArray:
-        check_features(x)
-        u, _, _ = self._log_gap(_check_thetas(thetas, len(self._fit_names)), x, grad=False)
-        return np.asarray(x.l0 + np.exp(u), dtype=np.float64)
 
 
 class P2TppForm(_GapOverL0Form):
