@@ -52,6 +52,7 @@ if str(ROOT) not in sys.path:
 from fastapi import Body, FastAPI, Request  # noqa: E402
 from fastapi.responses import Response  # noqa: E402
 
+from app.schemas.common import EXAMPLE_LAW  # noqa: E402
 from app.schemas.predict import PredictRequest  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "predict_bench.json"
@@ -89,15 +90,8 @@ def _free_port() -> int:
 
 
 def _p2_params() -> dict[str, float]:
-    return {
-        "N_C": 0.5,
-        "D_C": 0.02,
-        "E": 0.05,
-        "alpha": 0.3,
-        "beta": 0.5,
-        "gamma": -0.8,
-        "delta": 0.1,
-    }
+    """The documented example law's constants (the API's worked examples use them too)."""
+    return dict(EXAMPLE_LAW["params"])
 
 
 def _seed_database(url: str, bootstrap: int) -> dict[str, Any]:
