@@ -8,12 +8,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +35,13 @@ from app.cli_jobs import (
     watch,
 )
 from app.client import ServiceError
-from app.core.config import PROJECT_ROOT
 from app.db.migrate import upgrade
 from app.db.session import session_scope
 from app.repositories import observations as observations_repo
 from app.schemas.jobs import EXAMPLE_JOB_OUT, JobOut, JobPage
 from app.schemas.observations import ObservationOut
 from tests.api.test_jobs import job_request
+from tests.live_service import Service, free_port, service_env, start_service
 from tests.test_client import observation_json
 from tests.workers import conftest as worker_fixtures
 from tests.workers.conftest import WorkerFactory
@@ -270,60 +266,6 @@ def test_a_bad_interval_is_a_usage_error() -> None:
 # --- a live service ----------------------------------------------------------------------
 
 
-@dataclass
-class Service:
-    """``uvicorn app.main:create_app --factory`` in its own process group, as `make run`."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_service(folder: Path, env: Mapping[str, str]) -> Service:
-    """The API on a free port with ``env``; returns once `/health` answers."""
-    port = _free_port()
-    log = folder / "service.log"
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"),
-            *("--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"),
-        ],
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **env},
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-        start_new_session=True,
-    )
-    service = Service(process, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"service exited early:\n{log.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(service.url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return service
-        except OSError:
-            time.sleep(0.2)
-    service.stop()
-    raise AssertionError(f"service not up in 60 s:\n{log.read_text(errors='replace')}")
-
-
 API_KEY = "s3cret-key"
 
 
@@ -334,19 +276,7 @@ def keyed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]
     var = tmp_path_factory.mktemp("keyed-service")
     url = f"sqlite:///{var / 'p2law.sqlite3'}"
     upgrade(url)
-    (var / "models" / "tiny").mkdir(parents=True)
-    (var / "models" / "tiny" / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    (var / "data").mkdir()
-    (var / "data" / "corpus.txt").write_text("some text\n")
-    env = {
-        "DATABASE_URL": url,
-        "MODEL_ROOT": str(var / "models"),
-        "DATA_ROOT": str(var / "data"),
-        "ARTIFACT_ROOT": str(var / "artifacts"),
-        "BROKER_DIR": str(var / "broker"),
-        "REDIS_URL": "",
-        "API_KEY": API_KEY,
-    }
+    env = service_env(var, url) | {"API_KEY": API_KEY}
     service = start_service(var, env)
     yield service
     service.stop()
@@ -429,7 +359,7 @@ def test_a_wrong_or_missing_api_key_is_a_readable_401(
 
 
 def test_a_service_that_is_down_is_exit_2_naming_the_url() -> None:
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     done = subprocess.run(
         [str(P2LAW), "jobs", "watch", "some-id"],
         env={**os.environ, "P2LAW_URL": url},

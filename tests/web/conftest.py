@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +35,7 @@ from app.db.session import create_engine_for, make_sessionmaker
 from app.services.fits import create_fit
 from app.services.observations import add_observations
 from tests.api.conftest import FAMILY, WIDTH_LAW, synthetic_observations
+from tests.live_service import service_env, start_service
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,7 +62,6 @@ class LiveServer:
     api_key: str | None
     database_url: str
     folder: Path
-    process: subprocess.Popen[bytes]
 
     def client(self) -> httpx.Client:
         """An HTTP client on this server."""
@@ -94,68 +90,17 @@ def web_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _start(folder: Path, database: Path, api_key: str | None) -> Iterator[LiveServer]:
     var = folder / "var"
-    (var / "models" / "tiny").mkdir(parents=True)
-    (var / "models" / "tiny" / "config.json").write_text('{"model_type": "llama"}')
-    (var / "data").mkdir()
-    (var / "data" / "corpus.txt").write_text("some text\n")
+    var.mkdir()
     copy = var / "p2law.sqlite3"
     shutil.copyfile(database, copy)
     database_url = f"sqlite:///{copy}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "MODEL_ROOT": str(var / "models"),
-        "DATA_ROOT": str(var / "data"),
-        "ARTIFACT_ROOT": str(var / "artifacts"),
-        "BROKER_DIR": str(var / "broker"),
-        "OMP_NUM_THREADS": "1",
-    }
-    for name in ("API_KEY", "REDIS_URL"):
-        env.pop(name, None)
-    if api_key is not None:
-        env["API_KEY"] = api_key
-    port = _free_port()
-    log = (folder / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    service = start_service(folder, service_env(var, database_url) | {"API_KEY": api_key or ""})
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited: {(folder / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the server did not answer: {(folder / 'server.log').read_text()}"
-                )
-            time.sleep(0.1)
-        yield LiveServer(
-            url=url, api_key=api_key, database_url=database_url, folder=folder, process=process
-        )
+        yield LiveServer(url=service.url, api_key=api_key, database_url=database_url, folder=folder)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        service.stop()
 
 
 @pytest.fixture(scope="session")
