@@ -118,45 +118,23 @@ LOAD_FACTOR = 0.35
 
 def smollm2_cache() -> Path:
     """The converted SmolLM2-135M in the machine-level cache the tests use (converted once)."""
-    import fcntl
-
-    from workers.ml.gguf_import import import_gguf, packaged_source
+    from workers.ml.gguf_import import import_gguf_shared, packaged_source
 
     configured = os.environ.get("P2LAW_CACHE")
     root = Path(configured).expanduser() if configured else Path.home() / ".cache" / "p2law"
-    folder = root / "models"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / SMOLLM2
-    with open(folder / f".{SMOLLM2}.lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            import_gguf(packaged_source(), target)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-    return target
+    return import_gguf_shared(packaged_source(), root / "models" / SMOLLM2).out
 
 
 def install_smollm2(var: Path) -> dict[str, Any]:
     """Hard-link the cached conversion as the family's dense model; its import marker."""
     import shutil
 
-    from workers.ml.gguf_import import MARKER
+    from workers.ml.gguf_import import MARKER, link_model
 
     dest = var / "dense" / SMOLLM2_SIZE
     if not (dest / MARKER).is_file():
-        cached = smollm2_cache()
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for item in cached.iterdir():
-            if item.is_dir() or item.name.startswith("."):
-                continue
-            try:
-                os.link(item, tmp / item.name)
-            except OSError:
-                shutil.copy2(item, tmp / item.name)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)
+        shutil.rmtree(dest, ignore_errors=True)  # a folder left without its marker
+        link_model(smollm2_cache(), dest)
     marker: dict[str, Any] = json.loads((dest / MARKER).read_text())
     return marker
 

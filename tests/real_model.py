@@ -16,11 +16,9 @@ tests that need the model are skipped with the command that installs them.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.metadata
 import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -58,28 +56,13 @@ def cached_model() -> Path:
     reason = missing_requirements()
     if reason is not None:
         pytest.skip(reason)
-    from workers.ml.gguf_import import import_gguf, packaged_source
+    from workers.ml.gguf_import import import_gguf_shared, packaged_source
 
-    folder = cache_root() / "models"
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / MODEL_NAME
-    with open(folder / f".{MODEL_NAME}.lock", "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            import_gguf(packaged_source(), target)
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-    return target
+    return import_gguf_shared(packaged_source(), cache_root() / "models" / MODEL_NAME).out
 
 
 def install_model(cached: Path, dest: Path) -> Path:
     """A private copy of ``cached`` at ``dest``: hard links where possible, else copies."""
-    dest.mkdir(parents=True)
-    for item in cached.iterdir():
-        if item.is_dir() or item.name.startswith("."):
-            continue
-        try:
-            os.link(item, dest / item.name)
-        except OSError:  # another file system, or links not allowed there
-            shutil.copy2(item, dest / item.name)
-    return dest
+    from workers.ml.gguf_import import link_model
+
+    return link_model(cached, dest)

@@ -159,3 +159,16 @@ def test_smollm2_imports_once_reloads_with_its_shapes_and_generates_python() -> 
     blocks = pack(tokenize_documents(default_documents(max_bytes=200_000), tokenizer), 128)
     loss, _ = eval_loss(model, blocks[-4:], batch_size=4)
     assert 1.0 < loss < 3.5, loss  # uniform guessing would be ln(49152) = 10.8
+
+
+def test_link_model_links_the_files_and_leaves_nothing_half_made(tmp_path: Path) -> None:
+    from workers.ml.gguf_import import link_model
+
+    source = tmp_path / "cache" / "m"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / ".m.lock").write_text("")
+    dest = link_model(source, tmp_path / "root" / "m")
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json"]
+    assert (dest / "config.json").stat().st_ino == (source / "config.json").stat().st_ino
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]  # no temporary folder left

@@ -298,6 +298,40 @@ def import_gguf(
     return ImportResult(out=out, converted=True, marker=marker)
 
 
+def import_gguf_shared(source: GgufSource, out: Path) -> ImportResult:
+    """`import_gguf` under an exclusive ``flock`` on a file beside ``out``: processes sharing a
+    folder (a machine-level cache, xdist workers, parallel study runs) convert once, and the
+    others wait, then find the marker and do nothing."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            return import_gguf(source, out)
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def link_model(source: Path, dest: Path) -> Path:
+    """A copy of the model folder ``source`` at ``dest`` (which must not exist yet): hard links
+    where the file system allows (free, and nothing writes a model file in place), else copies.
+    Built beside ``dest`` and renamed into place, so ``dest`` is whole or absent."""
+    import shutil
+
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_dir() or item.name.startswith("."):
+            continue
+        try:
+            os.link(item, tmp / item.name)
+        except OSError:  # another file system, or links not allowed there
+            shutil.copy2(item, tmp / item.name)
+    os.replace(tmp, dest)
+    return dest
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(
