@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -776,6 +776,35 @@ def versions() -> dict[str, str]:
     }
 
 
+def runs_table(
+    pruned: Sequence[dict[str, Any]],
+    extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per pruned run, by method, size and target ρ: what was asked, then what was
+    measured and where the run ended (with `extra`'s fields), or why it has no result."""
+    table = []
+    for r in sorted(pruned, key=lambda r: (r["method"], r["size"], r["target_rho"])):
+        entry = {k: r.get(k) for k in ("run_id", "size", "method", "target_rho", "status")}
+        if "measured" in r:
+            m = r["measured"]
+            entry |= {
+                "rho": m["rho"],
+                "n0": m["n0"],
+                "n_after": m["n_after"],
+                "l0": m["l0"],
+                "loss_after_prune": m["loss_after_prune"],
+                "final_loss": r["points"][-1]["loss"] if r["points"] else None,
+                "tokens": r["points"][-1]["tokens"] if r["points"] else None,
+                "seconds": r.get("seconds"),
+            }
+            if extra is not None:
+                entry |= extra(r)
+        else:
+            entry["reason"] = r.get("reason")
+        table.append(entry)
+    return table
+
+
 def analyse(
     cfg: StudyConfig,
     dense: dict[str, Any],
@@ -829,25 +858,7 @@ def analyse(
                 title=f"P² law, {method} pruning, {FAMILY} ({len(kept)} points)",
             )
             (out / f"fit_{method_slug(method)}.png").write_bytes(png)
-    run_table = []
-    for r in sorted(pruned, key=lambda r: (r["method"], r["size"], r["target_rho"])):
-        entry = {k: r.get(k) for k in ("run_id", "size", "method", "target_rho", "status")}
-        if "measured" in r:
-            m = r["measured"]
-            entry |= {
-                "rho": m["rho"],
-                "n0": m["n0"],
-                "n_after": m["n_after"],
-                "l0": m["l0"],
-                "loss_after_prune": m["loss_after_prune"],
-                "final_loss": r["points"][-1]["loss"] if r["points"] else None,
-                "tokens": r["points"][-1]["tokens"] if r["points"] else None,
-                "seconds": r.get("seconds"),
-                "schedule": m["schedule"],
-            }
-        else:
-            entry["reason"] = r.get("reason")
-        run_table.append(entry)
+    run_table = runs_table(pruned, lambda r: {"schedule": r["measured"]["schedule"]})
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "family": FAMILY,

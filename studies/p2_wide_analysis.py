@@ -391,28 +391,11 @@ def write_controls(
 
 
 def _run_table(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    table = []
     pruned = [r for r in results if "control" not in r["run_id"]]
-    for r in sorted(pruned, key=lambda r: (r["method"], r["size"], r["target_rho"])):
-        entry = {k: r.get(k) for k in ("run_id", "size", "method", "target_rho", "status")}
-        if "measured" in r:
-            m = r["measured"]
-            entry |= {
-                "rho": m["rho"],
-                "n0": m["n0"],
-                "n_after": m["n_after"],
-                "l0": m["l0"],
-                "eval_noise": m["eval_noise"],
-                "loss_after_prune": m["loss_after_prune"],
-                "final_loss": r["points"][-1]["loss"] if r["points"] else None,
-                "tokens": r["points"][-1]["tokens"] if r["points"] else None,
-                "n_points": len(r["points"]),
-                "seconds": r.get("seconds"),
-            }
-        else:
-            entry["reason"] = r.get("reason")
-        table.append(entry)
-    return table
+    return base.runs_table(
+        pruned,
+        lambda r: {"eval_noise": r["measured"]["eval_noise"], "n_points": len(r["points"])},
+    )
 
 
 def analyse_all(
