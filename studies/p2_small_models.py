@@ -32,7 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
@@ -776,6 +776,36 @@ def versions() -> dict[str, str]:
     }
 
 
+#: What a report says of each dense model.
+DENSE_FIELDS = (
+    "n_params",
+    "tokens",
+    "eval_loss",
+    "eval_stderr",
+    "protocol",
+    "schedule",
+    "seconds",
+    "tokens_per_s",
+    "probe_tokens_per_s",
+)
+
+
+def config_summary(cfg: StudyConfig) -> dict[str, Any]:
+    """A study's configuration as a report records it."""
+    return {
+        **{k: v for k, v in asdict(cfg).items() if k != "sizes"},
+        "sizes": {k: asdict(v) for k, v in cfg.sizes.items()},
+        "post_lr": cfg.post_lr,
+    }
+
+
+def dense_summary(
+    dense: Mapping[str, Mapping[str, Any]], extra: Sequence[str] = ()
+) -> dict[str, dict[str, Any]]:
+    """DENSE_FIELDS (and `extra`) of each dense model, by size."""
+    return {size: {k: info.get(k) for k in (*DENSE_FIELDS, *extra)} for size, info in dense.items()}
+
+
 def runs_table(
     pruned: Sequence[dict[str, Any]],
     extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
@@ -869,29 +899,9 @@ def analyse(
             "torch_threads_per_worker": 1,
         },
         "versions": versions(),
-        "config": {
-            **{k: v for k, v in asdict(cfg).items() if k != "sizes"},
-            "sizes": {k: asdict(v) for k, v in cfg.sizes.items()},
-            "post_lr": cfg.post_lr,
-        },
+        "config": config_summary(cfg),
         "timings": timings,
-        "dense": {
-            size: {
-                k: info.get(k)
-                for k in (
-                    "n_params",
-                    "tokens",
-                    "eval_loss",
-                    "eval_stderr",
-                    "protocol",
-                    "schedule",
-                    "seconds",
-                    "tokens_per_s",
-                    "probe_tokens_per_s",
-                )
-            }
-            for size, info in dense.items()
-        },
+        "dense": dense_summary(dense),
         "controls": {c["size"]: control_summary(c) for c in controls},
         "runs": run_table,
         "methods": methods,

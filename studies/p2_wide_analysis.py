@@ -29,7 +29,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -435,29 +435,8 @@ def analyse_all(
         fam_rows = [r for r in rows if r["family"] == cfg.family]
         fam: dict[str, Any] = {
             "key": key,
-            "config": {
-                **{k: v for k, v in asdict(cfg).items() if k != "sizes"},
-                "sizes": {k: asdict(v) for k, v in cfg.sizes.items()},
-                "post_lr": cfg.post_lr,
-            },
-            "dense": {
-                size: {
-                    k: info.get(k)
-                    for k in (
-                        "n_params",
-                        "tokens",
-                        "eval_loss",
-                        "eval_stderr",
-                        "protocol",
-                        "schedule",
-                        "seconds",
-                        "tokens_per_s",
-                        "probe_tokens_per_s",
-                        "source",
-                    )
-                }
-                for size, info in dense.items()
-            },
+            "config": base.config_summary(cfg),
+            "dense": base.dense_summary(dense, extra=("source",)),
             "controls": {
                 c["size"]: base.control_summary(c) for c in controls if c["family"] == cfg.family
             },
