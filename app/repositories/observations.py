@@ -254,11 +254,14 @@ def other_runs(
     )
 
 
-def family_method_summaries(session: Session) -> list[dict[str, Any]]:
-    """Per (family, method) of the kept observations: runs, points, the span of n0, rho, l0
-    and tokens, how many points came from the shipped reference data, and the protocols; ordered
-    by family and method. One grouped query, however many observations there are."""
-    kept = Observation.excluded.is_(False)
+def family_method_summaries(session: Session, family: str | None = None) -> list[dict[str, Any]]:
+    """Per (family, method) of the kept observations (of `family` only, when given): runs,
+    points, the span of n0, rho, l0 and tokens, how many points came from the shipped reference
+    data, and the protocols; ordered by family and method. Grouped queries, however many
+    observations there are."""
+    kept = [Observation.excluded.is_(False)]
+    if family is not None:
+        kept.append(Observation.family == family)
     spans = [func.min(column).label(f"{column.key}_lo") for column in _SPANNED] + [
         func.max(column).label(f"{column.key}_hi") for column in _SPANNED
     ]
@@ -273,18 +276,18 @@ def family_method_summaries(session: Session) -> list[dict[str, Any]]:
             ),
             *spans,
         )
-        .where(kept)
+        .where(*kept)
         .group_by(Observation.family, Observation.method)
         .order_by(Observation.family, Observation.method)
     ).all()
     protocols: dict[tuple[str, str], list[str]] = {}
-    for family, method, protocol in session.execute(
+    for name, method, protocol in session.execute(
         select(Observation.family, Observation.method, Observation.protocol)
-        .where(kept)
+        .where(*kept)
         .distinct()
         .order_by(Observation.family, Observation.method, Observation.protocol)
     ).all():
-        protocols.setdefault((family, method), []).append(protocol)
+        protocols.setdefault((name, method), []).append(protocol)
     return [
         {
             **row._asdict(),

@@ -24,18 +24,19 @@ def _span_of(rows: Iterable[Mapping[str, Any]], name: str) -> list[float]:
     ]
 
 
-def list_families(session: Session) -> list[dict[str, Any]]:
-    """Every family with kept observations, each with its methods, spans and default fits.
+def list_families(session: Session, family: str | None = None) -> list[dict[str, Any]]:
+    """Every family with kept observations (or `family` only), each with its methods, spans
+    and default fits.
 
     Run counts of a family add its methods' runs (a run has one method)."""
     defaults = fits_repo.defaults(session)
     out: list[dict[str, Any]] = []
-    summaries = observations_repo.family_method_summaries(session)
-    for family, grouped in groupby(summaries, key=lambda row: row["family"]):
+    summaries = observations_repo.family_method_summaries(session, family)
+    for family_name, grouped in groupby(summaries, key=lambda row: row["family"]):
         rows = list(grouped)
         methods = []
         for row in rows:
-            fit_id, form = defaults.get((family, row["method"]), (None, None))
+            fit_id, form = defaults.get((family_name, row["method"]), (None, None))
             methods.append(
                 {
                     "method": row["method"],
@@ -48,7 +49,7 @@ def list_families(session: Session) -> list[dict[str, Any]]:
             )
         out.append(
             {
-                "family": family,
+                "family": family_name,
                 "reference": all(row["n_reference"] == row["n_observations"] for row in rows),
                 "protocols": sorted({p for row in rows for p in row["protocols"]}),
                 "n_runs": sum(int(row["n_runs"]) for row in rows),
@@ -62,7 +63,6 @@ def list_families(session: Session) -> list[dict[str, Any]]:
 
 def get_family(session: Session, family: str) -> dict[str, Any]:
     """One family of `list_families`; NotFound (404) when it has no kept observations."""
-    for summary in list_families(session):
-        if summary["family"] == family:
-            return summary
+    for summary in list_families(session, family):
+        return summary
     raise NotFound(f"no observations of family {family!r}: GET /families lists those there are")
