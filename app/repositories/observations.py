@@ -259,9 +259,7 @@ def family_method_summaries(session: Session, family: str | None = None) -> list
     points, the span of n0, rho, l0 and tokens, how many points came from the shipped reference
     data, and the protocols; ordered by family and method. Grouped queries, however many
     observations there are."""
-    kept = [Observation.excluded.is_(False)]
-    if family is not None:
-        kept.append(Observation.family == family)
+    kept = [*_filtered(family, None, None), Observation.excluded.is_(False)]
     spans = [func.min(column).label(f"{column.key}_lo") for column in _SPANNED] + [
         func.max(column).label(f"{column.key}_hi") for column in _SPANNED
     ]
