@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -58,6 +57,7 @@ from kombu.transport import filesystem as kombu_filesystem
 from kombu.utils.encoding import str_to_bytes
 from kombu.utils.json import dumps
 
+from app.core import atomic
 from app.core.config import Settings, get_settings
 
 #: The task the API sends; defined in ``workers/tasks.py`` (sent by name, never imported here).
@@ -96,17 +96,13 @@ class AtomicFilesystemChannel(kombu_filesystem.Channel):
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         """Write ``payload`` as one message file of ``queue``; readers never see half of it."""
         folder = self.data_folder_out
-        name = _message_name(queue)
-        # A leading dot and no ".msg" suffix: the reader's name filter skips temporary files.
-        handle, temp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+        # Written under a dot-name that does not end in ".msg": readers never list it.
         try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(str_to_bytes(dumps(payload)))  # type: ignore[no-untyped-call]
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, os.path.join(folder, name))
+            atomic.write_bytes(
+                Path(folder) / _message_name(queue),
+                str_to_bytes(dumps(payload)),  # type: ignore[no-untyped-call]
+            )
         except OSError as exc:
-            Path(temp).unlink(missing_ok=True)
             raise ChannelError(f"cannot write a message to {folder}") from exc
 
 

@@ -20,7 +20,7 @@ from tests.api.test_jobs import job_request, jobs_client, roots  # noqa: F401 (f
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A model directory with a tokenizer, another with a different one, and a token directory
     made with the first (built once, copied into each test's roots)."""
-    from tests.ml.pipeline_helpers import small_docs, small_tokenizer
+    from tests.workers.ml.pipeline_helpers import small_docs, small_tokenizer
     from workers.ml.corpus import write_corpus
     from workers.ml.tokenized import tokenize_to_dir
 

@@ -15,7 +15,7 @@ from app.core import tokens
 
 def _tokenizer_dir(root: Path, *, vocab: int = 384, arch: str = "llama") -> Path:
     """A model directory's tokenizer files, saved by transformers as a model directory has them."""
-    from tests.ml.pipeline_helpers import small_tokenizer
+    from tests.workers.ml.pipeline_helpers import small_tokenizer
     from workers.ml.models import build_tiny_model
 
     tok = small_tokenizer(vocab=vocab)

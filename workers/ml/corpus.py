@@ -12,6 +12,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
+from app.core import atomic
 from workers.ml.data import DOC_SEPARATOR
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
@@ -61,11 +62,5 @@ def write_corpus(
     Written to a temp file and renamed, so a job never reads a half-written corpus.
     """
     texts = docs if docs is not None else default_documents(max_bytes)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(DOC_SEPARATOR.join(texts))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out_path)
+    atomic.write_text(out_path, DOC_SEPARATOR.join(texts))
     return out_path

@@ -9,7 +9,7 @@ come from the training blocks only.
 
 Documents are read as a stream (:func:`iter_pieces`), never a whole file at once; jobs
 tokenise them once into memory-mapped token shards (``workers/ml/tokenized.py``) and draw their
-batches from there (a ``workers.ml.train.BlockSource``). The in-memory functions below
+batches from there (a ``BlockSource``). The in-memory functions below
 (:func:`make_splits` and friends) remain for ``make_model`` and as the reference the shards are
 tested against.
 """
@@ -23,15 +23,28 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from app.core import tokens as core_tokens
 
-if TYPE_CHECKING:
-    from workers.ml.train import BlockSource
+
+class BlockSource(Protocol):
+    """Training blocks ``[n_blocks, seq_len]`` read by index: a tensor in memory, or token
+    shards on disk read through a memory map (host memory per batch, not per corpus)."""
+
+    @property
+    def n_blocks(self) -> int: ...
+
+    @property
+    def seq_len(self) -> int: ...
+
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """The blocks at ``indices`` as an int64 ``[len(indices), seq_len]`` tensor."""
+        ...
+
 
 # Plain-text files may hold several documents separated by this character (ASCII record
 # separator, which ordinary text never contains); a file without it is one document.

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core import atomic
+
 __all__ = [
     "DEFAULT_NAME",
     "MARKER",
@@ -192,17 +194,8 @@ def _same_source(found: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
 
 
 def _write_marker(out: Path, marker: dict[str, Any]) -> None:
-    """The marker, atomically (temporary file, fsync, rename, fsync of the folder)."""
-    from workers.ml.models import fsync_dir
-
-    tmp = out / f".{MARKER}.tmp-{uuid.uuid4().hex}"
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(marker, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out / MARKER)
-    fsync_dir(out)
+    """The marker, atomically (app.core.atomic)."""
+    atomic.write_text(out / MARKER, json.dumps(marker, indent=2, sort_keys=True) + "\n")
 
 
 def convert_gguf(source: GgufSource, out: Path) -> dict[str, Any]:

@@ -7,15 +7,12 @@ architecture with separate q/k/v/o projections and a gated MLP.
 Supported architectures: ``LlamaForCausalLM`` and ``Qwen2ForCausalLM`` are tested with every
 pruning method; ``MistralForCausalLM`` and ``Qwen3ForCausalLM`` share the shape and are tested
 with every method too (prune, save, reload, generate), on tiny models built from a config in
-``tests/ml``. Qwen3's extra q/k norms act per head on ``head_dim`` entries, so removing whole
-heads leaves them valid.
+``tests/workers/ml``. Qwen3's extra q/k norms act per head on ``head_dim`` entries, so removing
+whole heads leaves them valid.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +30,8 @@ from transformers import (
     Qwen2Config,
     Qwen3Config,
 )
+
+from app.core import atomic
 
 __all__ = [
     "SUPPORTED_ARCHITECTURES",
@@ -327,24 +326,6 @@ def load_causal_lm(
     return model, tokenizer
 
 
-def fsync_tree(root: Path) -> None:
-    """Flush every file and folder under ``root`` to disk (before an atomic rename)."""
-    for dirpath, _dirnames, filenames in os.walk(root):
-        for filename in filenames:
-            with open(os.path.join(dirpath, filename), "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(Path(dirpath))
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a folder's entries (a rename inside it) to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_pretrained(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
@@ -356,27 +337,11 @@ def save_pretrained(
     so a crash leaves either the previous directory or the complete new one, never a partial
     save. An existing ``out_dir`` is replaced. The result reloads with ``from_pretrained``.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex}"
-    try:
+    with atomic.building_dir(Path(out_dir)) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        fsync_tree(tmp)
-        old: Path | None = None
-        if out_dir.exists():
-            # rename() cannot replace a non-empty directory: move the old one aside first
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex}"
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        fsync_dir(out_dir.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)
 
 
 def build_tiny_model(

@@ -16,7 +16,7 @@ records where the stream stands, so a killed run continues from its last complet
 ``manifest.json`` is written last.
 
 Reading (:class:`TokenStore`, :class:`MemmapBlocks`) gives a job its training blocks as a
-``workers.ml.train.BlockSource``: a batch is copied out of the memory map into an int64 tensor
+``workers.ml.data.BlockSource``: a batch is copied out of the memory map into an int64 tensor
 of the batch's size. :func:`job_splits` is the pipeline's entry point: a token directory is read
 as it is (its manifest's held-out range is the evaluation set); raw text is tokenised once into
 a cache directory keyed by the source's and the tokenizer's fingerprints, and split by the
@@ -701,7 +701,7 @@ class TokenStore:
 
 class MemmapBlocks:
     """``n_blocks`` consecutive ``seq_len`` blocks of a token stream from token ``start``, as a
-    ``workers.ml.train.BlockSource``: :meth:`take` copies only the rows asked for."""
+    ``workers.ml.data.BlockSource``: :meth:`take` copies only the rows asked for."""
 
     def __init__(self, store: TokenStore, start: int, n_blocks: int, seq_len: int) -> None:
         if start < 0 or n_blocks < 0 or start + n_blocks * seq_len > store.manifest.n_tokens:

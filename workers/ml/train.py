@@ -13,30 +13,15 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from workers.ml.data import BatchStream
+from workers.ml.data import BatchStream, BlockSource
 from workers.ml.evaluate import autocast_context
 
 MaskFn = Callable[[nn.Module, dict[str, torch.Tensor]], None]
-
-
-class BlockSource(Protocol):
-    """Training blocks ``[n_blocks, seq_len]`` read by index: a tensor in memory, or token
-    shards on disk read through a memory map (host memory per batch, not per corpus)."""
-
-    @property
-    def n_blocks(self) -> int: ...
-
-    @property
-    def seq_len(self) -> int: ...
-
-    def take(self, indices: torch.Tensor) -> torch.Tensor:
-        """The blocks at ``indices`` as an int64 ``[len(indices), seq_len]`` tensor."""
-        ...
 
 
 class TensorBlocks:

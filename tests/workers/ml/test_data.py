@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.ml.pipeline_helpers import small_docs, small_tokenizer
+from tests.workers.ml.pipeline_helpers import small_docs, small_tokenizer
 from workers.ml import data
 from workers.ml.corpus import write_corpus
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.nn import functional
 
-from tests.ml.pipeline_helpers import tiny_llama
+from tests.workers.ml.pipeline_helpers import tiny_llama
 from workers.ml.evaluate import eval_loss
 
 torch.set_num_threads(1)

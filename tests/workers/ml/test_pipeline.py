@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from app.core.paths import JobPaths
 from app.schemas.jobs import JobRequest
-from tests.ml.pipeline_helpers import write_model_and_corpus
+from tests.workers.ml.pipeline_helpers import write_model_and_corpus
 from workers.ml import data
 from workers.ml.evaluate import eval_loss
 from workers.ml.pipeline import (

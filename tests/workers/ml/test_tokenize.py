@@ -20,13 +20,13 @@ from app.cli import main as cli_main
 from app.core import tokens as core
 from app.core.paths import JobPaths
 from app.schemas.jobs import JobRequest
-from tests.ml.pipeline_helpers import (
+from tests.workers.ml.pipeline_helpers import (
     small_docs,
     small_tokenizer,
     tiny_llama,
     write_model_and_corpus,
 )
-from tests.ml.test_pipeline import CrashError, Recorder
+from tests.workers.ml.test_pipeline import CrashError, Recorder
 from workers.ml import data, tokenized
 from workers.ml.corpus import write_corpus
 from workers.ml.pipeline import JobSpec, run_pipeline

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.ml.pipeline_helpers import tiny_llama
+from tests.workers.ml.pipeline_helpers import tiny_llama
 from workers.ml.train import TrainConfig, Trainer, describe_schedule, lr_at
 
 torch.set_num_threads(1)
