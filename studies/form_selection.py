@@ -20,7 +20,7 @@ sizes). Writes ``form_selection.json`` (every comparison table, with folds) and
 ``form_selection.md`` (held-out MAPE per method × use, what `auto` chooses among the registered
 forms, and the comparison with P²) into ``--out`` (default ``studies/results``):
 
-    python studies/form_selection.py
+    python -m studies.form_selection
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ on the train side only) and inside the 80% confidence interval (bootstrap refits
 the protocol as `select_by` when the train side can be split that way again, else whole-run
 folds), then judged on the held-out side like any form.
 
-    python studies/interval_quality.py --csv studies/results/observations.csv --out studies/results
+    python -m studies.interval_quality --csv studies/results/observations.csv --out studies/results
 
 Writes ``interval_quality.json`` (every cell) and ``interval_quality.md`` (the tables, with the
 goals of the issue: coverage 70–90% per protocol; auto's worst MAPE at most half of P²'s).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,15 +30,11 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a file: make `app` and `studies` importable
-    sys.path.insert(0, str(ROOT))
-
-from app.law import FORMS, Dataset, LawError  # noqa: E402
-from app.law.intervals import check_protocol  # noqa: E402
-from app.law.metrics import split  # noqa: E402
-from app.law.select import select_form  # noqa: E402
-from studies.planning_quality import read_rows  # noqa: E402
+from app.law import FORMS, Dataset, LawError
+from app.law.intervals import check_protocol
+from app.law.metrics import split
+from app.law.select import select_form
+from studies.planning_quality import read_rows
 
 PROTOCOLS = ("D", "N0", "rho")
 AUTO = "auto"

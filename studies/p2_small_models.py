@@ -1,7 +1,7 @@
 """Measurement study: real pruning and post-training curves on small Llama models, and P² fits.
 
-    .venv/bin/python studies/p2_small_models.py --out studies/results          # full (~1 h, 2 CPUs)
-    .venv/bin/python studies/p2_small_models.py --out /tmp/quick --quick       # smoke (minutes)
+    .venv/bin/python -m studies.p2_small_models --out studies/results          # full (~1 h, 2 CPUs)
+    .venv/bin/python -m studies.p2_small_models --out /tmp/quick --quick       # smoke (minutes)
 
 Steps (docs/law.md §3 and §6):
 1. a short throughput probe per model shape (tokens/s), printed and recorded;
@@ -30,7 +30,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,15 +37,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a file: make `app` and `workers` importable
-    sys.path.insert(0, str(ROOT))
-
-from app.law import (  # noqa: E402
+from app.law import (
     Dataset,
     FitResult,
     LawError,
@@ -55,8 +50,16 @@ from app.law import (  # noqa: E402
     refit_runs,
     split,
 )
-from app.law.metrics import RHO_TEST, RHO_TOLERANCE, RHO_TRAIN  # noqa: E402
-from app.schemas.observations import CSV_COLUMNS, CSV_OPTIONAL, ObservationIn  # noqa: E402
+from app.law.metrics import RHO_TEST, RHO_TOLERANCE, RHO_TRAIN
+from app.schemas.observations import CSV_COLUMNS, CSV_OPTIONAL, ObservationIn
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from workers.ml.job import JobOutcome, JobSpec
+    from workers.ml.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAMILY = "study-llama"
 SOURCE = "study"
@@ -162,7 +165,8 @@ def run_id(size: str, method: str, rho: float, family: str = FAMILY) -> str:
 # --------------------------------------------------------------------------- workers
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
+    """A study worker process: one torch thread, no progress bars."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -171,61 +175,12 @@ def _init_worker() -> None:
     hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
-def _memoise_splits() -> None:
-    """Tokenise the corpus once per worker process instead of once per run.
-
-    The pipeline calls `workers.ml.data.make_splits` at every start; on the 12 MB stdlib corpus
-    that costs tens of seconds of one core, 30 times over. Every run of the study uses the same
-    corpus, tokenizer (one family) and sequence length, so the result is identical; it is cached
-    by (path, file size, mtime, vocabulary, seq_len, eval_tokens) and the same tensors are reused.
-    """
-    from workers.ml import data as data_mod
-
-    if getattr(data_mod.make_splits, "_study_memo", False):
-        return
-    original = data_mod.make_splits
-    memo: dict[tuple[Any, ...], Any] = {}
-
-    def make_splits(
-        path: Path,
-        tokenizer: Any,
-        seq_len: int,
-        *,
-        text_field: str = "text",
-        eval_path: Path | None = None,
-        eval_tokens: int | None = None,
-    ) -> Any:
-        stat = Path(path).stat()
-        key = (
-            str(path),
-            stat.st_size,
-            stat.st_mtime_ns,
-            tuple(sorted(tokenizer.get_vocab().items())),
-            seq_len,
-            text_field,
-            str(eval_path),
-            eval_tokens,
-        )
-        if key not in memo:
-            memo.clear()
-            memo[key] = original(
-                path,
-                tokenizer,
-                seq_len,
-                text_field=text_field,
-                eval_path=eval_path,
-                eval_tokens=eval_tokens,
-            )
-        return memo[key]
-
-    make_splits._study_memo = True  # type: ignore[attr-defined]
-    data_mod.make_splits = make_splits  # type: ignore[assignment]
-
-
 def probe_throughput(shape: ShapeSpec, cfg: StudyConfig, steps: int = 4) -> dict[str, float]:
     """Tokens/s of pretraining steps of a fresh model of `shape` (one thread), and its size."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from workers.ml.train import TrainConfig
 
     torch.manual_seed(cfg.seed)
     config_cls: Any = Qwen2Config if cfg.arch == "qwen2" else LlamaConfig
@@ -243,21 +198,36 @@ def probe_throughput(shape: ShapeSpec, cfg: StudyConfig, steps: int = 4) -> dict
         )
     )
     n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = torch.randint(0, cfg.vocab, (cfg.pretrain_batch, cfg.seq_len))
+    # make_model's pretraining settings: cosine, weight decay 0.1, gradient clipping at 1.
+    pretraining = TrainConfig(
+        lr=cfg.peak_lr,
+        schedule="cosine",
+        min_lr_ratio=0.01,
+        weight_decay=0.1,
+        batch_size=cfg.pretrain_batch,
+        grad_clip=1.0,
+        seed=cfg.seed,
+    )
+    tokens_per_s = trainer_tokens_per_s(model, pretraining, cfg.vocab, cfg.seq_len, steps)
+    return {"n_params": float(n_params), "tokens_per_s": tokens_per_s}
 
-    def step() -> None:
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
 
-    step()  # warm-up: allocations and first-call overheads
+def trainer_tokens_per_s(
+    model: nn.Module, config: TrainConfig, vocab: int, seq_len: int, steps: int
+) -> float:
+    """Tokens/s of `steps` optimizer steps of the job's `Trainer` with `config` on random blocks,
+    after one warm-up step (allocations and first-call overheads)."""
+    import torch
+
+    from workers.ml.train import Trainer
+
+    config = replace(config, total_steps=steps + 1)
+    blocks = torch.randint(0, vocab, (config.batch_size * (steps + 1), seq_len))
+    trainer = Trainer(model, blocks, config)
+    trainer.train_until(1)
     started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    elapsed = time.perf_counter() - started
-    return {"n_params": float(n_params), "tokens_per_s": steps * batch.numel() / elapsed}
+    trainer.train_until(1 + steps)
+    return steps * trainer.tokens_per_step / (time.perf_counter() - started)
 
 
 def pretrain(size: str, cfg: StudyConfig, corpus: Path, var: Path) -> dict[str, Any]:
@@ -339,52 +309,40 @@ def _pretrain(
 
 
 class Collector:
-    """JobHooks that keep what the pipeline measured and print each checkpoint."""
+    """JobHooks that print what the pipeline measured and each checkpoint (the results come
+    from the job's outcome)."""
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self.measured: Any = None
-        self.points: list[Any] = []
 
     def on_measured(self, measured: Any) -> None:
-        self.measured = measured
         log(
             f"{self.label}: rho {measured.rho:.4f}, L0 {measured.l0:.4f}, after pruning "
             f"{measured.loss_after_prune:.4f}"
         )
 
     def on_resume(self, tokens_done: int, points: list[Any]) -> None:
-        self.points = list(points)
         log(f"{self.label}: resumed at {tokens_done:,} tokens ({len(points)} checkpoints)")
 
     def on_progress(self, tokens_done: int, tokens_total: int) -> None:
         return None
 
     def on_checkpoint(self, point: Any, points: list[Any]) -> tuple[Any, str | None]:
-        from workers.ml.pipeline import Decision
+        from workers.ml.job import Decision
 
-        self.points = list(points)
         flag = " BELOW L0" if point.below_l0 else ""
         log(f"{self.label}: D={point.tokens:,} loss {point.loss:.4f}{flag}")
         return Decision.CONTINUE, None
 
 
-def run_pruned(
+def job_spec(
     size: str, method: str, rho: float, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path
-) -> dict[str, Any]:
-    """One prune -> post-train run through `run_pipeline`; cached as JSON when finished."""
+) -> JobSpec:
+    """The job a study run is: the request a user would submit, the spec the worker builds."""
     from app.core.paths import JobPaths
     from app.schemas.jobs import JobRequest
-    from workers.ml.pipeline import JobSpec, run_pipeline
-    from workers.ml.prune import PruneError
+    from workers.ml.job import JobSpec
 
-    rid = run_id(size, method, rho, cfg.family)
-    slug = f"{size}-{method_slug(method)}-{rho:.2f}"
-    result_path = var / "runs" / f"{slug}.json"
-    if result_path.is_file():
-        log(f"{rid}: cached")
-        return dict(json.loads(result_path.read_text()), cached=True)
-    _memoise_splits()
     dataset: dict[str, Any] = {"path": str(corpus)}
     if cfg.eval_tokens is not None:
         dataset["eval_tokens"] = cfg.eval_tokens
@@ -407,9 +365,43 @@ def run_pruned(
             "device": "cpu",
         }
     )
-    spec = JobSpec.from_request(request, JobPaths(str(var / "dense" / size), corpus, None))
-    workdir = var / "work" / slug
-    hooks = Collector(rid)
+    return JobSpec.build(request, JobPaths(str(var / "dense" / size), corpus, None), cuda=False)
+
+
+def run_job(spec: JobSpec, workdir: Path, label: str) -> JobOutcome:
+    """The job's own pipeline on one device; the work folder is removed after (the results go
+    to the study's JSON, the weights are not kept)."""
+    from workers.ml.pipeline import prune_and_post_train
+
+    try:
+        return prune_and_post_train(
+            spec, workdir=workdir, artifact_dir=workdir / "artifact", hooks=Collector(label)
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_result(path: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """A run's result file, atomically; returns the result marked as not cached."""
+    from app.core import atomic
+
+    atomic.write_json(path, result)
+    return dict(result, cached=False)
+
+
+def run_pruned(
+    size: str, method: str, rho: float, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path
+) -> dict[str, Any]:
+    """One prune -> post-train run through the job's pipeline; cached as JSON when finished."""
+    from workers.ml.prune import PruneError
+
+    rid = run_id(size, method, rho, cfg.family)
+    slug = f"{size}-{method_slug(method)}-{rho:.2f}"
+    result_path = var / "runs" / f"{slug}.json"
+    if result_path.is_file():
+        log(f"{rid}: cached")
+        return dict(json.loads(result_path.read_text()), cached=True)
+    spec = job_spec(size, method, rho, n0=n0, cfg=cfg, corpus=corpus, var=var)
     started = time.monotonic()
     base: dict[str, Any] = {
         "run_id": rid,
@@ -417,91 +409,55 @@ def run_pruned(
         "size": size,
         "method": method,
         "target_rho": rho,
-        "spec": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()},
+        "spec": spec.model_dump(mode="json"),
     }
     try:
-        outcome = run_pipeline(
-            spec, workdir=workdir, artifact_dir=workdir / "artifact", hooks=hooks
-        )
+        outcome = run_job(spec, var / "work" / slug, rid)
     except PruneError as exc:  # e.g. 2:4 above its maximum: a property of the model, not a bug
         log(f"{rid}: skipped ({exc})")
-        result = dict(base, status="skipped", reason=str(exc))
-    else:
-        elapsed = time.monotonic() - started
-        result = dict(
+        return write_result(result_path, dict(base, status="skipped", reason=str(exc)))
+    elapsed = time.monotonic() - started
+    log(f"{rid}: {outcome.status} in {elapsed:.0f} s")
+    return write_result(
+        result_path,
+        dict(
             base,
             status=outcome.status,
             measured=asdict(outcome.measured),
             points=[asdict(p) for p in outcome.points],
             seconds=round(elapsed, 1),
             tokens_per_s=outcome.points[-1].tokens / elapsed if outcome.points else None,
-        )
-        log(f"{rid}: {outcome.status} in {elapsed:.0f} s")
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, result_path)
-    shutil.rmtree(workdir, ignore_errors=True)  # weights are not kept (results are in the JSON)
-    return dict(result, cached=False)
+        ),
+    )
 
 
 def run_control(size: str, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path) -> dict[str, Any]:
-    """The dense model given the pruned runs' post-training, evaluated at the same checkpoints.
-
-    `run_pipeline` always prunes (rho in (0, 1)), so this uses the pipeline's own parts
-    (splits, Trainer, checkpoint schedule, eval) with no pruning step.
-    """
-    import torch
-
-    from workers.ml import data as data_mod
-    from workers.ml import models
-    from workers.ml.evaluate import eval_loss
-    from workers.ml.pipeline import checkpoint_steps
-    from workers.ml.train import TrainConfig, Trainer, describe_schedule
-
+    """The dense model given the pruned runs' post-training, evaluated at the same checkpoints:
+    the same job as theirs with the pruning step left out (``JobSpec.prune``)."""
     result_path = var / "runs" / f"{size}-control.json"
     if result_path.is_file():
         log(f"control {size}: cached")
         return dict(json.loads(result_path.read_text()), cached=True)
-    _memoise_splits()
+    spec = job_spec(size, "depth", 0.25, n0=n0, cfg=cfg, corpus=corpus, var=var)
+    spec = spec.model_copy(update={"prune": False})
     started = time.monotonic()
-    model, tokenizer = models.load_causal_lm(var / "dense" / size, dtype=torch.float32)
-    splits = data_mod.make_splits(corpus, tokenizer, cfg.seq_len, eval_tokens=cfg.eval_tokens)
-    tokens_per_step = cfg.post_batch * cfg.seq_len
-    total = max(1, round(cfg.post_tokens_for(n0, size) / tokens_per_step))
-    tc = TrainConfig(
-        lr=cfg.post_lr,
-        schedule="constant",
-        warmup_steps=min(total, round(cfg.warmup_frac * total)),
-        total_steps=total,
-        weight_decay=0.0,
-        batch_size=cfg.post_batch,
-        seed=cfg.seed,
+    outcome = run_job(spec, var / "work" / f"{size}-control", f"control {size}")
+    measured = outcome.measured
+    return write_result(
+        result_path,
+        {
+            "run_id": f"{cfg.family}-{size}-dense-control",
+            "family": cfg.family,
+            "size": size,
+            "n0": measured.n0,
+            "l0": measured.l0,
+            "eval_noise": measured.eval_noise,
+            "protocol": measured.protocol,
+            "schedule": measured.schedule,
+            "points": [{"tokens": p.tokens, "loss": p.loss} for p in outcome.points],
+            "seconds": round(time.monotonic() - started, 1),
+        },
     )
-    l0, noise = eval_loss(model, splits.eval, batch_size=cfg.post_batch)
-    trainer = Trainer(model, splits.train, tc)
-    points = []
-    for target in checkpoint_steps(total, cfg.checkpoints):
-        trainer.run(target)
-        loss, _ = eval_loss(model, splits.eval, batch_size=cfg.post_batch)
-        points.append({"tokens": trainer.tokens_done, "loss": loss})
-        log(f"control {size}: D={trainer.tokens_done:,} loss {loss:.4f} (L0 {l0:.4f})")
-    elapsed = time.monotonic() - started
-    result = {
-        "run_id": f"{cfg.family}-{size}-dense-control",
-        "family": cfg.family,
-        "size": size,
-        "n0": models.count_parameters(model),
-        "l0": l0,
-        "eval_noise": noise,
-        "protocol": splits.protocol,
-        "schedule": describe_schedule(tc),
-        "points": points,
-        "seconds": round(elapsed, 1),
-    }
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=1))
-    return dict(result, cached=False)
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -527,7 +483,7 @@ def run_all(cfg: StudyConfig, var: Path, workers: int) -> tuple[dict[str, Any], 
     dense: dict[str, Any] = {}
     results: list[Any] = []
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker) as pool:
         pending: dict[Future[Any], tuple[str, str]] = {}
         for size in reversed(list(cfg.sizes)):
             pending[pool.submit(pretrain, size, cfg, corpus, var)] = ("pretrain", size)
@@ -1054,7 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"study: {len(cfg.sizes)} sizes, cache {var}, out {a.out}, {a.workers} workers")
     started = time.monotonic()
     if a.analyse_only:
-        dense, results = _load_cached(cfg, var)
+        dense, results = load_cached(cfg, var)
     else:
         chosen = a.sizes.split(",") if a.sizes else list(cfg.sizes)
         unknown = [k for k in chosen if k not in cfg.sizes]
@@ -1066,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"trained {chosen} in {time.monotonic() - started:.0f} s; not fitting")
             return 0
         if a.sizes:  # fit on everything in the cache, not only this invocation's sizes
-            dense, results = _load_cached(cfg, var)
+            dense, results = load_cached(cfg, var)
     train_s = time.monotonic() - started
     fit_started = time.monotonic()
     timings = {"train_wall_s": round(train_s, 1)}
@@ -1082,7 +1038,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _load_cached(cfg: StudyConfig, var: Path) -> tuple[dict[str, Any], list[Any]]:
+def load_cached(cfg: StudyConfig, var: Path) -> tuple[dict[str, Any], list[Any]]:
+    """Dense models and finished runs in the cache `var` (what `--analyse-only` fits)."""
     dense = {}
     for size in cfg.sizes:
         info = var / "dense" / size / "p2law_make_model.json"

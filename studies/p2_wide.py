@@ -1,8 +1,8 @@
 """The wide pass of the measurement study: two architectures, four sizes each, and a real model.
 
-    .venv/bin/python studies/p2_wide.py --out studies/results/wide              # collect + analyse
-    .venv/bin/python studies/p2_wide.py --out studies/results/wide --analyse-only
-    .venv/bin/python studies/p2_wide.py --out /tmp/wide-quick --quick           # smoke (minutes)
+    .venv/bin/python -m studies.p2_wide --out studies/results/wide              # collect + analyse
+    .venv/bin/python -m studies.p2_wide --out studies/results/wide --analyse-only
+    .venv/bin/python -m studies.p2_wide --out /tmp/wide-quick --quick           # smoke (minutes)
 
 It reuses the main pass (`studies/p2_small_models.py`: pretraining, `run_pipeline` runs, dense
 controls, caches, resumption) with three families, each with its own cache under `--var`
@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -47,14 +46,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-for _p in (ROOT, HERE):  # run as a file: make `app`, `workers` and the main pass importable
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
+from studies import p2_small_models as base
+from studies.p2_small_models import ShapeSpec, StudyConfig, log
 
-import p2_small_models as base  # noqa: E402
-from p2_small_models import ShapeSpec, StudyConfig, log  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SMOLLM2 = "smollm2-135m"
 SMOLLM2_SIZE = "135M"
@@ -158,31 +153,22 @@ def smollm2_dense(var: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def probe_smollm2(var: Path, cfg: StudyConfig, steps: int = 2) -> dict[str, float]:
-    """One-thread training and evaluation tokens/s of SmolLM2 at the study's batch."""
+    """One-thread training and evaluation tokens/s of SmolLM2 at the study's batch: steps of the
+    job's `Trainer` and its held-out loss (`eval_loss`) over as many blocks."""
     import torch
 
     from workers.ml import models
+    from workers.ml.evaluate import eval_loss
+    from workers.ml.train import TrainConfig
 
     torch.set_num_threads(1)
     model, _tok = models.load_causal_lm(var / "dense" / SMOLLM2_SIZE, dtype=torch.float32)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    batch = torch.randint(0, cfg.vocab, (cfg.post_batch, cfg.seq_len))
-
-    def step() -> None:
-        model(input_ids=batch, labels=batch).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()
+    config = TrainConfig(lr=1e-5, batch_size=cfg.post_batch, seed=cfg.seed)
+    train = base.trainer_tokens_per_s(model, config, cfg.vocab, cfg.seq_len, steps)
+    blocks = torch.randint(0, cfg.vocab, (steps * cfg.post_batch, cfg.seq_len))
     started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    train = steps * batch.numel() / (time.perf_counter() - started)
-    started = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(steps):
-            model(input_ids=batch, labels=batch)
-    return {"train": train, "eval": steps * batch.numel() / (time.perf_counter() - started)}
+    eval_loss(model, blocks, batch_size=cfg.post_batch)
+    return {"train": train, "eval": blocks.numel() / (time.perf_counter() - started)}
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -327,7 +313,7 @@ def run_all(configs: dict[str, StudyConfig], var_root: Path, workers: int) -> No
     done = 0
     ctx = get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=base._init_worker
+        max_workers=workers, mp_context=ctx, initializer=base.init_worker
     ) as pool:
         running: dict[Future[Any], tuple[str, Task]] = {}
 
@@ -371,7 +357,7 @@ def load_family(key: str, cfg: StudyConfig, var: Path) -> tuple[dict[str, Any], 
     if key == "smollm2":
         results = [json.loads(p.read_text()) for p in sorted((var / "runs").glob("*.json"))]
         return {SMOLLM2_SIZE: smollm2_dense(var, results)}, results
-    return base._load_cached(cfg, var)
+    return base.load_cached(cfg, var)
 
 
 def _csv_list(value: str | None) -> tuple[str, ...] | None:
@@ -436,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"collection done in {time.monotonic() - started:.0f} s")
         if a.no_analyse:
             return 0
-    from p2_wide_analysis import Options, analyse_all
+    from studies.p2_wide_analysis import Options, analyse_all
 
     analyse_all(
         {k: (c, *load_family(k, c, var_root / k)) for k, c in configs.items()},

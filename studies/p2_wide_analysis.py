@@ -35,13 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import p2_small_models as base
-from p2_small_models import StudyConfig, log
 
 from app.law import (
     FORMS,
     Dataset,
     FitResult,
+    FittedLaw,
     LawError,
     fit,
     get_form,
@@ -50,6 +49,8 @@ from app.law import (
     split,
 )
 from app.law.types import Features
+from studies import p2_small_models as base
+from studies.p2_small_models import StudyConfig, log
 
 LEVEL = 0.8
 PROTOCOLS: tuple[str, ...] = ("all", "D", "N0", "rho")
@@ -90,7 +91,8 @@ def calibrated_coverage(
     except ImportError as exc:  # an engine without calibrated intervals
         raise LawError(f"calibrated intervals not available: {exc}") from None
     cal = intervals.calibrate(form, train, result)
-    band = intervals.interval(form, result.params, list(refits), cal, test.x, level=LEVEL)
+    law = FittedLaw(get_form(form), result.params, tuple(refits), cal)
+    band = intervals.interval(law, test.x, level=LEVEL)
     return float(np.mean((test.loss >= band.lower) & (test.loss <= band.upper)))
 
 

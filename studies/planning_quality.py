@@ -16,7 +16,7 @@ that run (docs/law.md §4: a run the fit has seen keeps its own level). Writes
 ``planning_quality.json`` (every answer) and ``planning_quality.md`` (the summary) into
 ``--out``:
 
-    python studies/planning_quality.py --csv studies/results/wide/observations.csv \\
+    python -m studies.planning_quality --csv studies/results/wide/observations.csv \\
         --out studies/results/wide
 """
 
@@ -26,7 +26,6 @@ import argparse
 import csv
 import json
 import os
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -36,10 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a file: make `app` importable
-    sys.path.insert(0, str(ROOT))
 
 NUMERIC = ("n0", "rho", "l0", "tokens", "loss")
 DEFAULT_FORMS = ("p2", "p2-tpp", "p2-shift", "frantar")

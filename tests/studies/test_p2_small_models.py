@@ -1,16 +1,14 @@
-"""Pieces of the measurement study (studies/p2_small_models.py) on small synthetic inputs.
+"""The main pass of the measurement study (studies/p2_small_models.py) on small inputs.
 
-No model is trained here (that is the study's `--quick` run); these check that what the study
-writes uploads to the service as is and that its fitting report covers every protocol.
+No model is pretrained or post-trained here (that is the study's `--quick` run): these check that
+what the study writes uploads to the service as is, that its fitting report covers every
+protocol, and that its throughput probe times the job's own `Trainer` on the model it sizes.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,18 +16,7 @@ import pytest
 from app.law.synthetic import SYNTHETIC_P2, make_rows
 from app.schemas.observations import CSV_COLUMNS, CSV_OPTIONAL
 from app.services.observations import parse_csv
-
-SCRIPT = Path(__file__).resolve().parents[2] / "studies" / "p2_small_models.py"
-
-
-@pytest.fixture(scope="module")
-def study() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("p2_small_models", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+from studies import p2_small_models as study
 
 
 def _pipeline_result(run: str, method: str, rho: float, losses: list[float]) -> dict[str, Any]:
@@ -53,7 +40,7 @@ def _pipeline_result(run: str, method: str, rho: float, losses: list[float]) -> 
     }
 
 
-def test_observations_csv_parses_with_the_upload_parser(study: ModuleType, tmp_path: Path) -> None:
+def test_observations_csv_parses_with_the_upload_parser(tmp_path: Path) -> None:
     results = [
         _pipeline_result("study-llama-S-2:4-0.15", "2:4", 0.15, [2.9, 2.8, 2.7]),
         _pipeline_result("study-llama-S-depth-0.25", "depth", 0.25, [3.4, 3.1, 2.48]),
@@ -70,7 +57,7 @@ def test_observations_csv_parses_with_the_upload_parser(study: ModuleType, tmp_p
     assert sum(r["_below_l0"] for r in rows) == 1
 
 
-def test_fit_method_reports_every_protocol_and_the_rho_split(study: ModuleType) -> None:
+def test_fit_method_reports_every_protocol_and_the_rho_split() -> None:
     syn = make_rows(
         params_by_method={"depth": SYNTHETIC_P2["depth"]},
         sizes=((0.5e9, 3.0), (1.0e9, 2.75)),
@@ -102,7 +89,7 @@ def test_fit_method_reports_every_protocol_and_the_rho_split(study: ModuleType) 
     assert "holdout_metrics" in report["fits"]["curve"]["D"]
 
 
-def test_control_below_l0_beyond_noise_is_flagged(study: ModuleType) -> None:
+def test_control_below_l0_beyond_noise_is_flagged() -> None:
     control = {
         "l0": 2.5,
         "eval_noise": 0.01,
@@ -112,3 +99,27 @@ def test_control_below_l0_beyond_noise_is_flagged(study: ModuleType) -> None:
     assert summary["below_l0_beyond_noise"]
     assert summary["min_minus_l0"] == pytest.approx(-0.05)
     assert not study.control_summary(control | {"eval_noise": 0.03})["below_l0_beyond_noise"]
+
+
+def test_throughput_probe_times_the_trainer_on_the_model_it_sizes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.ml import train
+
+    made: list[train.Trainer] = []
+
+    class Recorded(train.Trainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train, "Trainer", Recorded)
+    shape = study.QUICK.sizes["S"]
+    probe = study.probe_throughput(shape, study.QUICK, steps=2)
+    assert [t.step for t in made] == [3]  # one warm-up step, then the two timed ones
+    assert probe["tokens_per_s"] > 0
+    # Llama with tied embeddings over the tokenizer's vocabulary (+ 2 special tokens): the N0
+    # that sets each size's pretraining tokens.
+    h, kv = shape.hidden, shape.hidden // shape.heads * shape.kv_heads
+    layer = 2 * h * h + 2 * h * kv + 3 * h * shape.intermediate + 2 * h
+    assert probe["n_params"] == (study.QUICK.vocab + 2) * h + shape.layers * layer + h

@@ -1,4 +1,4 @@
-"""The wide pass of the study (studies/p2_wide.py, studies/p2_wide_analysis.py) on synthetic runs.
+"""The analysis of the wide pass (studies/p2_wide_analysis.py) on synthetic runs.
 
 No model is trained here: cached run results are made from the engine's synthetic law, and the
 analysis is run over them as `--analyse-only` would, with two forms and two bootstrap refits to
@@ -9,45 +9,17 @@ metrics, coverage per interval method and `auto`, and summary.md has their rows.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
-from types import ModuleType
 from typing import Any
-
-import pytest
 
 from app.law.synthetic import SYNTHETIC_P2, make_rows
 from app.schemas.observations import CSV_COLUMNS, CSV_OPTIONAL
 from app.services.observations import parse_csv
-
-STUDIES = Path(__file__).resolve().parents[2] / "studies"
-
-
-def _load(name: str) -> ModuleType:
-    if str(STUDIES) not in sys.path:
-        sys.path.insert(0, str(STUDIES))
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, STUDIES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def wide() -> ModuleType:
-    return _load("p2_wide")
-
-
-@pytest.fixture(scope="module")
-def analysis() -> ModuleType:
-    return _load("p2_wide_analysis")
+from studies import p2_wide as wide
+from studies import p2_wide_analysis as analysis
 
 
 def _results(family: str, sizes: tuple[tuple[float, float], ...], seed: int) -> list[Any]:
@@ -104,9 +76,7 @@ def _results(family: str, sizes: tuple[tuple[float, float], ...], seed: int) -> 
     return out
 
 
-def test_analysis_writes_every_output(
-    wide: ModuleType, analysis: ModuleType, tmp_path: Path
-) -> None:
+def test_analysis_writes_every_output(tmp_path: Path) -> None:
     small = replace(wide.QUICK["llama"], methods=("depth",), bootstrap=2)
     smol = replace(wide.QUICK["smollm2"], methods=("depth",), bootstrap=2)
     families: dict[str, tuple[Any, dict[str, Any], list[Any]]] = {
@@ -148,21 +118,3 @@ def test_analysis_writes_every_output(
         json.loads((d / "fits.json").read_text()) for d in (tmp_path, tmp_path / "again")
     )
     assert json.dumps(first["families"]) == json.dumps(second["families"])
-
-
-def test_configs_keep_the_pass_design(wide: ModuleType) -> None:
-    small = wide.FULL["llama"]
-    assert wide.FULL["qwen2"].arch == "qwen2" and small.arch == "llama"
-    assert len(small.sizes) >= 4
-    # One decoder layer is ~1/12 of N0 for every shape (Llama count; Qwen2 adds 2 x hidden).
-    n0s = []
-    for shape in small.sizes.values():
-        h, inter = shape.hidden, shape.intermediate
-        kv = h // shape.heads * shape.kv_heads
-        layer = 2 * h * h + 2 * h * kv + 3 * h * inter + 2 * h
-        n0 = small.vocab * h + shape.layers * layer + h
-        for k, target in ((2, 0.15), (3, 0.25), (4, 0.35)):
-            assert abs(k * layer / n0 - target) <= 0.02
-        n0s.append(n0)
-    assert max(n0s) / min(n0s) >= 8
-    assert wide.FULL["smollm2"].family == "smollm2-135m"
