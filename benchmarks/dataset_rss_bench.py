@@ -52,7 +52,7 @@ class _Hooks:
         pass
 
     def on_checkpoint(self, point: Any, points: list[Any]) -> tuple[Any, str | None]:
-        from workers.ml.pipeline import Decision
+        from workers.ml.job import Decision
 
         self.points.append(point)
         return Decision.CONTINUE, None
@@ -64,7 +64,8 @@ def _child_job(dataset: Path, work: Path) -> dict[str, Any]:
 
     from app.core.paths import JobPaths
     from app.schemas.jobs import JobRequest
-    from workers.ml.pipeline import JobSpec, run_pipeline
+    from workers.ml.job import JobSpec
+    from workers.ml.pipeline import prune_and_post_train
 
     torch.set_num_threads(1)
     model = model_dir()
@@ -81,10 +82,12 @@ def _child_job(dataset: Path, work: Path) -> dict[str, Any]:
             "device": "cpu",
         }
     )
-    spec = JobSpec.from_request(request, JobPaths(str(model), dataset, None))
+    spec = JobSpec.build(request, JobPaths(str(model), dataset, None), cuda=False)
     hooks = _Hooks()
     started = time.monotonic()
-    out = run_pipeline(spec, workdir=work / "job", artifact_dir=work / "artifact", hooks=hooks)
+    out = prune_and_post_train(
+        spec, workdir=work / "job", artifact_dir=work / "artifact", hooks=hooks
+    )
     return {
         "status": out.status,
         "seconds": round(time.monotonic() - started, 1),
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from app.core.tokens import tokenizer_fingerprint
-    from workers.ml.tokenized import tokenize_to_dir
+    from workers.ml.tokens.write import tokenize_to_dir
 
     model = model_dir()
     tok = AutoTokenizer.from_pretrained(model)

@@ -191,11 +191,11 @@ def measure(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(model, blocks, cfg, device=device, autocast_dtype=autocast_dtype)
-    trainer.run(warmup)
+    trainer.train_until(warmup)
     trainer.pop_train_loss()
     _sync(device)
     t0 = time.perf_counter()
-    trainer.run(warmup + steps)
+    trainer.train_until(warmup + steps)
     _sync(device)
     seconds = time.perf_counter() - t0
     tokens = steps * batch_size * seq_len

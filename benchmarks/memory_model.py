@@ -7,10 +7,10 @@ fp32 ``exp_avg`` and ``exp_avg_sq`` (``workers.ml.train``). Two ways to run it a
   keeps a bf16 copy of every linear weight from the forward until that layer's backward, and the
   residual stream stays fp32.
 - **FSDP** over ``N`` devices (ZeRO-3 style, ``fully_shard`` per decoder layer then the model,
-  ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``, no autocast: the job's sharded
-  path, ``workers/ml/sharded.py``): each device holds 1/N of the fp32 parameters, gradients and
-  AdamW states, and gathers bf16 copies of the parameters it is computing with. Every device
-  runs its own micro-batch, so activations do not shrink with N.
+  ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``, no autocast: the job's
+  ``Sharded`` strategy, ``workers/ml/strategy.py``): each device holds 1/N of the fp32
+  parameters, gradients and AdamW states, and gathers bf16 copies of the parameters it is
+  computing with. Every device runs its own micro-batch, so activations do not shrink with N.
 
 Bytes per device, P parameters, P_layer per decoder layer, P_root = embeddings + head + final
 norm (what ``fully_shard(model)`` owns), T = micro_batch x seq_len tokens:

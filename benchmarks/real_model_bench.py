@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     train_blocks = pack(ids, seq_len)
     cfg = TrainConfig(lr=1e-5, total_steps=args.train_steps + 2, batch_size=batch)
     trainer = Trainer(model, train_blocks, cfg)
-    trainer.run(2)  # warm-up: the optimizer state is allocated on the first step
+    trainer.train_until(2)  # warm-up: the optimizer state is allocated on the first step
     started = time.perf_counter()
-    trainer.run(2 + args.train_steps)
+    trainer.train_until(2 + args.train_steps)
     seconds = time.perf_counter() - started
     out["train"] = {
         "batch_size": batch,

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def time_job() -> float:
         _sync(device)
         t0 = time.perf_counter()
-        trainer.run(trainer.step + a.steps, on_step=on_progress, every=10)
+        trainer.train_until(trainer.step + a.steps, on_step=on_progress, every=10)
         _sync(device)
         return time.perf_counter() - t0
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _sync(device)
         return time.perf_counter() - t0
 
-    trainer.run(a.warmup)
+    trainer.train_until(a.warmup)
     bare.run(a.warmup)
     tokens = a.steps * a.batch_size * a.seq_len
     job_tps: list[float] = []

@@ -1,11 +1,12 @@
-"""Run a job on several devices: the worker launches ``torchrun``, each rank runs the job.
+"""Launch a job on several devices: the worker starts ``torchrun``, each rank runs the job.
 
 A prefork Celery child cannot fork training processes of its own, so the task starts
-``python -m torch.distributed.run --standalone --nproc-per-node N -m workers.launch ...`` as a
-subprocess and waits for it. Each rank initialises ``torch.distributed`` (NCCL on GPUs, gloo on
-CPU) and runs ``workers.ml.sharded.run_sharded``; rank 0 also builds the job's database hooks
-under the *same* lease the task holds (the task's heartbeat thread keeps renewing it), so the
-lease, progress, cancel, the early stop and exactly-once observations behave as on one device.
+``python -m torch.distributed.run --standalone --nproc-per-node N -m workers.rank ...`` as a
+subprocess and waits for it. Each rank (``workers/rank.py``) initialises ``torch.distributed``
+(NCCL on GPUs, gloo on CPU) and runs the job's one pipeline with the sharded strategy; rank 0
+also builds the job's database hooks under the *same* lease the task holds (the task's heartbeat
+thread keeps renewing it), so the lease, progress, cancel, the early stop and exactly-once
+observations behave as on one device.
 
 The task watches the subprocess: a lost lease stops it; a rank that raised writes its error
 (``fatal-rank<r>.json``) and the job fails with that message, since a relaunch would fail the
@@ -16,7 +17,6 @@ the group is launched again, resuming from its last complete sharded checkpoint,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -24,18 +24,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from workers.ml.pipeline import JobOutcome, JobSpec
-    from workers.tasks import DbHooks
+from app.core import atomic
+from app.services.job_lease import Lease
+from workers.ml.job import OUTCOME, JobOutcome, JobSpec
 
 #: Relaunches of a group whose rank was killed from outside, within one attempt.
 RESTARTS = 2
 SPEC_FILE = "spec.json"
+#: Written by rank 0 when the job ends: the ``JobOutcome`` the launcher reports.
+OUTCOME_FILE = "outcome.json"
 FATAL_PREFIX = "fatal-rank"
 
 
@@ -71,32 +70,32 @@ def check_devices(spec: JobSpec, configured: int | None) -> None:
 
 
 def write_spec(spec: JobSpec, workdir: Path) -> Path:
-    """The spec as JSON for the ranks (paths as strings)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / SPEC_FILE
-    path.write_text(json.dumps(asdict(spec), default=str))
-    return path
+    """The spec as its own JSON, for the ranks."""
+    return atomic.write_text(workdir / SPEC_FILE, spec.model_dump_json())
 
 
 def read_spec(path: Path) -> JobSpec:
     """The spec :func:`write_spec` wrote."""
-    from workers.ml.pipeline import DatasetSpec, JobSpec
-
-    data = json.loads(path.read_text())
-    dataset = data.pop("dataset")
-    eval_path = dataset["eval_path"]
-    return JobSpec(
-        **data,
-        dataset=DatasetSpec(
-            path=Path(dataset["path"]),
-            text_field=dataset["text_field"],
-            eval_path=Path(eval_path) if eval_path else None,
-            eval_tokens=dataset["eval_tokens"],
-        ),
-    )
+    return JobSpec.model_validate_json(path.read_text())
 
 
-def _command(spec: JobSpec, workdir: Path, artifact_dir: Path, lease: Sequence[str]) -> list[str]:
+def write_outcome(workdir: Path, outcome: JobOutcome) -> None:
+    """Rank 0's report of how the job ended, for the launcher."""
+    atomic.write_bytes(workdir / OUTCOME_FILE, OUTCOME.dump_json(outcome))
+
+
+def read_outcome(workdir: Path) -> JobOutcome | None:
+    """The outcome rank 0 wrote, or None when the job did not get that far."""
+    path = workdir / OUTCOME_FILE
+    return OUTCOME.validate_json(path.read_bytes()) if path.is_file() else None
+
+
+def write_fatal(workdir: Path, rank: int, message: str) -> None:
+    """A rank's error that a relaunch would meet again (the job fails with it)."""
+    atomic.write_json(workdir / f"{FATAL_PREFIX}{rank}.json", {"rank": rank, "error": message})
+
+
+def _command(spec: JobSpec, workdir: Path, artifact_dir: Path, lease: Lease) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -108,7 +107,7 @@ def _command(spec: JobSpec, workdir: Path, artifact_dir: Path, lease: Sequence[s
         str(workdir / "rank-logs"),
         "--redirects=3",
         "-m",
-        "workers.launch",
+        "workers.rank",
         "--spec",
         str(workdir / SPEC_FILE),
         "--workdir",
@@ -116,7 +115,9 @@ def _command(spec: JobSpec, workdir: Path, artifact_dir: Path, lease: Sequence[s
         "--artifact-dir",
         str(artifact_dir),
         "--lease",
-        *lease,
+        lease.job_id,
+        lease.owner,
+        repr(lease.seconds),
         "--task-pid",
         str(os.getpid()),
     ]
@@ -146,14 +147,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def run_on_devices(
+def launch_group(
     spec: JobSpec,
     *,
     workdir: Path,
     artifact_dir: Path,
-    job_id: str,
-    owner: str,
-    lease_s: float,
+    lease: Lease,
     lease_lost: threading.Event,
     restarts: int = RESTARTS,
 ) -> JobOutcome:
@@ -163,11 +162,9 @@ def run_on_devices(
         GroupFailedError: a rank raised (its message), or the relaunches are used up.
         InterruptedError: the lease was lost; the processes were stopped.
     """
-    from workers.ml.sharded import OUTCOME_FILE, read_outcome
-
+    workdir.mkdir(parents=True, exist_ok=True)
     write_spec(spec, workdir)
     (workdir / OUTCOME_FILE).unlink(missing_ok=True)
-    lease = [job_id, owner, repr(lease_s)]
     env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_rank(spec))}
     for launch in range(restarts + 1):
         for stale in workdir.glob(f"{FATAL_PREFIX}*.json"):
@@ -183,7 +180,7 @@ def run_on_devices(
             while process.poll() is None:
                 if lease_lost.wait(0.5):
                     _stop(process)
-                    raise InterruptedError(f"job {job_id}: the lease was taken over")
+                    raise InterruptedError(f"job {lease.job_id}: the lease was taken over")
         finally:
             if process.poll() is None:
                 _stop(process)
@@ -205,84 +202,3 @@ def _threads_per_rank(spec: JobSpec) -> int:
     if spec.device == "cuda":
         return 4
     return max(1, (os.cpu_count() or 1) // spec.devices)
-
-
-# --------------------------------------------------------------------------- inside each rank
-
-
-def _rank_main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="one rank of a multi-device job")
-    parser.add_argument("--spec", type=Path, required=True)
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--artifact-dir", type=Path, required=True)
-    parser.add_argument("--lease", nargs=3, metavar=("JOB_ID", "OWNER", "SECONDS"), required=True)
-    parser.add_argument("--task-pid", type=int, required=True)
-    args = parser.parse_args(argv)
-    _exit_with(args.task_pid)
-
-    import torch
-    import torch.distributed as dist
-
-    from workers.ml.sharded import run_sharded
-
-    spec = read_spec(args.spec)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    dist.init_process_group(backend="nccl" if spec.device == "cuda" else "gloo")
-    rank = dist.get_rank()
-    (args.workdir / f"rank-{rank}.pid").write_text(str(os.getpid()))
-    try:
-        hooks = _rank0_hooks(*args.lease) if rank == 0 else None
-        run_sharded(spec, workdir=args.workdir, artifact_dir=args.artifact_dir, hooks=hooks)
-    except Exception as exc:
-        message = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
-        if type(exc).__name__ != "LeaseLostError" and not _lost_peer(exc):
-            error = {"rank": rank, "error": str(message)[:4000]}
-            (args.workdir / f"{FATAL_PREFIX}{rank}.json").write_text(json.dumps(error))
-        raise
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
-def _exit_with(task_pid: int) -> None:
-    """End this rank when the task that launched the group is gone (a worker killed by its hard
-    time limit, say): the group would otherwise train on, unsupervised, in a session of its own."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(2.0)
-            try:
-                os.kill(task_pid, 0)
-            except ProcessLookupError:
-                os._exit(1)
-            except PermissionError:
-                continue
-
-    threading.Thread(target=watch, name="task-watch", daemon=True).start()
-
-
-def _lost_peer(exc: BaseException) -> bool:
-    """Whether ``exc`` says another rank went away (so this one is not the cause): NCCL and the
-    store raise ``DistError``s; gloo raises a plain RuntimeError naming its transport."""
-    import torch.distributed as dist
-
-    if isinstance(exc, dist.DistError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("gloo/transport" in text or "Connection" in text)
-
-
-def _rank0_hooks(job_id: str, owner: str, seconds: str) -> DbHooks:
-    """The task's database hooks, under the lease the task holds (rank 0 only)."""
-    from app.services import job_lease
-    from workers.tasks import DbHooks, LeaseLostError
-
-    claimed = job_lease.held(job_id, owner, float(seconds))
-    if claimed is None:
-        raise LeaseLostError(f"job {job_id}: the lease is no longer {owner}'s")
-    return DbHooks(claimed, threading.Event())
-
-
-if __name__ == "__main__":
-    raise SystemExit(_rank_main())

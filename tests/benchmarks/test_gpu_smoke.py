@@ -38,7 +38,7 @@ def test_tiny_llama_trains_five_bf16_steps_on_cuda() -> None:
         device=device,
         autocast_dtype=torch.bfloat16,
     )
-    trainer.run(5)
+    trainer.train_until(5)
     after, _ = eval_loss(model, blocks, device=device, autocast_dtype=torch.bfloat16)
     assert trainer.step == 5
     assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights

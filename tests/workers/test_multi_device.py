@@ -1,6 +1,6 @@
 """Jobs on several devices: FSDP2 over CPU processes (gloo), launched by the task via torchrun.
 
-``execute_job`` runs in this process as the Celery child would; the ranks are real processes.
+``attempt_job`` runs in this process as the Celery child would; the ranks are real processes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from app.repositories import observations as observations_repo
 from app.schemas.jobs import JobRequest
 from app.services import jobs as service
 from tests.workers.conftest import job_row
-from workers.tasks import execute_job, job_dirs
+from workers.attempt import attempt_job, job_dirs
 
 pytestmark = pytest.mark.xdist_group("celery-workers")
 
@@ -58,8 +58,8 @@ def checkpoints(job_id: str) -> list[tuple[float, float]]:
 def test_two_processes_match_one_at_the_same_global_batch(job_roots: dict[str, Path]) -> None:
     one = submit(devices=1, batch_size=8)
     two = submit(devices=2, batch_size=4)
-    assert execute_job(one) == "succeeded"
-    assert execute_job(two) == "succeeded", job_row(two).error
+    assert attempt_job(one) == "succeeded"
+    assert attempt_job(two) == "succeeded", job_row(two).error
     single, sharded = checkpoints(one), checkpoints(two)
     assert [t for t, _ in sharded] == [t for t, _ in single] and len(single) == 3
     for (_, expected), (_, loss) in zip(single, sharded, strict=True):
@@ -74,7 +74,7 @@ def test_the_artifact_of_a_sharded_job_keeps_its_2_4_masks(job_roots: dict[str, 
     from transformers import AutoModelForCausalLM
 
     job_id = submit(devices=2, batch_size=4, activation_checkpointing=True)
-    assert execute_job(job_id) == "succeeded", job_row(job_id).error
+    assert attempt_job(job_id) == "succeeded", job_row(job_id).error
     job = job_row(job_id)
     model = AutoModelForCausalLM.from_pretrained(job.artifact)
     weights = dict(model.named_parameters())
@@ -91,7 +91,7 @@ def test_a_job_asking_for_more_devices_than_the_worker_has_fails_with_the_reason
     monkeypatch.setenv("WORKER_DEVICES", "2")
     get_settings.cache_clear()
     job_id = submit(devices=3, batch_size=2)
-    assert execute_job(job_id) == "failed"
+    assert attempt_job(job_id) == "failed"
     job = job_row(job_id)
     assert "devices=3" in job.error and "has 2 CPU processes" in job.error
     assert job.attempts == 1 and checkpoints(job_id) == []
@@ -104,7 +104,7 @@ def test_killing_one_rank_mid_job_resumes_from_the_sharded_checkpoint(
         devices=2, batch_size=4, method="depth", rho=0.25, tokens=400 * 8 * SEQ, checkpoints=4
     )
     result: list[str] = []
-    runner = threading.Thread(target=lambda: result.append(execute_job(job_id)))
+    runner = threading.Thread(target=lambda: result.append(attempt_job(job_id)))
     runner.start()
     workdir, _ = job_dirs(job_id)
     deadline = time.monotonic() + 300
@@ -124,7 +124,7 @@ def test_cancel_of_a_sharded_job_ends_it_at_the_next_checkpoint(job_roots: dict[
         devices=2, batch_size=4, method="depth", rho=0.25, tokens=400 * 8 * SEQ, checkpoints=4
     )
     result: list[str] = []
-    runner = threading.Thread(target=lambda: result.append(execute_job(job_id)))
+    runner = threading.Thread(target=lambda: result.append(attempt_job(job_id)))
     runner.start()
     deadline = time.monotonic() + 300
     while not checkpoints(job_id) and runner.is_alive() and time.monotonic() < deadline:
@@ -151,7 +151,7 @@ def test_two_gpus_train_in_bf16_and_match_one_within_two_percent(
 ) -> None:
     one = submit(device="cuda", dtype="bfloat16", devices=1, batch_size=8)
     two = submit(device="cuda", dtype="bfloat16", devices=2, batch_size=4)
-    assert execute_job(one) == "succeeded", job_row(one).error
-    assert execute_job(two) == "succeeded", job_row(two).error
+    assert attempt_job(one) == "succeeded", job_row(one).error
+    assert attempt_job(two) == "succeeded", job_row(two).error
     for (_, expected), (_, loss) in zip(checkpoints(one), checkpoints(two), strict=True):
         assert loss == pytest.approx(expected, rel=0.02)

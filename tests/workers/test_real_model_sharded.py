@@ -21,7 +21,7 @@ from app.services import jobs as service
 from tests.real_model import MODEL_NAME, cached_model, install_model
 from tests.workers.conftest import job_row
 from tests.workers.test_real_model import LAYER_PARAMS, check_gqa_shapes
-from workers.tasks import execute_job
+from workers.attempt import attempt_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("real-model")]
 
@@ -72,7 +72,7 @@ def test_real_model_on_a_tokenised_dataset_trains_on_two_processes(sqlite_url: s
     )
     with session_scope() as session:
         job_id = service.submit(session, request)[0].id
-    assert execute_job(job_id) == "succeeded", job_row(job_id).error
+    assert attempt_job(job_id) == "succeeded", job_row(job_id).error
     job = job_row(job_id)
     measured = job.measured
     assert abs(measured["rho"] - 0.25) <= LAYER_PARAMS / measured["n0"]

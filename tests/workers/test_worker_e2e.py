@@ -107,7 +107,7 @@ def test_worker_runs_a_job_end_to_end_on_redis(
 
 def expected_checkpoint_tokens(job: JobRequest) -> list[int]:
     """The tokens at which the pipeline evaluates this request (its log-spaced steps)."""
-    from workers.ml.pipeline import checkpoint_steps
+    from workers.ml.job import checkpoint_steps
 
     total_steps = max(1, round(job.tokens / STEP_TOKENS))
     return [step * STEP_TOKENS for step in checkpoint_steps(total_steps, job.checkpoints)]

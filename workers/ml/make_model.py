@@ -208,7 +208,7 @@ def make_model(
         bar.update(every)
         bar.set_postfix(loss=f"{trainer.pop_train_loss():.3f}")  # one sync per `every` steps
 
-    trainer.run(total_steps, on_step=on_step, every=every)
+    trainer.train_until(total_steps, on_step=on_step, every=every)
     bar.update(total_steps - bar.n)
     bar.close()
     loss, stderr = eval_loss(

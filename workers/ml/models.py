@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -44,8 +45,11 @@ __all__ = [
     "decoder_layers_owner",
     "layer_parts",
     "load_causal_lm",
+    "load_tokenizer",
+    "model_from_config",
     "parameter_breakdown",
     "prunable_linears",
+    "save_model_files",
     "save_pretrained",
 ]
 
@@ -324,6 +328,36 @@ def load_causal_lm(
     nn.Module.to(model, torch.device(device))
     nn.Module.eval(model)
     return model, tokenizer
+
+
+def model_from_config(
+    config: Path | PretrainedConfig, *, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
+    """A model of the architecture of ``config`` (or of ``config/config.json``), its weights not
+    yet loaded (a saved training state, or a gathered state dict, fills them in)."""
+    if not isinstance(config, PretrainedConfig):
+        config = AutoConfig.from_pretrained(config, local_files_only=True)
+    model: PreTrainedModel = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]
+        config, dtype=dtype
+    )
+    return model
+
+
+def load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``directory``."""
+    tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+        directory, local_files_only=True
+    )
+    return tokenizer
+
+
+def save_model_files(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path
+) -> None:
+    """The model's configuration and the tokenizer, without weights, into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
 
 
 def save_pretrained(

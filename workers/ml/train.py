@@ -166,7 +166,7 @@ class Trainer:
         """Training tokens seen so far: sequences x seq_len."""
         return self.step * self.tokens_per_step
 
-    def run(
+    def train_until(
         self, until_step: int, *, on_step: Callable[[int], None] | None = None, every: int = 10
     ) -> None:
         """Step until `self.step == until_step`, calling `on_step(step)` every `every` steps."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,18 +14,16 @@ from app.core.paths import JobPaths
 from app.schemas.jobs import JobRequest
 from tests.workers.ml.pipeline_helpers import write_model_and_corpus
 from workers.ml import data
+from workers.ml.checkpoint import COMPLETE, latest_complete_state
 from workers.ml.evaluate import eval_loss
-from workers.ml.pipeline import (
-    COMPLETE,
+from workers.ml.job import (
     CheckpointPoint,
     Decision,
     JobSpec,
     Measured,
-    below_l0,
-    checkpoint_steps,
-    latest_complete_state,
-    run_pipeline,
+    PipelineError,
 )
+from workers.ml.pipeline import prune_and_post_train
 
 torch.set_num_threads(1)
 
@@ -88,7 +84,7 @@ def _spec(
     tokens: int = 24 * TOKENS_PER_STEP,
     **fields: object,
 ) -> JobSpec:
-    """A job spec the way the worker builds one: a validated request, then from_request."""
+    """A job spec the way the worker builds one: a validated request, then JobSpec.build."""
     model_dir, corpus = assets
     request = JobRequest.model_validate(
         {
@@ -107,41 +103,16 @@ def _spec(
             **fields,
         }
     )
-    return JobSpec.from_request(request, JobPaths(str(model_dir), corpus, None))
-
-
-def test_checkpoints_are_log_spaced_whole_steps_ending_at_the_total() -> None:
-    steps = checkpoint_steps(10_000, 12)
-    assert steps[0] == 10 and steps[-1] == 10_000 and len(steps) == 12
-    ratios = [b / a for a, b in itertools.pairwise(steps)]
-    assert max(ratios) / min(ratios) < 1.05
-    assert checkpoint_steps(5, 12) == [1, 2, 3, 4, 5]
-    assert checkpoint_steps(7, 1) == [7]
-
-
-def test_losses_below_l0_by_more_than_twice_the_eval_noise_are_marked() -> None:
-    m = Measured(
-        n0=10,
-        n_after=8,
-        rho=0.2,
-        l0=3.0,
-        loss_after_prune=3.5,
-        protocol="p",
-        eval_noise=0.01,
-        schedule="constant",
-        details={},
-    )
-    assert below_l0(2.99, m) == (False, None)
-    assert below_l0(2.981, m)[0] is False
-    flagged, note = below_l0(2.97, m)
-    assert flagged and note is not None and "not converged" in note
+    return JobSpec.build(request, JobPaths(str(model_dir), corpus, None), cuda=False)
 
 
 @pytest.mark.parametrize("method", ["depth", "2:4"])
 def test_job_end_to_end(assets: tuple[Path, Path], tmp_path: Path, method: str) -> None:
     spec = _spec(assets, method=method, rho=0.25 if method == "depth" else 0.2)
     hooks = Recorder()
-    out = run_pipeline(spec, workdir=tmp_path / "work", artifact_dir=tmp_path / "art", hooks=hooks)
+    out = prune_and_post_train(
+        spec, workdir=tmp_path / "work", artifact_dir=tmp_path / "art", hooks=hooks
+    )
 
     assert out.status == "succeeded" and out.reason is None
     m = out.measured
@@ -187,13 +158,15 @@ def test_crash_after_a_checkpoint_resumes_there_and_matches_an_uninterrupted_run
     assets: tuple[Path, Path], tmp_path: Path
 ) -> None:
     spec = _spec(assets)
-    reference = run_pipeline(
+    reference = prune_and_post_train(
         spec, workdir=tmp_path / "ref", artifact_dir=tmp_path / "ref-art", hooks=Recorder()
     )
 
     work = tmp_path / "work"
     with pytest.raises(CrashError):
-        run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "art", hooks=Recorder(crash_at=3))
+        prune_and_post_train(
+            spec, workdir=work, artifact_dir=tmp_path / "art", hooks=Recorder(crash_at=3)
+        )
     saved = latest_complete_state(work)
     assert saved is not None and saved.name.endswith(f"{5:012d}")
     # A half-written later state (no COMPLETE marker) must be ignored.
@@ -202,9 +175,9 @@ def test_crash_after_a_checkpoint_resumes_there_and_matches_an_uninterrupted_run
     (fake / COMPLETE).unlink()
 
     hooks = Recorder()
-    # The retry may hand the model over as a Path: the same spec all the same.
-    retry = replace(spec, model=Path(spec.model))  # type: ignore[arg-type]
-    out = run_pipeline(retry, workdir=work, artifact_dir=tmp_path / "art", hooks=hooks)
+    # The retry reads the spec back from its JSON (as a rank does): the same spec all the same.
+    retry = JobSpec.model_validate_json(spec.model_dump_json())
+    out = prune_and_post_train(retry, workdir=work, artifact_dir=tmp_path / "art", hooks=hooks)
     assert hooks.resumed and hooks.resumed[0][0] == 5 * TOKENS_PER_STEP
     assert [p.tokens for p in hooks.resumed[0][1]] == [p.tokens for p in reference.points[:3]]
     assert hooks.measured == [reference.measured]
@@ -219,7 +192,7 @@ def test_crash_after_a_checkpoint_resumes_there_and_matches_an_uninterrupted_run
 
 def test_cancel_ends_without_an_artifact(assets: tuple[Path, Path], tmp_path: Path) -> None:
     hooks = Recorder(decide_at=2, decision=Decision.CANCEL)
-    out = run_pipeline(
+    out = prune_and_post_train(
         _spec(assets), workdir=tmp_path / "w", artifact_dir=tmp_path / "art", hooks=hooks
     )
     assert out.status == "cancelled" and out.artifact is None and out.reason == "cancel by test"
@@ -228,7 +201,7 @@ def test_cancel_ends_without_an_artifact(assets: tuple[Path, Path], tmp_path: Pa
 
 def test_stop_saves_the_model_trained_so_far(assets: tuple[Path, Path], tmp_path: Path) -> None:
     hooks = Recorder(decide_at=3, decision=Decision.STOP)
-    out = run_pipeline(
+    out = prune_and_post_train(
         _spec(assets), workdir=tmp_path / "w", artifact_dir=tmp_path / "art", hooks=hooks
     )
     assert out.status == "stopped_early" and out.reason == "stop by test"
@@ -241,14 +214,12 @@ def test_a_state_from_another_spec_is_not_resumed(
 ) -> None:
     spec = _spec(assets)
     with pytest.raises(CrashError):
-        run_pipeline(
+        prune_and_post_train(
             spec, workdir=tmp_path / "w", artifact_dir=tmp_path / "a", hooks=Recorder(crash_at=1)
         )
-    from workers.ml.pipeline import PipelineError
-
     with pytest.raises(PipelineError, match="different job spec"):
-        run_pipeline(
-            replace(spec, rho=0.5),
+        prune_and_post_train(
+            _spec(assets, rho=0.5),
             workdir=tmp_path / "w",
             artifact_dir=tmp_path / "a",
             hooks=Recorder(),
@@ -262,7 +233,9 @@ def _crash_after_first_checkpoint(
     spec = _spec(assets)
     work = tmp_path / "w"
     with pytest.raises(CrashError):
-        run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "a", hooks=Recorder(crash_at=1))
+        prune_and_post_train(
+            spec, workdir=work, artifact_dir=tmp_path / "a", hooks=Recorder(crash_at=1)
+        )
     saved = latest_complete_state(work)
     assert saved is not None
     return spec, work, saved
@@ -285,9 +258,10 @@ def test_a_pickle_planted_in_the_saved_state_is_refused_without_running(
 
     spec, work, saved = _crash_after_first_checkpoint(assets, tmp_path)
     marker = tmp_path / "code-ran"
-    torch.save({"0": _Planted(marker)}, saved / "trainer.pt")
+    # The checkpoint's index is a pickle that DCP would read with pickle.load.
+    (saved / "dcp" / ".metadata").write_bytes(pickle.dumps(_Planted(marker)))
     with pytest.raises(pickle.UnpicklingError):
-        run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "a", hooks=Recorder())
+        prune_and_post_train(spec, workdir=work, artifact_dir=tmp_path / "a", hooks=Recorder())
     assert not marker.exists()
 
 
@@ -300,5 +274,5 @@ def test_a_state_of_the_pickled_format_is_not_read_and_the_job_starts_over(
     meta = json.loads((saved / "meta.json").read_text())
     (saved / "meta.json").write_text(json.dumps({**meta, "format": 1}))
     hooks = Recorder()
-    out = run_pipeline(spec, workdir=work, artifact_dir=tmp_path / "a", hooks=hooks)
+    out = prune_and_post_train(spec, workdir=work, artifact_dir=tmp_path / "a", hooks=hooks)
     assert hooks.resumed == [] and out.status == "succeeded" and len(out.points) == 5

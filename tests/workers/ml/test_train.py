@@ -45,9 +45,9 @@ def test_loss_decreases_on_a_repeated_batch() -> None:
     model = tiny_llama(VOCAB)
     block = _blocks(1)
     trainer = Trainer(model, block, TrainConfig(lr=3e-3, total_steps=40, batch_size=4))
-    trainer.run(1)
+    trainer.train_until(1)
     first = trainer.pop_train_loss()
-    trainer.run(40)
+    trainer.train_until(40)
     last_steps = trainer.pop_train_loss()
     assert last_steps < first - 1.0
     assert trainer.tokens_done == 40 * 4 * 16
@@ -85,7 +85,7 @@ def test_masked_weights_stay_zero_after_every_optimizer_step() -> None:
         seen.append(bool((weight[masks_zero] == 0).all()))
 
     masks_zero = next(iter(masks.values())) == 0
-    trainer.run(6, on_step=check, every=1)
+    trainer.train_until(6, on_step=check, every=1)
     assert seen == [True] * 6
     assert (weight[~masks_zero] != 0).all()
     with pytest.raises(ValueError):
@@ -101,7 +101,7 @@ def _run(steps: int, *, grad_accum: int = 1) -> tuple[list[float], torch.Tensor]
     )
     losses = []
     for s in range(1, steps + 1):
-        trainer.run(s)
+        trainer.train_until(s)
         losses.append(trainer.pop_train_loss())
     return losses, model.lm_head.weight.detach().clone()
 
@@ -119,11 +119,11 @@ def test_state_dict_resumes_the_same_trajectory() -> None:
     full_model = tiny_llama(VOCAB, seed=2)
     cfg = TrainConfig(lr=2e-3, total_steps=6, batch_size=2, seed=4)
     full = Trainer(full_model, _blocks(), cfg)
-    full.run(6)
+    full.train_until(6)
 
     first_model = tiny_llama(VOCAB, seed=2)
     first = Trainer(first_model, _blocks(), cfg)
-    first.run(3)
+    first.train_until(3)
     state, weights = first.state_dict(), {k: v.clone() for k, v in first_model.state_dict().items()}
 
     resumed_model = tiny_llama(VOCAB, seed=99)
@@ -131,7 +131,7 @@ def test_state_dict_resumes_the_same_trajectory() -> None:
     resumed = Trainer(resumed_model, _blocks(), cfg)
     resumed.load_state_dict(state)
     assert resumed.step == 3
-    resumed.run(6)
+    resumed.train_until(6)
     for (name, a), b in zip(
         full_model.state_dict().items(), resumed_model.state_dict().values(), strict=True
     ):

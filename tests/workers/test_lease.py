@@ -1,4 +1,4 @@
-"""The pipeline hooks of ``workers.tasks`` against a real database (no model, no Celery):
+"""The pipeline hooks of ``workers.lease`` against a real database (no model, no Celery):
 observations per checkpoint, below-L0 marking, resume replacing later points, cancel, early stop,
 and a lost lease that stops the attempt from writing."""
 
@@ -14,8 +14,8 @@ from app.repositories import jobs as jobs_repo
 from app.repositories import observations as observations_repo
 from app.schemas.jobs import JobRequest
 from app.services import job_lease
-from workers.ml.pipeline import CheckpointPoint, Decision, Measured
-from workers.tasks import DbHooks, Heartbeat, LeaseLostError
+from workers.lease import DbHooks, Heartbeat, LeaseLostError
+from workers.ml.job import CheckpointPoint, Decision, Measured
 
 MEASURED = Measured(
     n0=1_000_000,

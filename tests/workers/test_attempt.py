@@ -1,4 +1,4 @@
-"""``execute_job`` in this process (no Celery): deterministic failures end the job with the
+"""``attempt_job`` in this process (no Celery): deterministic failures end the job with the
 pipeline's message instead of looping through retries."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from app.repositories import observations as observations_repo
 from app.schemas.jobs import JobRequest
 from app.services import jobs as service
 from tests.workers.conftest import job_row
-from workers.tasks import execute_job
+from workers.attempt import attempt_job
 
 pytestmark = pytest.mark.xdist_group("celery-workers")
 
@@ -49,7 +49,7 @@ def test_two_four_above_the_reachable_rho_fails_with_the_maximum(
         row = jobs_repo.get(session, job_id)
         assert row is not None
         row.request = {**row.request, "rho": 0.45}
-    assert execute_job(job_id) == "failed"
+    assert attempt_job(job_id) == "failed"
     job = job_row(job_id)
     assert job.status == "failed" and job.attempts == 1
     assert job.error is not None and "2:4" in job.error and "at most rho=" in job.error
@@ -59,7 +59,7 @@ def test_two_four_above_the_reachable_rho_fails_with_the_maximum(
 def test_a_dataset_removed_after_submission_fails_the_job(job_roots: dict[str, Path]) -> None:
     job_id = submit()
     job_roots["corpus"].unlink()
-    assert execute_job(job_id) == "failed"
+    assert attempt_job(job_id) == "failed"
     job = job_row(job_id)
     assert job.status == "failed" and "does not exist" in (job.error or "")
 
@@ -68,7 +68,7 @@ def test_a_job_already_claimed_or_finished_is_not_run_again(job_roots: dict[str,
     job_id = submit()
     with session_scope() as session:
         service.cancel(session, job_id)
-    assert execute_job(job_id) == "not claimed"
+    assert attempt_job(job_id) == "not claimed"
     assert job_row(job_id).attempts == 0
 
 
@@ -99,7 +99,7 @@ def test_a_request_stored_by_an_earlier_version_runs_with_todays_defaults(
         row = jobs_repo.get(session, job_id)
         assert row is not None
         row.request = dict(EARLIER_REQUEST)
-    assert execute_job(job_id) == "succeeded"
+    assert attempt_job(job_id) == "succeeded"
     job = job_row(job_id)
     assert job.status == "succeeded" and job.error is None
     assert job.measured is not None and job.measured["schedule"].startswith("constant")
