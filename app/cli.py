@@ -35,11 +35,12 @@ from app.law.errors import LawError
 from app.law.fitting import fit
 from app.law.forms import FORMS
 from app.law.intervals import Calibration, IntervalKind, calibrate_and_measure, runs_only
+from app.law.law import FittedLaw
 from app.law.recommend import loss_curve, recommend
 from app.law.select import SELECT_BY, Selection, select_form
-from app.law.types import Dataset, FitResult, Protocol, Rule
+from app.law.types import Dataset, FitResult, HoldOut, Rule
 
-PROTOCOLS: tuple[Protocol, ...] = ("D", "N0", "rho")
+HOLD_OUTS: tuple[HoldOut, ...] = ("D", "N0", "rho")
 RULES: tuple[Rule, ...] = ("marginal", "gap", "target")
 
 
@@ -147,20 +148,20 @@ def _coverage_table(calibration: Calibration) -> str:
     return "interval coverage (held-out points inside the interval):\n" + "\n".join(lines)
 
 
-def _law_of(
-    args: argparse.Namespace,
-) -> tuple[str, dict[str, float], list[dict[str, float]], Calibration | None]:
+def _law_of(args: argparse.Namespace) -> FittedLaw:
     """The law a predict/recommend command uses: a fit file (with its refits and calibration),
     or inline `--param NAME=VALUE`."""
+    from app.services.convert import fitted_law
+
     if args.fit:
         document = json.loads(Path(args.fit).read_text(encoding="utf-8"))
         refits = document.get("refits")
         raw = document.get("calibration")
-        return (
+        return fitted_law(
             str(document.get("form", "p2")),
             {k: float(v) for k, v in document["params"].items()},
-            list(refits) if isinstance(refits, list) else [],
-            Calibration.from_dict(raw) if isinstance(raw, dict) else None,
+            refits=refits if isinstance(refits, list) else (),
+            calibration=raw if isinstance(raw, dict) else None,
         )
     if not args.param:
         raise LawError("give a law: --fit FILE (from `p2law fit`) or --param NAME=VALUE …")
@@ -170,14 +171,14 @@ def _law_of(
         if not sep:
             raise LawError(f"--param takes NAME=VALUE, got {item!r}")
         params[name.strip()] = float(value)
-    return args.form, params, [], None
+    return fitted_law(args.form, params)
 
 
-def _kind(args: argparse.Namespace, calibration: Calibration | None) -> IntervalKind:
+def _kind(args: argparse.Namespace, law: FittedLaw) -> IntervalKind:
     """The interval kind asked for, or the confidence kind (with a note) when the fit file has
     no calibrated prediction interval."""
     kind: IntervalKind = args.interval_kind
-    if kind == "prediction" and (calibration is None or not calibration.has_pools):
+    if kind == "prediction" and not law.calibrated:
         print(
             "note: no calibrated prediction interval in this fit file; the confidence interval "
             "is shown",
@@ -188,19 +189,16 @@ def _kind(args: argparse.Namespace, calibration: Calibration | None) -> Interval
 
 
 def _predict_command(args: argparse.Namespace) -> int:
-    form, params, refits, calibration = _law_of(args)
+    law = _law_of(args)
     tokens = np.asarray(args.tokens, dtype=np.float64)
     loss, lower, upper = loss_curve(
-        form,
-        params,
+        law,
         n0=args.n0,
         rho=args.rho,
         l0=args.l0,
         tokens=tokens,
-        refits=refits or None,
-        level=args.interval if refits else None,
-        calibration=calibration,
-        kind=_kind(args, calibration) if refits else "prediction",
+        level=args.interval if law.refits else None,
+        kind=_kind(args, law) if law.refits else "prediction",
     )
     print(
         f"{'tokens':>14}{'loss':>12}" + (f"{'lower':>12}{'upper':>12}" if lower is not None else "")
@@ -214,10 +212,9 @@ def _predict_command(args: argparse.Namespace) -> int:
 
 
 def _recommend_command(args: argparse.Namespace) -> int:
-    form, params, refits, calibration = _law_of(args)
+    law = _law_of(args)
     answer = recommend(
-        form,
-        params,
+        law,
         n0=args.n0,
         rho=args.rho,
         l0=args.l0,
@@ -225,10 +222,8 @@ def _recommend_command(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         target_loss=args.target_loss,
         max_tokens=args.max_tokens,
-        refits=refits or None,
-        level=args.interval if refits else None,
-        calibration=calibration,
-        kind=_kind(args, calibration) if refits else "prediction",
+        level=args.interval if law.refits else None,
+        kind=_kind(args, law) if law.refits else "prediction",
     )
     print(
         f"tokens          {answer.tokens:.6g}"
@@ -373,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit_p.add_argument("--family")
     fit_p.add_argument("--method")
-    fit_p.add_argument("--holdout", choices=PROTOCOLS, help="generalisation protocol (§6)")
+    fit_p.add_argument("--holdout", choices=HOLD_OUTS, help="generalisation protocol (§6)")
     fit_p.add_argument("--bootstrap", type=int, default=0, help="refits (resampling runs)")
     fit_p.add_argument(
         "--interval", type=float, default=0.8, help="level of the measured interval coverage"

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
+from app.law.forms import get_form
+from app.law.law import FittedLaw
 from app.law.recommend import recommend
 from app.law.select import P2_TIE_RTOL
 from app.law.synthetic import SYNTHETIC_P2, make_rows
@@ -64,7 +66,8 @@ def test_recommend_with_inline_params_matches_the_law(capsys: pytest.CaptureFixt
     ]
     argv += [f"--param={k}={v}" for k, v in params.items()]
     assert main(argv) == 0
-    expected = recommend("p2", params, n0=1e9, rho=0.25, l0=2.5, rule="marginal", threshold=0.05)
+    law = FittedLaw(get_form("p2"), params)
+    expected = recommend(law, n0=1e9, rho=0.25, l0=2.5, rule="marginal", threshold=0.05)
     printed = float(capsys.readouterr().out.split()[1])
     assert printed == pytest.approx(expected.tokens, rel=1e-5)
 

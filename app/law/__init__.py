@@ -1,14 +1,16 @@
 """The P² law engine: forms, fitting, metrics, bootstrap, recommendations and planning.
 
-Pure science on numpy and scipy (a test asserts that importing it pulls in no web, database or
-torch module). Raw counts in (n0 in parameters, tokens in tokens); each form converts to its own
-units (docs/law.md §1).
+Pure science on numpy and scipy, with threadpoolctl to keep BLAS at one thread while it
+optimises (a test asserts that importing it pulls in no web, database or torch module). Raw
+counts in (n0 in parameters, tokens in tokens); each form converts to its own units
+(docs/law.md §1).
 """
 
 from app.law.bootstrap import predict_interval, refit_runs
 from app.law.errors import LawError, NotEnoughData, UnknownForm, UnreachableTarget
 from app.law.fitting import fit
 from app.law.forms import DEFAULT_FORM, FORMS, Form, get_form, register
+from app.law.law import FittedLaw
 from app.law.metrics import asd, evaluate, split
 from app.law.plan import PlanCandidate, PlanOption, PlanResult, plan
 from app.law.ranges import from_dataset, warnings_for
@@ -17,8 +19,8 @@ from app.law.types import (
     Dataset,
     Features,
     FitResult,
+    HoldOut,
     Metrics,
-    Protocol,
     Ranges,
     Recommendation,
     Rule,
@@ -30,14 +32,15 @@ __all__ = [
     "Dataset",
     "Features",
     "FitResult",
+    "FittedLaw",
     "Form",
+    "HoldOut",
     "LawError",
     "Metrics",
     "NotEnoughData",
     "PlanCandidate",
     "PlanOption",
     "PlanResult",
-    "Protocol",
     "Ranges",
     "Recommendation",
     "Rule",

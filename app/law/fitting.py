@@ -19,7 +19,7 @@ from app.law.forms import Form, get_form
 from app.law.metrics import evaluate, split
 from app.law.objective import HUBER_DELTA, huber, huber_slope
 from app.law.ranges import from_dataset
-from app.law.types import Dataset, FitResult, FloatArray, Protocol
+from app.law.types import Dataset, FitResult, FloatArray, HoldOut
 
 # The optimiser sees the objective divided by δ: a point in the linear Huber region then
 # contributes |r| − δ/2 (order 1e-2, not 1e-5), so L-BFGS-B's relative stopping test is not
@@ -213,7 +213,7 @@ def fit(
     form: str,
     data: Dataset,
     *,
-    holdout: Protocol | None = None,
+    holdout: HoldOut | None = None,
     warm_start: Mapping[str, float] | None = None,
 ) -> FitResult:
     """Fit `form` to `data` (docs/law.md §4).

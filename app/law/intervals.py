@@ -40,8 +40,9 @@ from app.law.errors import LawError, NotEnoughData
 from app.law.fitting import fit as fit_law
 from app.law.fitting import optimise
 from app.law.forms import CurveForm, Form, get_form
+from app.law.law import FittedLaw
 from app.law.metrics import RHO_TOLERANCE, evaluate, split
-from app.law.types import Dataset, Features, FitResult, FloatArray, Params, Protocol
+from app.law.types import Dataset, Features, FitResult, FloatArray, HoldOut, Params
 
 BoolArray = npt.NDArray[np.bool_]
 IntervalKind = Literal["prediction", "confidence"]
@@ -163,7 +164,7 @@ class RunKey:
 class Coverage:
     """Measured share of one protocol's held-out points inside the intervals at `level`."""
 
-    protocol: Protocol
+    protocol: HoldOut
     level: float
     prediction: float
     confidence: float | None
@@ -661,9 +662,7 @@ def continued(calibration: Calibration | None, x: Features) -> Continued:
 
 
 def forecast(
-    form: str,
-    params: Params,
-    calibration: Calibration | None,
+    law: FittedLaw,
     x: Features,
     *,
     center: FloatArray | None = None,
@@ -671,11 +670,12 @@ def forecast(
 ) -> FloatArray:
     """The law's predictions at `x`, with the gap of each point that continues a fitted run
     scaled to that run's level at its last checkpoints (docs/law.md §4). `center` (the law's
-    own predictions) and `runs` (`continued(calibration, x)`) may pass what the caller has."""
+    own predictions) and `runs` (`continued(law.calibration, x)`) may pass what the caller
+    has."""
     if center is None:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            center = get_form(form).predict(params, x)
-    shift = (runs if runs is not None else continued(calibration, x)).shift
+            center = law.form.predict(law.params, x)
+    shift = (runs if runs is not None else continued(law.calibration, x)).shift
     return anchor(center, x.l0, shift) if np.any(shift != 0) else center
 
 
@@ -712,27 +712,33 @@ class Band:
 
 
 def prediction_band(
-    center: FloatArray,
-    calibration: Calibration,
+    law: FittedLaw,
     x: Features,
     level: float,
+    *,
+    center: FloatArray | None = None,
     runs: Continued | None = None,
 ) -> Band:
-    """The prediction interval at `level` around the predicted losses `center`.
+    """The prediction interval at `level` around the law's forecast at `x` (`forecast`).
 
     Each point takes every pool that describes it (a fitted run: ``seen`` inside its tokens,
     ``D`` beyond them; otherwise ``runs``, plus ``N0``/``rho``/``D`` for each variable outside
     the fitted ranges) and the widest of their intervals: the pool's quantiles at
-    (1 ∓ level)/2 around its median, on the log scale, shifted by that median.
+    (1 ∓ level)/2 around its median, on the log scale, shifted by that median. `center` and
+    `runs` are as in `forecast`. LawError when the law has no calibration with pools.
     """
+    calibration = law.calibration
+    if calibration is None or not calibration.has_pools:
+        raise LawError("a prediction interval needs the fit's calibration")
+    runs = runs if runs is not None else continued(calibration, x)
+    forecast_loss = forecast(law, x, center=center, runs=runs)
     if not 0 < level < 1:
         raise LawError(f"an interval level must lie strictly between 0 and 1, got {level!r}")
     n = len(x)
-    log_c = np.log(center)
+    log_c = np.log(forecast_loss)
     lower = np.full(n, np.inf)
     upper = np.full(n, -np.inf)
     used = np.array([""] * n, dtype=object)
-    runs = runs if runs is not None else continued(calibration, x)
     matched, tokens_max = runs.matched, runs.tokens_max
     span = runs.span if runs.span is not None else np.full(n, MIN_LOG_SPAN)
     with np.errstate(divide="ignore"):
@@ -797,41 +803,36 @@ def prediction_band(
 
 
 def interval(
-    form: str,
-    params: Params,
-    refits: Sequence[Mapping[str, float]],
-    calibration: Calibration | None,
+    law: FittedLaw,
     x: Features,
     *,
     level: float,
     kind: IntervalKind = "prediction",
-    thetas: FloatArray | None = None,
     center: FloatArray | None = None,
     runs: Continued | None = None,
 ) -> Band:
     """The interval of `kind` at `level` for points `x` (see the module docstring).
 
-    A caller that already has them may pass `thetas`, the refits' `Form.params_matrix` (a
-    cached fit), `center`, the law's own predictions at `x`, and `runs`,
-    `continued(calibration, x)`; they are computed otherwise.
+    A caller that already has them may pass `center`, the law's own predictions at `x`, and
+    `runs`, `continued(law.calibration, x)`; they are computed otherwise. The confidence kind
+    evaluates the refits through the law's `refit_thetas`.
     Points that continue a fitted run are anchored to its level (`forecast`), band and all.
     The prediction interval does not use the refits: each pool's residuals come from refits
     without the runs they measure, so they hold the constants' uncertainty already (adding the
     bootstrap band on top over-covered continued runs of a known law: 97% at 80%).
     """
-    runs = runs if runs is not None else continued(calibration, x)
+    runs = runs if runs is not None else continued(law.calibration, x)
     if kind == "confidence":
-        if not refits:
+        if not law.refits:
             raise LawError("a confidence interval needs bootstrap refits")
-        lower, upper = predict_interval(form, refits, x, level, thetas=thetas)
+        lower, upper = predict_interval(
+            law.form.name, law.refits, x, level, thetas=law.refit_thetas
+        )
         shift = runs.shift
         if np.any(shift != 0):
             lower, upper = anchor(lower, x.l0, shift), anchor(upper, x.l0, shift)
         return Band(lower=lower, upper=upper, pools=("bootstrap",) * len(x))
-    if calibration is None or not calibration.has_pools:
-        raise LawError("a prediction interval needs the fit's calibration")
-    center = forecast(form, params, calibration, x, center=center, runs=runs)
-    return prediction_band(center, calibration, x, level, runs)
+    return prediction_band(law, x, level, center=center, runs=runs)
 
 
 # --------------------------------------------------------------------------- coverage
@@ -840,7 +841,7 @@ def interval(
 def measure_coverage(
     form: str,
     data: Dataset,
-    protocols: Sequence[Protocol] = ("D", "N0", "rho"),
+    protocols: Sequence[HoldOut] = ("D", "N0", "rho"),
     *,
     level: float = 0.8,
     bootstrap: int = 30,
@@ -866,7 +867,7 @@ def measure_coverage(
 def check_protocol(
     form: str,
     data: Dataset,
-    protocol: Protocol,
+    protocol: HoldOut,
     *,
     level: float = 0.8,
     bootstrap: int = 30,
@@ -880,11 +881,11 @@ def check_protocol(
     train, test = data.take(mask_train), data.take(mask_test)
     result = fit_law(form, train)
     refits = refit_runs(form, train, result, bootstrap, seed=seed) if bootstrap else []
-    cal = calibrate(form, train, result)
-    band = interval(form, result.params, refits, cal, test.x, level=level)
+    law = FittedLaw(get_form(form), result.params, tuple(refits), calibrate(form, train, result))
+    band = interval(law, test.x, level=level)
     conf_cov = None
     if refits:
-        conf = interval(form, result.params, refits, cal, test.x, level=level, kind="confidence")
+        conf = interval(law, test.x, level=level, kind="confidence")
         conf_cov = float(np.mean((test.loss >= conf.lower) & (test.loss <= conf.upper)))
     inside = (test.loss >= band.lower) & (test.loss <= band.upper)
     pools: dict[str, int] = {}

@@ -10,7 +10,7 @@ import numpy.typing as npt
 from app.law.errors import LawError, NotEnoughData
 from app.law.forms import get_form
 from app.law.objective import huber
-from app.law.types import Dataset, FloatArray, IntArray, Metrics, Protocol
+from app.law.types import Dataset, FloatArray, HoldOut, IntArray, Metrics
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -77,7 +77,7 @@ def _nearest(values: FloatArray, targets: tuple[float, ...]) -> tuple[IntArray, 
     return np.argmin(dist, axis=1), np.min(dist, axis=1) <= RHO_TOLERANCE
 
 
-def split(data: Dataset, protocol: Protocol) -> tuple[BoolArray, BoolArray]:
+def split(data: Dataset, protocol: HoldOut) -> tuple[BoolArray, BoolArray]:
     """Train and test masks of a generalisation protocol (docs/law.md §6).
 
     - ``D``: the first 80% of each run's checkpoints by D (at least one) fit, the rest test;

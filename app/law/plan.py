@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.law.bootstrap import predict_interval
 from app.law.errors import LawError
-from app.law.forms import get_form
-from app.law.intervals import Calibration, interval
+from app.law.intervals import IntervalKind, interval
+from app.law.law import FittedLaw
 from app.law.types import Features, FloatArray
 
 DEFAULT_RHO_GRID: tuple[float, ...] = tuple(
@@ -22,14 +22,13 @@ DEFAULT_TOKEN_STEPS = 13
 
 @dataclass(frozen=True)
 class PlanCandidate:
-    """A pruning method with its fitted law (and bootstrap refits for intervals)."""
+    """A pruning method with its fitted law, and the kind of interval its options get: the
+    prediction interval where the law is calibrated, else (or with "confidence") the
+    percentile interval of its refits' predictions."""
 
     method: str
-    form: str
-    params: Mapping[str, float]
-    refits: Sequence[Mapping[str, float]] | None = None
-    calibration: Calibration | None = None
-    thetas: FloatArray | None = None  # the refits as `Form.params_matrix`, when kept
+    law: FittedLaw
+    kind: IntervalKind = "prediction"
 
 
 @dataclass(frozen=True)
@@ -75,8 +74,9 @@ def plan(
       considered; the default D grid is 13 log-spaced values from budget/1000 to the budget.
     - Every option is predicted with its method's law; options are ranked by predicted loss,
       ties broken by fewer tokens, then by larger ρ (a smaller model). `best` is the first.
-    - With `level`, `lower`/`upper` are a candidate's prediction interval when it has a
-      calibration, else the percentile interval of its refits' predictions (None without either).
+    - With `level`, `lower`/`upper` are a candidate's prediction interval when its law is
+      calibrated and its kind is "prediction", else the percentile interval of its refits'
+      predictions (None without either).
     - At most `max_options` options are returned (the best ones).
     """
     if not candidates:
@@ -107,16 +107,17 @@ def plan(
     )
     options: list[PlanOption] = []
     for cand in candidates:
-        loss = get_form(cand.form).predict(cand.params, x)
+        law = cand.law
+        loss = law.form.predict(law.params, x)
         lower: FloatArray | None = None
         upper: FloatArray | None = None
-        if level is not None and cand.calibration is not None and cand.calibration.has_pools:
-            band = interval(
-                cand.form, cand.params, cand.refits or [], cand.calibration, x, level=level
-            )
+        if level is not None and cand.kind == "prediction" and law.calibrated:
+            band = interval(law, x, level=level)
             lower, upper = band.lower, band.upper
-        elif level is not None and cand.refits:
-            lower, upper = predict_interval(cand.form, cand.refits, x, level, thetas=cand.thetas)
+        elif level is not None and law.refits:
+            lower, upper = predict_interval(
+                law.form.name, law.refits, x, level, thetas=law.refit_thetas
+            )
         for i in range(rho_col.size):
             options.append(
                 PlanOption(

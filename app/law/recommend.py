@@ -12,7 +12,6 @@ first crossing is refined by Brent's method on log D. `max_tokens` caps any answ
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,8 @@ from scipy.optimize import brentq
 from app.law.bootstrap import percentile_interval
 from app.law.errors import LawError, UnreachableTarget
 from app.law.forms import Form, get_form
-from app.law.intervals import Calibration, IntervalKind, anchor, continued, forecast, interval
+from app.law.intervals import IntervalKind, anchor, continued, forecast, interval
+from app.law.law import FittedLaw
 from app.law.types import Features, FloatArray, Params, Recommendation, Rule
 
 # The search range of the numeric path: one token to 1e15 tokens (far beyond any recovery run).
@@ -155,8 +155,7 @@ def _numeric_tokens(problem: _Problem, floor: float) -> float:
 
 
 def recommend(
-    form: str,
-    params: Params,
+    law: FittedLaw,
     *,
     n0: float,
     rho: float,
@@ -165,17 +164,15 @@ def recommend(
     threshold: float | None = None,
     target_loss: float | None = None,
     max_tokens: float | None = None,
-    refits: Sequence[Mapping[str, float]] | None = None,
     level: float | None = None,
-    calibration: Calibration | None = None,
     kind: IntervalKind = "prediction",
 ) -> Recommendation:
     """The tokens a rule asks for (docs/law.md §7), the loss predicted there and the floor.
 
-    `max_tokens` caps the answer (``capped=True``). With `refits` and `level`, the rule is
-    applied to every refit and ``tokens_interval`` holds the percentile interval; refits for which
-    a target is unreachable, or a rule is not met below 1e15 tokens without a cap, are left out
-    (None when none remain). With a `calibration` holding residual pools and `kind`
+    `max_tokens` caps the answer (``capped=True``). With `level` and the law's refits, the
+    rule is applied to every refit and ``tokens_interval`` holds the percentile interval; refits
+    for which a target is unreachable, or a rule is not met below 1e15 tokens without a cap, are
+    left out (None when none remain). With a calibration holding residual pools and `kind`
     "prediction", the `target` rule's interval is instead where the prediction band's lower
     and upper edges reach the target: the tokens within which a run's loss reaches it
     (docs/law.md §4); `marginal` and `gap` are properties of the mean curve and keep the
@@ -183,7 +180,7 @@ def recommend(
     run's level at its last checkpoints (`app.law.intervals.forecast`): every rule then asks
     the law for the correspondingly scaled value.
     """
-    law = get_form(form)
+    form, params, calibration = law.form.name, law.params, law.calibration
     asked = _rule_value(rule, threshold, target_loss)
     if max_tokens is not None and (not np.isfinite(max_tokens) or max_tokens <= 0):
         raise LawError("max_tokens must be positive and finite")
@@ -204,18 +201,13 @@ def recommend(
         )
     x = _point(n0, rho, l0, np.array([tokens]))
     shifts, l0s = np.array([shift]), np.array([l0])
-    predicted = float(anchor(law.predict(params, x), l0s, shifts)[0])
-    floor = float(anchor(law.floor(params, x), l0s, shifts)[0])
+    predicted = float(anchor(law.form.predict(params, x), l0s, shifts)[0])
+    floor = float(anchor(law.form.floor(params, x), l0s, shifts)[0])
     tokens_interval = None
     notes: tuple[str, ...] = ()
-    banded = calibration is not None and calibration.has_pools and kind == "prediction"
-    if banded and level is not None and rule == "target":
-        assert calibration is not None
+    if law.calibrated and kind == "prediction" and level is not None and rule == "target":
         tokens_interval, notes = band_tokens(
-            form,
-            params,
-            refits or [],
-            calibration,
+            law,
             n0=n0,
             rho=rho,
             l0=l0,
@@ -224,9 +216,9 @@ def recommend(
             level=level,
             max_tokens=max_tokens,
         )
-    elif refits and level is not None:
+    elif law.refits and level is not None:
         samples: list[float] = []
-        for p in refits:
+        for p in law.refits:
             try:
                 t = solve_tokens(form, p, n0=n0, rho=rho, l0=l0, rule=rule, value=value)
             except UnreachableTarget:
@@ -269,10 +261,7 @@ def _first_crossing(log_t: FloatArray, values: FloatArray, target: float) -> flo
 
 
 def band_tokens(
-    form: str,
-    params: Params,
-    refits: Sequence[Mapping[str, float]],
-    calibration: Calibration,
+    law: FittedLaw,
     *,
     n0: float,
     rho: float,
@@ -282,7 +271,8 @@ def band_tokens(
     level: float,
     max_tokens: float | None,
 ) -> tuple[tuple[float, float] | None, tuple[str, ...]]:
-    """Tokens at which the prediction band's lower and upper edges reach `target`.
+    """Tokens at which the law's prediction band's lower and upper edges reach `target` (the
+    law needs a calibration with residual pools).
 
     The band is evaluated on a log grid of ±4 decades around `around`. When the upper edge does
     not reach the target there (or below `max_tokens`) the interval is open above (its upper end
@@ -294,7 +284,7 @@ def band_tokens(
     bottom = max(MIN_TOKENS, min(around, top) / 10.0**_BAND_DECADES)
     n = max(2, int(np.ceil(np.log10(top / bottom) * _BAND_POINTS_PER_DECADE)) + 1)
     grid = np.geomspace(bottom, top, n)
-    band = interval(form, params, refits, calibration, _point(n0, rho, l0, grid), level=level)
+    band = interval(law, _point(n0, rho, l0, grid), level=level)
     log_t = np.log(grid)
     low = _first_crossing(log_t, band.lower, target)
     high = _first_crossing(log_t, band.upper, target)
@@ -315,33 +305,27 @@ def band_tokens(
 
 
 def loss_curve(
-    form: str,
-    params: Params,
+    law: FittedLaw,
     *,
     n0: float,
     rho: float,
     l0: float,
     tokens: FloatArray,
-    refits: Sequence[Mapping[str, float]] | None = None,
     level: float | None = None,
-    calibration: Calibration | None = None,
     kind: IntervalKind = "prediction",
-    thetas: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray | None, FloatArray | None]:
     """Predicted loss over `tokens` for one (n0, ρ, L0), with a band when `level` is given:
-    the prediction band with a `calibration` holding pools and `kind` "prediction", else the
-    refits' percentile band (else None; `thetas`: the refits' matrix when the caller keeps
-    one). A run the fit saw keeps its own level (`recommend`)."""
+    the prediction band when the law is calibrated and `kind` is "prediction", else the
+    refits' percentile band (else None). A run the fit saw keeps its own level
+    (`recommend`)."""
     x = _point(n0, rho, l0, tokens)
-    loss = forecast(form, params, calibration, x)
+    loss = forecast(law, x)
     if level is None:
         return loss, None, None
-    if kind == "prediction" and calibration is not None and calibration.has_pools:
-        band = interval(form, params, refits or [], calibration, x, level=level)
-    elif refits:
-        band = interval(
-            form, params, refits, calibration, x, level=level, kind="confidence", thetas=thetas
-        )
+    if kind == "prediction" and law.calibrated:
+        band = interval(law, x, level=level)
+    elif law.refits:
+        band = interval(law, x, level=level, kind="confidence")
     else:
         return loss, None, None
     return loss, band.lower, band.upper

@@ -19,7 +19,9 @@ IntArray = npt.NDArray[np.int64]
 Params = Mapping[str, float]
 
 Rule = Literal["marginal", "gap", "target"]
-Protocol = Literal["D", "N0", "rho"]
+#: Which generalisation check holds data out (docs/law.md §6): not the evaluation-set
+#: `protocol` every observation records (docs/law.md §3).
+HoldOut = Literal["D", "N0", "rho"]
 
 
 @dataclass(frozen=True)

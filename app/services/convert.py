@@ -12,6 +12,9 @@ import numpy as np
 
 from app.core.errors import Unprocessable
 from app.db.models.fit import Fit
+from app.law.forms import get_form
+from app.law.intervals import Calibration
+from app.law.law import FittedLaw
 from app.law.types import Features, FloatArray, Metrics, Ranges
 
 
@@ -56,6 +59,36 @@ def ranges_from_dict(data: Mapping[str, Any]) -> Ranges:
         families=tuple(data.get("families", ())),
         methods=tuple(data.get("methods", ())),
         protocols=tuple(data.get("protocols", ())),
+    )
+
+
+def fitted_law(
+    form: str,
+    params: Mapping[str, float],
+    *,
+    refits: Sequence[Mapping[str, float]] = (),
+    calibration: Mapping[str, Any] | None = None,
+    ranges: Mapping[str, Any] | None = None,
+) -> FittedLaw:
+    """A law as it is stored (a fit row's columns, a fit file's keys) or sent inline (a form and
+    parameters only) as one `FittedLaw`: refits, calibration and ranges parsed once."""
+    return FittedLaw(
+        form=get_form(form),
+        params=dict(params),
+        refits=tuple(dict(p) for p in refits),
+        calibration=Calibration.from_dict(calibration) if calibration else None,
+        ranges=ranges_from_dict(ranges) if ranges else None,
+    )
+
+
+def law_of_fit(fit: Fit) -> FittedLaw:
+    """A stored fit's law: its form, parameters, bootstrap refits, calibration and ranges."""
+    return fitted_law(
+        fit.form,
+        fit.params,
+        refits=fit.bootstrap or (),
+        calibration=fit.calibration,
+        ranges=fit.ranges,
     )
 
 

@@ -16,7 +16,7 @@ from app.law.fitting import fit as fit_law
 from app.law.forms import get_form
 from app.law.intervals import calibrate, calibrate_and_measure, runs_only
 from app.law.select import SelectBy, select_form
-from app.law.types import Dataset, FitResult, Protocol
+from app.law.types import Dataset, FitResult, HoldOut
 from app.repositories import fits as repo
 from app.repositories import observations as observations_repo
 from app.services.convert import finite_or_none, metrics_dict
@@ -63,7 +63,7 @@ def create_fit(
     method: str | None = None,
     run_ids: Sequence[str] | None = None,
     bootstrap: int = 0,
-    holdout: Protocol | None = None,
+    holdout: HoldOut | None = None,
     make_default: bool = False,
     include_excluded: bool = False,
     seed: int = 0,
@@ -111,7 +111,7 @@ def compute_fit(
     method: str | None,
     run_ids: Sequence[str] | None = None,
     bootstrap: int = 0,
-    holdout: Protocol | None = None,
+    holdout: HoldOut | None = None,
     include_excluded: bool = False,
     seed: int = 0,
     interval: float = DEFAULT_COVERAGE_LEVEL,

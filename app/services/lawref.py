@@ -3,11 +3,12 @@ inline law.
 
 Stored fits never change after they are written (only their default flag does) and their ids
 are random and never reused, so what a prediction needs from a fit is parsed once and kept in a
-per-process LRU by id (`fit_cache`): form, parameters, refits (as dicts and as one matrix),
-ranges, calibration, selection. Which fit a request names is still read from the database on
-every request, as one indexed query for the id alone: the database is the only place every
-worker process sees, so a new default answers the very next request in every worker, and a fit
-that is no longer there is never answered from the cache.
+per-process LRU by id (`fit_cache`): the fitted law (`FittedLaw`: form, parameters, refits as
+dicts and as one matrix, calibration, ranges) and the fit's selection. Which fit a request
+names is still read from the database on every request, as one indexed query for the id alone:
+the database is the only place every worker process sees, so a new default answers the very
+next request in every worker, and a fit that is no longer there is never answered from the
+cache.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -23,13 +24,10 @@ from sqlalchemy.orm import Session
 from app.core.errors import NotFound, Unprocessable
 from app.db.models.fit import Fit
 from app.db.session import session_scope
-from app.law.errors import LawError
-from app.law.forms import Form, get_form
-from app.law.intervals import Calibration
-from app.law.types import FloatArray, Ranges
+from app.law.law import FittedLaw
 from app.repositories import fits as fits_repo
 from app.schemas.predict import LawChoice
-from app.services.convert import ranges_from_dict
+from app.services.convert import fitted_law, law_of_fit
 
 #: Fits kept in memory; each holds its bootstrap refits (up to 1,000 small dicts).
 CACHE_SIZE = 128
@@ -37,21 +35,14 @@ CACHE_SIZE = 128
 
 @dataclass(frozen=True)
 class LawRef:
-    """A law ready to evaluate, with what it was fitted on when it is a stored fit."""
+    """A law ready to evaluate, with the stored fit it comes from (None for an inline law)."""
 
-    form: Form
-    params: Mapping[str, float]
+    law: FittedLaw
     fit_id: str | None = None
     family: str | None = None
     method: str | None = None
     protocol: str | None = None
-    refits: tuple[Mapping[str, float], ...] = ()
-    ranges: Ranges | None = None
-    calibration: Calibration | None = None
     selection: Mapping[str, Any] | None = None
-    #: The refits as one read-only (refits, p) matrix of fit vectors (`Form.params_matrix`),
-    #: converted and checked once; None without refits or for a form that predicts set by set.
-    refit_thetas: FloatArray | None = field(default=None, compare=False, repr=False)
 
 
 class _FitCache:
@@ -93,35 +84,15 @@ class _FitCache:
 fit_cache = _FitCache(CACHE_SIZE)
 
 
-def _refit_thetas(form: Form, refits: tuple[Mapping[str, float], ...]) -> FloatArray | None:
-    if not refits:
-        return None
-    try:
-        thetas = form.params_matrix(refits)
-    except LawError:
-        # A refit the form refuses: predicting from the dicts raises the same error, per request.
-        return None
-    if thetas is not None:
-        thetas.setflags(write=False)
-    return thetas
-
-
 def law_from_fit(fit: Fit) -> LawRef:
     """A stored fit as a `LawRef`, parsed once (and remembered by id)."""
-    form = get_form(fit.form)
-    refits = tuple(dict(p) for p in (fit.bootstrap or []))
     ref = LawRef(
-        form=form,
-        params=dict(fit.params),
+        law=law_of_fit(fit),
         fit_id=fit.id,
         family=fit.family,
         method=fit.method,
         protocol=fit.protocol,
-        refits=refits,
-        ranges=ranges_from_dict(fit.ranges) if fit.ranges else None,
-        calibration=Calibration.from_dict(fit.calibration) if fit.calibration else None,
         selection=dict(fit.selection) if fit.selection else None,
-        refit_thetas=_refit_thetas(form, refits),
     )
     fit_cache.put(ref)
     return ref
@@ -177,9 +148,9 @@ def resolve_law(choice: LawChoice, session: Session | None = None) -> LawRef:
     without one); its content comes from the cache after the first request.
     """
     if choice.law is not None:
-        form = get_form(choice.law.form)
-        form.check_params(choice.law.params)
-        return LawRef(form=form, params=dict(choice.law.params))
+        law = fitted_law(choice.law.form, choice.law.params)
+        law.form.check_params(law.params)
+        return LawRef(law=law)
     if choice.fit_id is None and (choice.family is None or choice.method is None):
         raise Unprocessable(
             "choose a law: give `fit_id` (a stored fit), `law` ({form, params} inline), or "

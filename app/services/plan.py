@@ -62,26 +62,14 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
             f"no method to plan with: family {request.family!r} has default fits for: {have}; "
             "create fits with POST /fits (make_default=true)"
         )
-    asked = request.interval is not None
-    kinds = {m: interval_kind_for(available[m], request.interval_kind, []) for m in chosen}
-    candidates = [
-        PlanCandidate(
-            method=m,
-            form=available[m].form.name,
-            params=available[m].params,
-            refits=list(available[m].refits) if asked else None,
-            calibration=available[m].calibration if asked and kinds[m] == "prediction" else None,
-            thetas=available[m].refit_thetas if asked else None,
-        )
-        for m in chosen
-    ]
-    if asked:
-        bare = [m for m in chosen if not available[m].refits]
+    laws = {m: available[m].law for m in chosen}
+    kinds = {m: interval_kind_for(laws[m], request.interval_kind, []) for m in chosen}
+    candidates = [PlanCandidate(method=m, law=laws[m], kind=kinds[m]) for m in chosen]
+    if request.interval is not None:
+        bare = [m for m in chosen if not laws[m].refits]
         if bare:
             warnings.append(f"no interval for {', '.join(bare)}: those fits have no bootstrap")
-        uncalibrated = [
-            m for m in chosen if available[m].refits and kinds[m] != request.interval_kind
-        ]
+        uncalibrated = [m for m in chosen if laws[m].refits and kinds[m] != request.interval_kind]
         if uncalibrated:
             warnings.append(f"{', '.join(uncalibrated)}: {UNCALIBRATED}")
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -104,6 +92,6 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
     best = options[0] if options else None
     if best is not None:
         x = features([request.n0], [best["rho"]], [request.l0], [best["tokens"]])
-        for w in range_warnings(available[best["method"]], x, family=request.family):
+        for w in range_warnings(laws[best["method"]], x, family=request.family):
             warnings.append(f"{best['method']}: {w}")
     return {"options": options, "best": best, "methods": chosen, "warnings": warnings}

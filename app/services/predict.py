@@ -11,6 +11,7 @@ from app.core.config import get_settings
 from app.core.errors import PayloadTooLarge
 from app.law.intervals import Continued, continuation_note, continued, forecast
 from app.law.intervals import interval as interval_band
+from app.law.law import FittedLaw
 from app.law.ranges import warnings_for
 from app.law.types import Features, FloatArray
 from app.schemas.common import IntervalKind
@@ -34,7 +35,7 @@ def request_features(request: PredictRequest) -> Features:
 
 
 def range_warnings(
-    law: LawRef, x: Features, *, family: str | None = None, method: str | None = None
+    law: FittedLaw, x: Features, *, family: str | None = None, method: str | None = None
 ) -> list[str]:
     """Warnings for points outside the data the fit saw (none for an inline law)."""
     if law.ranges is None:
@@ -49,17 +50,17 @@ UNCALIBRATED = (
 )
 
 
-def interval_kind_for(law: LawRef, kind: IntervalKind, warnings: list[str]) -> IntervalKind:
+def interval_kind_for(law: FittedLaw, kind: IntervalKind, warnings: list[str]) -> IntervalKind:
     """The kind of interval `law` can give when `kind` is asked: a prediction interval needs
     a calibrated fit, else the confidence interval is given with a warning saying so."""
-    if kind == "prediction" and (law.calibration is None or not law.calibration.has_pools):
+    if kind == "prediction" and not law.calibrated:
         warnings.append(UNCALIBRATED)
         return "confidence"
     return kind
 
 
 def interval(
-    law: LawRef,
+    law: FittedLaw,
     x: Features,
     level: float | None,
     kind: IntervalKind,
@@ -77,14 +78,10 @@ def interval(
         warnings.append(NO_REFITS)
         return None, None
     band = interval_band(
-        law.form.name,
-        law.params,
-        law.refits,
-        law.calibration,
+        law,
         x,
         level=level,
         kind=interval_kind_for(law, kind, warnings),
-        thetas=law.refit_thetas,
         center=center,
         runs=runs,
     )
@@ -93,20 +90,18 @@ def interval(
 
 
 def predict(
-    request: PredictRequest, session: Session | None = None, law: LawRef | None = None
+    request: PredictRequest, session: Session | None = None, ref: LawRef | None = None
 ) -> dict[str, Any]:
     """Predicted losses for the request's points, with interval and warnings (docs/api.md).
-    `law` is the request's law when the caller has already resolved it."""
+    `ref` is the request's law when the caller has already resolved it."""
     x = request_features(request)
-    if law is None:
-        law = resolve_law(request, session)
+    if ref is None:
+        ref = resolve_law(request, session)
+    law = ref.law
     runs = continued(law.calibration, x)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         center = law.form.predict(law.params, x)
-        loss = finite_list(
-            forecast(law.form.name, law.params, law.calibration, x, center=center, runs=runs),
-            "loss",
-        )
+        loss = finite_list(forecast(law, x, center=center, runs=runs), "loss")
     warnings = range_warnings(law, x, family=request.family, method=request.method)
     warnings += continuation_note(law.calibration, x, runs)
     lower, upper = interval(
@@ -114,7 +109,7 @@ def predict(
     )
     return {
         "form": law.form.name,
-        "fit_id": law.fit_id,
+        "fit_id": ref.fit_id,
         "loss": loss,
         "lower": lower,
         "upper": upper,

@@ -30,8 +30,9 @@ def curve_tokens(tokens: float) -> np.ndarray[Any, np.dtype[np.float64]]:
 
 def recommend(request: RecommendRequest, session: Session | None = None) -> dict[str, Any]:
     """Tokens by the request's rule, the loss there, the floor, and the curve around it."""
-    law = resolve_law(request, session)
-    refits = list(law.refits) if (request.interval is not None and law.refits) else None
+    law = resolve_law(request, session).law
+    # An interval needs refits: without them the answer has none (and says why).
+    level = request.interval if law.refits else None
     warnings: list[str] = []
     kind = request.interval_kind
     if request.interval is not None:
@@ -41,8 +42,7 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
             warnings.append(NO_REFITS)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         answer = recommend_tokens(
-            law.form.name,
-            law.params,
+            law,
             n0=request.n0,
             rho=request.rho,
             l0=request.l0,
@@ -50,26 +50,20 @@ def recommend(request: RecommendRequest, session: Session | None = None) -> dict
             threshold=request.threshold,
             target_loss=request.target_loss,
             max_tokens=request.max_tokens,
-            refits=refits,
-            level=request.interval if refits else None,
-            calibration=law.calibration,
+            level=level,
             kind=kind,
         )
         warnings.extend(answer.notes)
         tokens = finite_float(answer.tokens, "token count")
         grid = curve_tokens(tokens)
         loss, lower, upper = loss_curve(
-            law.form.name,
-            law.params,
+            law,
             n0=request.n0,
             rho=request.rho,
             l0=request.l0,
             tokens=grid,
-            refits=refits,
-            level=request.interval if refits else None,
-            calibration=law.calibration,
+            level=level,
             kind=kind,
-            thetas=law.refit_thetas,
         )
     losses = finite_list(loss, "loss on the curve")
     lows = [finite_or_none(v) for v in lower] if lower is not None else [None] * len(grid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from app.law.intervals import (
     measure_coverage,
     runs_only,
 )
+from app.law.law import FittedLaw
 from app.law.synthetic import SYNTHETIC_P2
 from app.law.types import Features
 
@@ -52,6 +54,15 @@ def make_runs(
             for t, v in zip(TOKENS, loss, strict=True)
         ]
     return rows
+
+
+def _law(
+    params: Mapping[str, float],
+    refits: Sequence[Mapping[str, float]] = (),
+    calibration: Calibration | None = None,
+) -> FittedLaw:
+    """A fitted p2 law of `params`, with its refits and calibration."""
+    return FittedLaw(get_form("p2"), params, tuple(refits), calibration)
 
 
 def fitted(rows: list[dict[str, Any]], refits: int = 20) -> tuple[Any, list[Any], Calibration]:
@@ -96,7 +107,7 @@ def test_a_query_beyond_every_bin_scales_residuals_up_never_down() -> None:
         np.full(3, 2.5),
         np.full(3, 1e9),
     )
-    band = interval("p2", LAW, [], cal, x, level=0.8)
+    band = interval(_law(LAW, [], cal), x, level=0.8)
     width = np.log(band.upper / band.lower)
     assert band.pools == ("N0", "N0", "N0")
     # Three times further than the bin: three times wider; closer: never narrower than it.
@@ -108,8 +119,8 @@ def test_calibration_survives_its_json_form() -> None:
     result, refits, cal = fitted(make_runs(np.random.default_rng(1), _grid(SIZES[:3]), "r"))
     again = Calibration.from_dict(cal.as_dict())
     x = Dataset.from_rows(make_runs(np.random.default_rng(2), [(2e9, 2.6, 0.2)], "q")).x
-    a = interval("p2", result.params, refits, cal, x, level=0.8)
-    b = interval("p2", result.params, refits, again, x, level=0.8)
+    a = interval(_law(result.params, refits, cal), x, level=0.8)
+    b = interval(_law(result.params, refits, again), x, level=0.8)
     np.testing.assert_array_equal(a.lower, b.lower)
     np.testing.assert_array_equal(a.upper, b.upper)
 
@@ -121,12 +132,12 @@ def _grid(sizes: tuple[tuple[float, float], ...]) -> list[tuple[float, float, fl
 def test_the_confidence_kind_is_the_bootstrap_percentile_band() -> None:
     result, refits, cal = fitted(make_runs(np.random.default_rng(3), _grid(SIZES[:3]), "r"))
     x = Dataset.from_rows(make_runs(np.random.default_rng(4), [(2e9, 2.6, 0.2)], "q")).x
-    conf = interval("p2", result.params, refits, cal, x, level=0.8, kind="confidence")
+    conf = interval(_law(result.params, refits, cal), x, level=0.8, kind="confidence")
     lower, upper = predict_interval("p2", refits, x, 0.8)
     np.testing.assert_allclose(conf.lower, lower)
     np.testing.assert_allclose(conf.upper, upper)
     # A new run departs from the mean curve by more than the curve's own uncertainty.
-    pred = interval("p2", result.params, refits, cal, x, level=0.8)
+    pred = interval(_law(result.params, refits, cal), x, level=0.8)
     assert np.mean(np.log(pred.upper / pred.lower)) > np.mean(np.log(conf.upper / conf.lower))
 
 
@@ -141,7 +152,7 @@ def test_each_point_takes_the_pool_of_its_question() -> None:
         np.array([first["l0"], first["l0"], 2.6, 2.2, 2.6]),
         np.array([TOKENS[3], 3e10, 1e8, 1e8, 1e8]),
     )
-    band = interval("p2", result.params, refits, cal, x, level=0.8)
+    band = interval(_law(result.params, refits, cal), x, level=0.8)
     # A fitted run inside and beyond its tokens, a new run inside the ranges, beyond N0, beyond ρ.
     assert band.pools[:3] == ("seen", "D", "runs")
     assert band.pools[3] in ("N0", "runs") and band.pools[4] in ("rho", "runs")
@@ -152,9 +163,9 @@ def test_each_point_takes_the_pool_of_its_question() -> None:
 def test_a_prediction_interval_needs_a_calibration() -> None:
     x = Features(np.array([1e9]), np.array([0.25]), np.array([2.5]), np.array([1e9]))
     with pytest.raises(LawError, match="calibration"):
-        interval("p2", LAW, [LAW], None, x, level=0.8)
+        interval(_law(LAW, [LAW], None), x, level=0.8)
     with pytest.raises(LawError, match="refits"):
-        interval("p2", LAW, [], None, x, level=0.8, kind="confidence")
+        interval(_law(LAW, [], None), x, level=0.8, kind="confidence")
 
 
 def test_80_percent_intervals_cover_70_to_90_percent_of_new_runs_of_a_known_law() -> None:
@@ -175,9 +186,9 @@ def test_80_percent_intervals_cover_70_to_90_percent_of_new_runs_of_a_known_law(
             make_runs(rng, [(n0, l0, rho) for n0, l0 in SIZES[:3] for rho in (0.2, 0.3)], "n")
         )
         for data, sink in ((new, inside_new), (later, inside_continued)):
-            band = interval("p2", result.params, refits, cal, data.x, level=0.8)
+            band = interval(_law(result.params, refits, cal), data.x, level=0.8)
             sink += list((data.loss >= band.lower) & (data.loss <= band.upper))
-        conf = interval("p2", result.params, refits, cal, new.x, level=0.8, kind="confidence")
+        conf = interval(_law(result.params, refits, cal), new.x, level=0.8, kind="confidence")
         inside_confidence += list((new.loss >= conf.lower) & (new.loss <= conf.upper))
     assert 0.7 <= np.mean(inside_new) <= 0.9
     assert 0.7 <= np.mean(inside_continued) <= 0.9
@@ -215,11 +226,12 @@ def test_a_continued_run_keeps_its_own_gap_level() -> None:
     (key,) = [k for k in cal.runs if k.run_id == "r4"]
     assert key.anchor == pytest.approx(np.log(1.3), abs=0.05)
     law_alone = p2.predict(result.params, later.x)
-    kept = forecast("p2", result.params, cal, later.x)
+    kept = forecast(_law(result.params, calibration=cal), later.x)
     assert np.max(np.abs(kept / later.loss - 1)) < 0.25 * np.max(np.abs(law_alone / later.loss - 1))
     # A point of no fitted run is the law's own prediction.
     new = Features(np.array([2e9]), np.array([0.2]), np.array([2.6]), np.array([1e9]))
-    assert forecast("p2", result.params, cal, new) == pytest.approx(p2.predict(result.params, new))
+    alone = pytest.approx(p2.predict(result.params, new))
+    assert forecast(_law(result.params, calibration=cal), new) == alone
     assert continuation_note(cal, later.x) and "r4" in continuation_note(cal, later.x)[0]
     assert continuation_note(cal, new) == []
 
@@ -230,7 +242,7 @@ def test_a_point_further_out_than_any_hold_out_reached_is_warned_about() -> None
     near = SIZES[2][0] * np.exp(0.5 * reach)
     far = SIZES[2][0] * np.exp(3.0 * reach)
     x = Features(np.array([near, far]), np.full(2, 0.2), np.full(2, 2.3), np.full(2, 1e9))
-    band = interval("p2", result.params, refits, cal, x, level=0.8)
+    band = interval(_law(result.params, refits, cal), x, level=0.8)
     assert [n for n in band.notes if "sizes (N0)" in n and n.startswith("1 point")]
-    inside = interval("p2", result.params, refits, cal, x.take(np.array([0])), level=0.8)
+    inside = interval(_law(result.params, refits, cal), x.take(np.array([0])), level=0.8)
     assert not [n for n in inside.notes if "sizes (N0)" in n]

@@ -13,9 +13,10 @@ import pytest
 from app.law.errors import UnreachableTarget
 from app.law.fitting import fit
 from app.law.forms import get_form
+from app.law.law import FittedLaw
 from app.law.recommend import numeric_tokens, recommend
 from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, make_rows
-from app.law.types import Dataset, Features, Protocol
+from app.law.types import Dataset, Features, HoldOut
 
 VECTORS = Path(__file__).with_name("form_vectors.json")
 NEW_FORMS = ("p2-tpp", "p2-shift")
@@ -120,8 +121,7 @@ def test_every_certified_recommendation_is_reproduced(
 ) -> None:
     for case in form_vectors[form]["recommend"]:
         got = recommend(
-            form,
-            case["law"],
+            FittedLaw(get_form(form), case["law"]),
             n0=case["n0"],
             rho=case["rho"],
             l0=case["l0"],
@@ -161,8 +161,7 @@ def test_a_target_at_the_floor_is_unreachable(form_vectors: dict[str, Any], form
     case = form_vectors[form]["recommend"][0]
     with pytest.raises(UnreachableTarget) as info:
         recommend(
-            form,
-            case["law"],
+            FittedLaw(get_form(form), case["law"]),
             n0=case["n0"],
             rho=case["rho"],
             l0=case["l0"],
@@ -173,7 +172,7 @@ def test_a_target_at_the_floor_is_unreachable(form_vectors: dict[str, Any], form
 
 
 @pytest.mark.parametrize(("form", "holdout"), [("p2-tpp", "N0"), ("p2-shift", "rho")])
-def test_a_fit_recovers_the_synthetic_law_out_of_sample(form: str, holdout: Protocol) -> None:
+def test_a_fit_recovers_the_synthetic_law_out_of_sample(form: str, holdout: HoldOut) -> None:
     rows = tpp_rows(seed=5) if form == "p2-tpp" else shift_rows(seed=5)
     data = Dataset.from_rows(rows)
     truth = np.array([r.true_loss for r in rows])

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import pytest
 
 from app.law.errors import LawError
+from app.law.forms import get_form
+from app.law.law import FittedLaw
 from app.law.plan import PlanCandidate, plan
 from app.law.synthetic import SYNTHETIC_P2
 
 
+def _p2(params: Mapping[str, float], refits: Sequence[Mapping[str, float]] = ()) -> FittedLaw:
+    return FittedLaw(get_form("p2"), params, tuple(refits))
+
+
 def _candidates() -> list[PlanCandidate]:
     return [
-        PlanCandidate("depth", "p2", SYNTHETIC_P2["depth"]),
-        PlanCandidate("width", "p2", SYNTHETIC_P2["width"]),
+        PlanCandidate("depth", _p2(SYNTHETIC_P2["depth"])),
+        PlanCandidate("width", _p2(SYNTHETIC_P2["width"])),
     ]
 
 
@@ -45,7 +53,7 @@ def test_plan_on_explicit_grids_breaks_ties_by_fewer_tokens() -> None:
         "delta": 0.1,
     }
     result = plan(
-        [PlanCandidate("depth", "p2", flat)],
+        [PlanCandidate("depth", _p2(flat))],
         n0=1e9,
         l0=2.5,
         rho_min=0.25,
@@ -60,7 +68,7 @@ def test_plan_intervals_come_from_refits() -> None:
     depth = SYNTHETIC_P2["depth"]
     refits = [depth, {**depth, "D_C": depth["D_C"] * 1.3}, {**depth, "D_C": depth["D_C"] * 0.7}]
     result = plan(
-        [PlanCandidate("depth", "p2", depth, refits)],
+        [PlanCandidate("depth", _p2(depth, refits))],
         n0=1e9,
         l0=2.75,
         rho_min=0.2,

@@ -22,6 +22,7 @@ from app.db.models.fit import Fit
 from app.db.session import create_engine_for, reset_engines, session_scope
 from app.law.errors import LawError
 from app.law.forms import get_form
+from app.law.law import FittedLaw
 from app.repositories import fits as fits_repo
 from app.schemas.predict import LawChoice
 from app.services import lawref
@@ -31,7 +32,7 @@ P2 = {"N_C": 0.5, "D_C": 0.02, "E": 0.05, "alpha": 0.3, "beta": 0.5, "gamma": -0
 
 
 def _ref(fit_id: str) -> LawRef:
-    return LawRef(form=get_form("p2"), params={}, fit_id=fit_id)
+    return LawRef(law=FittedLaw(get_form("p2"), {}), fit_id=fit_id)
 
 
 def test_cache_keeps_the_most_recently_used_fits() -> None:
@@ -57,7 +58,7 @@ def test_an_inline_law_needs_no_database_and_its_parameters_are_checked() -> Non
         resolve_law(choice)
     full = {**params, "gamma": -0.8, "delta": 0.1}
     ref = resolve_law(LawChoice.model_validate({"law": {"form": "p2", "params": full}}))
-    assert ref.form.name == "p2" and ref.fit_id is None and ref.ranges is None
+    assert ref.law.form.name == "p2" and ref.fit_id is None and ref.law.ranges is None
 
 
 # --- stored fits, on both backends ---
@@ -121,7 +122,7 @@ def test_a_new_default_answers_the_very_next_request(other: Engine) -> None:
     assert cached.fit_id == first and fit_cache.get(first) is cached
     second = _store(other, {**P2, "beta": 0.6}, default=True)
     now = resolve_law(DEFAULT)
-    assert now.fit_id == second and now.params["beta"] == 0.6
+    assert now.fit_id == second and now.law.params["beta"] == 0.6
     _make_default(other, first)
     again = resolve_law(DEFAULT)
     assert again is cached  # the first fit's content, from the cache
@@ -132,13 +133,13 @@ def test_each_fit_id_is_answered_with_its_own_content(other: Engine) -> None:
     for _ in range(2):  # loaded, then cached
         for fit_id, beta in zip(ids, (0.4, 0.5, 0.6), strict=True):
             ref = resolve_law(LawChoice(fit_id=fit_id))
-            assert ref.fit_id == fit_id and ref.params["beta"] == beta
+            assert ref.fit_id == fit_id and ref.law.params["beta"] == beta
             with session_scope(other) as session:
                 row = fits_repo.get(session, fit_id)
                 assert row is not None
                 expected = get_form("p2").params_matrix(row.bootstrap)
-            assert ref.refits == tuple(row.bootstrap)
-            np.testing.assert_array_equal(ref.refit_thetas, expected)
+            assert ref.law.refits == tuple(row.bootstrap)
+            np.testing.assert_array_equal(ref.law.refit_thetas, expected)
             assert ref.selection == {"kept": "p2"}
 
 
@@ -158,7 +159,7 @@ def test_a_fit_is_read_once_then_served_from_the_cache(
     refs += [resolve_law(LawChoice(fit_id=fit_id)) for _ in range(2)]
     assert reads == [fit_id]
     assert all(ref is refs[0] for ref in refs)
-    thetas = refs[0].refit_thetas
+    thetas = refs[0].law.refit_thetas
     assert thetas is not None and not thetas.flags.writeable
 
 
@@ -185,4 +186,4 @@ def test_the_cache_holds_at_most_its_size_and_reloads_what_it_dropped(
         resolve_law(LawChoice(fit_id=fit_id))
         assert len(small) <= 2
     assert small.get(ids[0]) is None and small.get(ids[3]) is not None
-    assert resolve_law(LawChoice(fit_id=ids[0])).params["beta"] == pytest.approx(0.3)
+    assert resolve_law(LawChoice(fit_id=ids[0])).law.params["beta"] == pytest.approx(0.3)

@@ -136,8 +136,8 @@ async def predict(request: Request) -> Response:
         result = await run_in_threadpool(service.predict, body)
     elif body.law is not None:
         result = service.predict(body)
-    elif (law := resolve_cached(body)) is not None:
-        result = service.predict(body, law=law)
+    elif (ref := resolve_cached(body)) is not None:
+        result = service.predict(body, ref=ref)
     else:
         result = await run_in_threadpool(service.predict, body)
     # The service guarantees finite floats (a non-finite result is a 422), so the JSON is strict.
