@@ -261,40 +261,10 @@ def _import_gguf_command(argv: Sequence[str]) -> int:
     return 0  # pragma: no cover (execv does not return)
 
 
-def _under_root(path: str, root: Path) -> Path:
-    """``path`` as given when it exists, else taken from ``root`` (where jobs look for it)."""
-    given = Path(path).expanduser()
-    if given.exists() or given.is_absolute():
-        return given.resolve()
-    return (root.expanduser() / given).resolve()
-
-
-def _tokenize_command(args: argparse.Namespace) -> int:
-    from app.core.config import get_settings
-    from app.core.paths import resolve_inside
-
-    settings = get_settings()
-    out = resolve_inside(settings.data_root, args.name, what="--name", must_exist=False)
-    if out == settings.data_root.expanduser().resolve():
-        raise ValueError("--name must name a directory inside DATA_ROOT, not DATA_ROOT itself")
-    argv = [
-        str(_under_root(args.source, settings.data_root)),
-        "--model",
-        str(_under_root(args.model, settings.model_root)),
-        "--out",
-        str(out),
-        "--text-field",
-        args.text_field,
-        "--shard-tokens",
-        str(args.shard_tokens),
-    ]
-    if args.heldout_tokens is not None:
-        argv += ["--heldout-tokens", str(args.heldout_tokens)]
-    if args.overwrite:
-        argv.append("--overwrite")
-    # The tokeniser lives in workers.ml (tokenizers, transformers): hand the process over, as
-    # make-model does, so that the API package never imports the workers.
-    os.execv(sys.executable, [sys.executable, "-m", "workers.ml.tokenized", *argv])
+def _tokenize_command(argv: Sequence[str]) -> int:
+    # The tokeniser and its command line live in workers.ml (tokenizers, transformers): hand the
+    # process over, as make-model does, so that the API package never imports the workers.
+    os.execv(sys.executable, [sys.executable, "-m", "workers.ml.tokens.cli", *argv])
     return 0  # pragma: no cover (execv does not return)
 
 
@@ -392,21 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     serve_p.add_argument("--no-migrate", action="store_true")
 
-    tok_p = commands.add_parser(
+    commands.add_parser(
         "tokenize",
-        help="tokenise text once into memory-mapped token shards under DATA_ROOT (docs/jobs.md)",
+        help="tokenise text once into memory-mapped token shards under DATA_ROOT (docs/jobs.md; "
+        "python -m workers.ml.tokens.cli -h)",
+        add_help=False,
     )
-    tok_p.add_argument("source", help=".txt, .jsonl or saved HF dataset dir (or under DATA_ROOT)")
-    tok_p.add_argument("--model", required=True, help="HF model directory (or under MODEL_ROOT)")
-    tok_p.add_argument("--name", required=True, help="writes DATA_ROOT/NAME/")
-    tok_p.add_argument("--text-field", default="text", help="JSONL/HF field (default: text)")
-    tok_p.add_argument(
-        "--heldout-tokens",
-        type=int,
-        help="held-out tokens at the end of the stream (default: min(2^20, tokens / 10))",
-    )
-    tok_p.add_argument("--shard-tokens", type=int, default=1 << 26, help="tokens per shard file")
-    tok_p.add_argument("--overwrite", action="store_true", help="replace another dataset there")
 
     add_jobs_parser(commands)
     commands.add_parser(
@@ -442,6 +403,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _make_model_command(args_list[1:])
     if args_list[:1] == ["import-gguf"]:
         return _import_gguf_command(args_list[1:])
+    if args_list[:1] == ["tokenize"]:
+        return _tokenize_command(args_list[1:])
     args = build_parser().parse_args(args_list)
     if args.command == "jobs":
         return run_jobs_command(args)
@@ -454,8 +417,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _recommend_command(args)
         if args.command == "serve":
             return _serve_command(args)
-        if args.command == "tokenize":
-            return _tokenize_command(args)
         if args.command == "migrate":
             return _migrate_command()
         if args.command == "reference":

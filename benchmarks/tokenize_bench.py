@@ -57,9 +57,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from transformers import AutoTokenizer
 
-    from app.core.tokens import tokenizer_fingerprint
+    from app.core.tokens import read_manifest, tokenizer_fingerprint
     from workers.ml import data
-    from workers.ml.tokenized import BATCH_CHARS, tokenize_to_dir
+    from workers.ml.tokens.encode import BATCH_CHARS
+    from workers.ml.tokens.write import tokenize_to_dir
 
     model = model_dir()
     tok = AutoTokenizer.from_pretrained(model)
@@ -133,17 +134,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = run_measured([*command, "--name", name], env={"DATA_ROOT": str(data_root)})
     if run["returncode"] != 0:
         raise SystemExit(f"p2law tokenize failed: {run['stderr']}")
-    manifest = json.loads((rss_out / "manifest.json").read_text())
+    written = read_manifest(rss_out)
     big_bytes = big.stat().st_size
     rss = {
         "corpus_mb": round(big_bytes / MB, 1),
         "command": "python -m app.cli tokenize CORPUS --model MODEL --name NAME",
         "wall_s": run["wall_s"],
         "mb_per_s": round(big_bytes / MB / run["wall_s"], 3),
-        "tokens": manifest["counts"]["tokens"],
-        "documents": manifest["counts"]["documents"],
-        "shards": manifest["counts"]["shards"],
-        "dtype": manifest["dtype"],
+        "tokens": written.n_tokens,
+        "documents": written.n_documents,
+        "shards": len(written.shards),
+        "dtype": written.dtype,
         "peak_rss_mb": run["peak_rss_mb"],
         "goal_mb": 1000,
         "meets_goal": run["peak_rss_mb"] <= 1000,

@@ -1,16 +1,18 @@
 """Tokenised datasets, the parts the API and the worker share: tokenizer fingerprints, the
-manifest of a token directory, and how a job splits it. Standard library only (no torch, no
-transformers, no numpy), so the API can check a job at submission without loading a model.
+manifest of a token directory (one typed model, written by the worker and read back by both),
+how a job splits it, and the rules a job's dataset must meet. No torch, transformers or numpy,
+so the API can check a job at submission without loading a model.
 
 A token directory (written by ``p2law tokenize`` or by the worker's raw-text cache,
-``workers/ml/tokenized.py``) holds:
+``workers/ml/tokens/write.py``) holds:
 
 - ``tokens-NNNNN.bin``: the token stream, every document followed by the EOS id, as raw
   little-endian ``uint16`` (vocabularies of at most 65,536 ids) or ``uint32``, cut into shards of
   ``shard_tokens`` tokens (the last one shorter);
 - ``offsets.bin``: little-endian ``int64``, the start of every document in the stream and, last,
   the stream's length (``documents + 1`` entries);
-- ``manifest.json``: written last, so a directory without one is unfinished.
+- ``progress.json`` while it is being written (:class:`Progress`: where a killed run continues);
+- ``manifest.json`` (:class:`Manifest`): written last, so a directory without one is unfinished.
 
 The held-out evaluation set of a job is fixed by the manifest (docs/law.md §3):
 
@@ -34,20 +36,46 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 MANIFEST = "manifest.json"
-FORMAT = "p2law-tokens"
-VERSION = 1
+PROGRESS = "progress.json"
+FORMAT: Final = "p2law-tokens"
+VERSION: Final = 1
 OFFSETS = "offsets.bin"
-SHARD_NAME = re.compile(r"\Atokens-\d{5}\.bin\Z")
-ITEM_BYTES = {"uint16": 2, "uint32": 4}
+#: A shard's file name (:func:`shard_name`), matched whole.
+SHARD_NAME = re.compile(r"tokens-\d{5}\.bin")
+TokenDtype = Literal["uint16", "uint32"]
+ITEM_BYTES: dict[TokenDtype, int] = {"uint16": 2, "uint32": 4}
 #: The largest vocabulary whose ids fit in uint16.
 UINT16_VOCAB = 1 << 16
 #: Sequences in a job's held-out set when ``dataset.eval_tokens`` is not given.
 DEFAULT_EVAL_SEQUENCES = 128
+#: What the held-out split of each kind is, as the manifest says it.
+RANGE_RULE = "the last documents holding at least the requested tokens; never trained on"
+TAIL_RULE = "the last eval_tokens of seq_len blocks, as raw text"
+#: Where the stream's EOS ids are and what offsets.bin holds, as the manifest says it.
+EOS_PLACEMENT = "after every document: doc0 EOS doc1 EOS ..."
+OFFSETS_MEANING = "start of every document in the stream, then the stream's length"
+#: How ``p2law tokenize`` is named in messages that tell the user to run it.
+TOKENIZE_COMMAND = "p2law tokenize SOURCE --model MODEL --name NAME"
 
 HeldoutKind = Literal["range", "tail"]
+#: The held-out split a writer is asked for: ``"tail"``, a number of tokens, or the default.
+HeldoutRequest = Literal["tail"] | int | None
 
 
 class ManifestError(ValueError):
@@ -62,16 +90,25 @@ class SplitError(ValueError):
     """A tokenised dataset too small for the split a job asks for."""
 
 
+class DatasetError(ValueError):
+    """A job's dataset the job cannot use; the message says which dataset, which model and why."""
+
+
 def default_eval_tokens(seq_len: int) -> int:
     """Size of a job's held-out set when it does not choose one: 128 sequences."""
     return DEFAULT_EVAL_SEQUENCES * seq_len
 
 
-def token_dtype(vocab_size: int) -> str:
+def token_dtype(vocab_size: int) -> TokenDtype:
     """``uint16`` when every id of a ``vocab_size`` vocabulary fits in it, else ``uint32``."""
     if vocab_size < 1:
         raise ValueError("a vocabulary has at least one token")
     return "uint16" if vocab_size <= UINT16_VOCAB else "uint32"
+
+
+def shard_name(index: int) -> str:
+    """The file name of shard ``index``."""
+    return f"tokens-{index:05d}.bin"
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -203,60 +240,303 @@ def clear_fingerprint_cache() -> None:
 
 
 @dataclass(frozen=True)
-class Shard:
+class Invalid:
+    """What :func:`read_manifest` says when a field is missing, of the wrong type or out of range
+    (checks that raise ``ValueError`` say it themselves): ``{name}`` is the field's name,
+    ``{index}`` the position of its item in a list, ``{value!r}`` what the file holds there."""
+
+    message: str
+
+
+Count = Annotated[int, Field(strict=True, ge=0)]
+Positive = Annotated[int, Field(strict=True, gt=0)]
+_NOT_A_COUNT = Invalid("counts.{name} is not a count")
+_BAD = Invalid("bad {name}")
+_SHARD_MALFORMED = "shard {index} is malformed"
+_HELDOUT_RANGE = "the held-out range must be [start, tokens) with 0 < start"
+_FORMAT_MESSAGE = f"{MANIFEST} is not a {FORMAT!r} manifest"
+_VERSION_MESSAGE = f"manifest version {{value!r}}, this server reads version {VERSION}"
+
+
+def _exactly(expected: object, message: str) -> BeforeValidator:
+    """A field that must hold ``expected`` (compared as JSON values are), else ``message``."""
+
+    def check(value: object) -> object:
+        if value != expected:
+            raise ValueError(message.format(value=value))
+        return value
+
+    return BeforeValidator(check)
+
+
+class _Section(BaseModel):
+    """A part of a token directory's JSON files; keys it does not know are ignored."""
+
+    model_config = ConfigDict(frozen=True)
+    #: What read_manifest says when the whole section is missing or is not an object.
+    INVALID: ClassVar[str | None] = None
+
+
+class Shard(_Section):
     """One file of the token stream."""
 
-    file: str
-    tokens: int
+    INVALID: ClassVar[str | None] = _SHARD_MALFORMED
+    file: Annotated[str, Field(pattern=f"^{SHARD_NAME.pattern}$"), Invalid(_SHARD_MALFORMED)]
+    tokens: Annotated[Count, Invalid(_SHARD_MALFORMED)]
 
 
-@dataclass(frozen=True)
-class Heldout:
-    """The held-out split of a token directory (see the module docstring)."""
+class TokenizerInfo(_Section):
+    """The tokenizer that made the ids; ``model``: where it was read from (for messages)."""
 
-    kind: HeldoutKind
-    start: int  # first held-out token ("range"); the stream's length for "tail"
-    end: int
+    INVALID: ClassVar[str | None] = "no tokenizer section"
+    fingerprint: Annotated[str, Field(pattern="^tok1:"), Invalid("no tokenizer fingerprint")]
+    model: str = ""
+    vocab_size: Annotated[Positive, _BAD]
+    eos_id: Annotated[Count, _BAD]
+    eos_token: str | None = None
 
 
-@dataclass(frozen=True)
-class Manifest:
-    """A validated manifest.json of the token directory ``root``."""
+class SourceInfo(_Section):
+    """The text that was tokenised (``text_field``: None for a .txt file)."""
 
-    root: Path
-    tokenizer_fingerprint: str
-    tokenizer_model: str
-    vocab_size: int
+    path: str
+    format: str
+    text_field: str | None
+    fingerprint: str
+    bytes: Count
+
+
+class EosInfo(_Section):
+    """The id every document is followed by."""
+
+    id: Count
+    token: str
+    placement: str = EOS_PLACEMENT
+
+
+class Counts(_Section):
+    """How much the directory holds."""
+
+    INVALID: ClassVar[str | None] = "no counts section"
+    documents: Annotated[Count, _NOT_A_COUNT]
+    tokens: Annotated[Count, _NOT_A_COUNT]
+    shards: Annotated[Count, _NOT_A_COUNT]
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Counts:
+        if self.tokens == 0:
+            raise ValueError("the token stream is empty")
+        return self
+
+
+class OffsetsInfo(_Section):
+    """What offsets.bin holds."""
+
+    file: str = OFFSETS
+    dtype: str = "int64"
+    entries: Count
+    meaning: str = OFFSETS_MEANING
+
+
+class Heldout(_Section):
+    """The held-out split of a token directory (see the module docstring): for ``"range"`` the
+    tokens ``[start, end)``; a range that starts at a document boundary names its first document
+    and how many there are. ``"tail"`` has no range of its own (it depends on the job)."""
+
+    INVALID: ClassVar[str | None] = "no heldout section"
+    kind: Annotated[HeldoutKind, Invalid("heldout.kind {value!r} is not 'range' or 'tail'")]
+    start: Annotated[Count | None, Invalid(_HELDOUT_RANGE)] = None
+    end: Annotated[Count | None, Invalid(_HELDOUT_RANGE)] = None
+    tokens: Count | None = None
+    document_aligned: bool | None = None
+    rule: str | None = None
+    first_document: Count | None = None
+    documents: Count | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A tail has only a kind and a rule; a range cut inside its first document names none.
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class TokenizeSettings(_Section):
+    """What a directory is made from and how: a finished directory with the same settings is
+    returned as it is, an interrupted one with the same settings is continued."""
+
+    source: str
+    tokenizer: str
+    text_field: str
+    dtype: TokenDtype
     eos_id: int
-    dtype: str
-    n_tokens: int
-    n_documents: int
     shard_tokens: int
-    shards: tuple[Shard, ...]
+    heldout: HeldoutRequest
+
+
+class Manifest(_Section):
+    """``manifest.json`` of a token directory: the writer builds it, :func:`read_manifest`
+    reads it back and checks it (the API at submission, the worker when a job opens it).
+
+    The fields are the file's keys; ``root`` is the directory it was read from.
+    """
+
+    format: Annotated[str, _exactly(FORMAT, _FORMAT_MESSAGE), Invalid(_FORMAT_MESSAGE)]
+    version: Annotated[int, _exactly(VERSION, _VERSION_MESSAGE), Invalid(_VERSION_MESSAGE)]
+    created_at: str | None = None
+    tokenizer: TokenizerInfo
+    source: SourceInfo | None = None
+    dtype: Annotated[TokenDtype, Invalid(f"dtype {{value!r}} is not one of {sorted(ITEM_BYTES)}")]
+    byte_order: str = "little"
+    eos: EosInfo | None = None
+    counts: Counts
+    shard_tokens: Annotated[Positive, _BAD]
+    shards: Annotated[tuple[Shard, ...], Invalid("no shard list")]
+    offsets: OffsetsInfo | None = None
     heldout: Heldout
-    source: dict[str, Any]
-    raw: dict[str, Any]
+    settings: TokenizeSettings | None = None
+
+    _root: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        vocab = self.tokenizer.vocab_size
+        if token_dtype(vocab) != self.dtype and self.dtype != "uint32":
+            raise ValueError(f"vocab_size {vocab} does not fit in {self.dtype}")
+        if len(self.shards) != self.counts.shards:
+            raise ValueError("counts.shards disagrees with the shard list")
+        if sum(s.tokens for s in self.shards) != self.counts.tokens:
+            raise ValueError("the shards' tokens do not add up to counts.tokens")
+        # Fixed-size shards: a token's shard is its position // shard_tokens (the reader relies
+        # on it).
+        size = self.shard_tokens
+        if not (
+            all(s.tokens == size for s in self.shards[:-1]) and 0 < self.shards[-1].tokens <= size
+        ):
+            raise ValueError("every shard but the last must hold shard_tokens tokens")
+        held = self.heldout
+        if held.kind == "range" and not (
+            held.start is not None
+            and held.end is not None
+            and 0 < held.start < held.end == self.counts.tokens
+        ):
+            raise ValueError(_HELDOUT_RANGE)
+        return self
+
+    @property
+    def root(self) -> Path:
+        """The token directory this manifest was read from."""
+        if self._root is None:
+            raise ValueError("this manifest was not read from a token directory")
+        return self._root
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """The fingerprint of the tokenizer that made the ids."""
+        return self.tokenizer.fingerprint
+
+    @property
+    def tokenizer_model(self) -> str:
+        """Where that tokenizer was read from ("" when unknown)."""
+        return self.tokenizer.model
+
+    @property
+    def vocab_size(self) -> int:
+        """Ids of the vocabulary."""
+        return self.tokenizer.vocab_size
+
+    @property
+    def eos_id(self) -> int:
+        """The id after every document."""
+        return self.tokenizer.eos_id
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens in the stream."""
+        return self.counts.tokens
+
+    @property
+    def n_documents(self) -> int:
+        """Documents in the stream."""
+        return self.counts.documents
 
     @property
     def item_bytes(self) -> int:
         """Bytes per token in the shards."""
         return ITEM_BYTES[self.dtype]
 
+    @property
+    def heldout_range(self) -> tuple[int, int]:
+        """The held-out tokens ``[start, end)``; empty at the stream's end for a ``"tail"``."""
+        held = self.heldout
+        if held.start is None or held.end is None:
+            return self.n_tokens, self.n_tokens
+        return held.start, held.end
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as ``manifest.json`` holds it."""
+        return self.model_dump(mode="json")
+
+
+class ResumePoint(_Section):
+    """Where an interrupted run continues: document ``document`` starts at token ``start``; the
+    tokens before ``position`` (the end of the last complete shard) are on disk."""
+
+    document: Count
+    start: Count
+    position: Count
+
+
+class Progress(_Section):
+    """``progress.json``: written after every complete shard while a directory is made."""
+
+    settings: TokenizeSettings
+    shards: tuple[Shard, ...]
+    resume: ResumePoint
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as ``progress.json`` holds it."""
+        return self.model_dump(mode="json")
+
+
+def _section_of(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds (itself, a list of it, or it or None), if it holds one."""
+    if get_origin(annotation) is None and isinstance(annotation, type):
+        return annotation if issubclass(annotation, BaseModel) else None
+    return next((s for s in map(_section_of, get_args(annotation)) if s is not None), None)
+
+
+def _problem(error: ErrorDetails) -> str:
+    """What is wrong, in words, for the first error pydantic found in a manifest: the message
+    the check raised, else the :class:`Invalid` of the field (or the section's ``INVALID``)."""
+    if error["type"] == "value_error" and "error" in error.get("ctx", {}):
+        return str(error.get("ctx", {})["error"])
+    section: type[BaseModel] | None = Manifest
+    message: str | None = None
+    name = ""
+    index: int | None = None
+    for part in error["loc"]:
+        if isinstance(part, int):
+            index = part
+            message = getattr(section, "INVALID", None)
+            continue
+        if section is None or part not in section.model_fields:
+            break
+        info = section.model_fields[part]
+        name = part
+        section = _section_of(info.annotation)
+        own = [m.message for m in info.metadata if isinstance(m, Invalid)]
+        message = own[0] if own else getattr(section, "INVALID", None)
+    if message is None:
+        where = ".".join(str(part) for part in error["loc"])
+        return f"{where}: {error['msg']}"
+    value = None if error["type"] == "missing" else error.get("input")
+    return message.format(name=name, index=index, value=value)
+
 
 def is_token_dir(path: Path) -> bool:
     """Whether ``path`` is meant as a token directory: it has a manifest, or is unfinished."""
     return path.is_dir() and (
-        (path / MANIFEST).exists() or (path / "progress.json").exists() or (path / OFFSETS).exists()
+        (path / MANIFEST).exists() or (path / PROGRESS).exists() or (path / OFFSETS).exists()
     )
-
-
-def _need(condition: bool, root: Path, message: str) -> None:
-    if not condition:
-        raise ManifestError(f"{root}: {message}")
-
-
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_manifest(root: Path, *, check_files: bool = True) -> Manifest:
@@ -272,7 +552,7 @@ def read_manifest(root: Path, *, check_files: bool = True) -> Manifest:
     root = Path(root)
     path = root / MANIFEST
     if not path.is_file():
-        unfinished = (root / "progress.json").exists()
+        unfinished = (root / PROGRESS).exists()
         raise ManifestError(
             f"{root}: no {MANIFEST}"
             + (
@@ -285,102 +565,15 @@ def read_manifest(root: Path, *, check_files: bool = True) -> Manifest:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ManifestError(f"{path}: not readable JSON ({exc})") from None
-    _need(isinstance(doc, dict), root, f"{MANIFEST} is not a JSON object")
-    _need(doc.get("format") == FORMAT, root, f"{MANIFEST} is not a {FORMAT!r} manifest")
-    _need(
-        doc.get("version") == VERSION,
-        root,
-        f"manifest version {doc.get('version')!r}, this server reads version {VERSION}",
-    )
-    tok = doc.get("tokenizer")
-    _need(isinstance(tok, dict), root, "no tokenizer section")
-    assert isinstance(tok, dict)
-    fingerprint = tok.get("fingerprint")
-    _need(
-        isinstance(fingerprint, str) and fingerprint.startswith("tok1:"),
-        root,
-        "no tokenizer fingerprint",
-    )
-    _need(_int(tok.get("vocab_size")) and tok["vocab_size"] > 0, root, "bad vocab_size")
-    _need(_int(tok.get("eos_id")), root, "bad eos_id")
-    dtype = doc.get("dtype")
-    _need(dtype in ITEM_BYTES, root, f"dtype {dtype!r} is not one of {sorted(ITEM_BYTES)}")
-    assert isinstance(dtype, str)
-    _need(
-        token_dtype(int(tok["vocab_size"])) == dtype or dtype == "uint32",
-        root,
-        f"vocab_size {tok['vocab_size']} does not fit in {dtype}",
-    )
-    counts = doc.get("counts")
-    _need(isinstance(counts, dict), root, "no counts section")
-    assert isinstance(counts, dict)
-    for key in ("documents", "tokens", "shards"):
-        _need(_int(counts.get(key)), root, f"counts.{key} is not a count")
-    _need(counts["tokens"] > 0, root, "the token stream is empty")
-    shard_tokens = doc.get("shard_tokens")
-    _need(_int(shard_tokens) and shard_tokens > 0, root, "bad shard_tokens")
-    assert isinstance(shard_tokens, int)
-    raw_shards = doc.get("shards")
-    _need(isinstance(raw_shards, list), root, "no shard list")
-    assert isinstance(raw_shards, list)
-    shards: list[Shard] = []
-    for i, item in enumerate(raw_shards):
-        _need(
-            isinstance(item, dict)
-            and isinstance(item.get("file"), str)
-            and SHARD_NAME.match(item["file"]) is not None
-            and _int(item.get("tokens")),
-            root,
-            f"shard {i} is malformed",
-        )
-        shards.append(Shard(item["file"], int(item["tokens"])))
-    _need(len(shards) == counts["shards"], root, "counts.shards disagrees with the shard list")
-    _need(
-        sum(s.tokens for s in shards) == counts["tokens"],
-        root,
-        "the shards' tokens do not add up to counts.tokens",
-    )
-    # Fixed-size shards: a token's shard is its position // shard_tokens (the reader relies on it).
-    _need(
-        all(s.tokens == shard_tokens for s in shards[:-1])
-        and 0 < shards[-1].tokens <= shard_tokens,
-        root,
-        "every shard but the last must hold shard_tokens tokens",
-    )
-    heldout_doc = doc.get("heldout")
-    _need(isinstance(heldout_doc, dict), root, "no heldout section")
-    assert isinstance(heldout_doc, dict)
-    kind = heldout_doc.get("kind")
-    n_tokens = int(counts["tokens"])
-    if kind == "range":
-        start, end = heldout_doc.get("start"), heldout_doc.get("end")
-        _need(
-            _int(start) and _int(end) and 0 < start < end == n_tokens,  # type: ignore[operator]
-            root,
-            "the held-out range must be [start, tokens) with 0 < start",
-        )
-        heldout = Heldout("range", int(start), int(end))  # type: ignore[arg-type]
-    elif kind == "tail":
-        heldout = Heldout("tail", n_tokens, n_tokens)
-    else:
-        raise ManifestError(f"{root}: heldout.kind {kind!r} is not 'range' or 'tail'")
-    manifest = Manifest(
-        root=root,
-        tokenizer_fingerprint=str(fingerprint),
-        tokenizer_model=str(tok.get("model", "")),
-        vocab_size=int(tok["vocab_size"]),
-        eos_id=int(tok["eos_id"]),
-        dtype=dtype,
-        n_tokens=n_tokens,
-        n_documents=int(counts["documents"]),
-        shard_tokens=shard_tokens,
-        shards=tuple(shards),
-        heldout=heldout,
-        source=dict(doc.get("source") or {}),
-        raw=doc,
-    )
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{root}: {MANIFEST} is not a JSON object")
+    try:
+        manifest = Manifest.model_validate(doc)
+    except ValidationError as exc:
+        raise ManifestError(f"{root}: {_problem(exc.errors()[0])}") from None
+    manifest._root = root
     if check_files:
-        for shard in shards:
+        for shard in manifest.shards:
             _need_size(root / shard.file, shard.tokens * manifest.item_bytes, root)
         _need_size(root / OFFSETS, (manifest.n_documents + 1) * 8, root)
     return manifest
@@ -391,7 +584,8 @@ def _need_size(path: Path, size: int, root: Path) -> None:
         actual = os.stat(path).st_size
     except OSError:
         raise ManifestError(f"{root}: {path.name} is missing") from None
-    _need(actual == size, root, f"{path.name} has {actual} bytes, the manifest says {size}")
+    if actual != size:
+        raise ManifestError(f"{root}: {path.name} has {actual} bytes, the manifest says {size}")
 
 
 # --------------------------------------------------------------------------- a job's split
@@ -427,7 +621,7 @@ def plan_split(manifest: Manifest, seq_len: int, eval_tokens: int | None) -> Spl
                 f"of {n_eval} blocks plus training data"
             )
         return SplitPlan(seq_len, 0, n_blocks - n_eval, (n_blocks - n_eval) * seq_len, n_eval)
-    start, end = manifest.heldout.start, manifest.heldout.end
+    start, end = manifest.heldout_range
     available = (end - start) // seq_len
     if n_eval > available:
         raise SplitError(
@@ -439,3 +633,94 @@ def plan_split(manifest: Manifest, seq_len: int, eval_tokens: int | None) -> Spl
     if n_train < 1:
         raise SplitError(f"{where}: fewer than {seq_len} tokens before the held-out range")
     return SplitPlan(seq_len, 0, n_train, start, n_eval)
+
+
+# --------------------------------------------------------------------------- a job's dataset
+
+
+def is_hf_dataset(path: Path) -> bool:
+    """Whether the directory ``path`` is a saved Hugging Face dataset (raw text)."""
+    return (path / "dataset_info.json").exists() or any(path.glob("*.arrow"))
+
+
+def tokenizer_mismatch(dataset: str, manifest: Manifest, model: str, model_fingerprint: str) -> str:
+    """The message of a job whose model does not tokenise like its dataset was tokenised."""
+    made_with = manifest.tokenizer_model or "another model"
+    return (
+        f"dataset {dataset!r} was tokenised with tokenizer {manifest.tokenizer_fingerprint} "
+        f"({made_with}), but model {model!r} has tokenizer {model_fingerprint}: tokenise the "
+        f"text again with this model ({TOKENIZE_COMMAND})"
+    )
+
+
+def check_job_dataset(
+    dataset: Path,
+    model: str,
+    *,
+    seq_len: int,
+    eval_tokens: int | None,
+    eval_path: Path | None = None,
+    dataset_name: str | None = None,
+    eval_name: str | None = None,
+    model_name: str | None = None,
+) -> tuple[Manifest, SplitPlan] | None:
+    """The rules a job's dataset must meet, applied by the API at submission and by the worker
+    when the job opens its data: a tokenised dataset must hold a valid manifest, be tokenised
+    with the job's model's tokenizer (a local directory), carry its own held-out set and have
+    room for the job's split; an ``eval_path`` must be text; a directory must be one of the two
+    kinds. Decided from the files alone (``stat``, the manifest and the tokenizer files).
+
+    ``dataset``, ``model`` and ``eval_path`` are the resolved paths; the messages call them
+    ``dataset_name``, ``model_name`` and ``eval_name`` (the request's words) when given.
+
+    Returns:
+        The manifest and the job's split of a tokenised dataset; None for raw text (a file or a
+        saved Hugging Face dataset), which the worker tokenises itself.
+
+    Raises:
+        DatasetError: which dataset, which model and why (both fingerprints on a mismatch).
+    """
+    name = dataset_name if dataset_name is not None else str(dataset)
+    model_shown = model_name if model_name is not None else model
+    if eval_path is not None and is_token_dir(eval_path):
+        shown = eval_name if eval_name is not None else str(eval_path)
+        raise DatasetError(
+            f"dataset.eval_path {shown!r} is a tokenised dataset; an eval_path must be text (a "
+            "tokenised dataset.path carries its own held-out set)"
+        )
+    if not dataset.is_dir():
+        return None
+    if not is_token_dir(dataset):
+        if is_hf_dataset(dataset):
+            return None
+        raise DatasetError(
+            f"dataset.path {name!r} is a directory with neither a manifest.json (a tokenised "
+            "dataset, made by `p2law tokenize`) nor a saved Hugging Face dataset"
+        )
+    try:
+        manifest = read_manifest(dataset)
+    except ManifestError as exc:
+        raise DatasetError(f"dataset.path {name!r} has no valid manifest: {exc}") from None
+    if eval_path is not None:
+        raise DatasetError(
+            f"dataset.path {name!r} is a tokenised dataset, which carries its held-out set; "
+            "dataset.eval_path cannot be given with it"
+        )
+    if not Path(model).is_dir():
+        raise DatasetError(
+            f"dataset.path {name!r} is a tokenised dataset, which needs a local model directory "
+            f"to check the tokenizer against, not the hub id {model_shown!r}"
+        )
+    try:
+        model_fp = tokenizer_fingerprint(Path(model))
+    except TokenizerFilesError as exc:
+        raise DatasetError(
+            f"model {model_shown!r} cannot be checked against the tokenised dataset {name!r}: {exc}"
+        ) from None
+    if model_fp != manifest.tokenizer_fingerprint:
+        raise DatasetError(tokenizer_mismatch(name, manifest, model_shown, model_fp))
+    try:
+        plan = plan_split(manifest, seq_len, eval_tokens)
+    except SplitError as exc:
+        raise DatasetError(f"dataset {name!r}: {exc}") from None
+    return manifest, plan

@@ -69,59 +69,24 @@ def check_reachable(request: JobRequest, model: str) -> None:
 
 
 def check_dataset(request: JobRequest, paths: JobPaths) -> None:
-    """A tokenised dataset directory must hold a valid manifest, be tokenised with the job's
-    model's tokenizer and have room for the job's split; each failure is a 422 that says which
-    dataset, which model and why (both fingerprints on a mismatch). The same rules hold in the
-    worker (``workers/ml/tokenized.py``); here they are decided from the files alone, before
-    anything is queued, without torch or transformers."""
+    """A job's dataset must meet ``app.core.tokens.check_job_dataset``'s rules — the ones the
+    worker applies again when the job opens its data — or the job is a 422 that says which
+    dataset, which model and why (both fingerprints on a mismatch). Decided here from the files
+    alone, before anything is queued, without torch or transformers."""
     dataset = request.dataset
-    if paths.eval_path is not None and tokens.is_token_dir(paths.eval_path):
-        raise Unprocessable(
-            f"dataset.eval_path {dataset.eval_path!r} is a tokenised dataset; an eval_path must "
-            "be text (a tokenised dataset.path carries its own held-out set)"
-        )
-    if not paths.dataset.is_dir():
-        return
-    if not tokens.is_token_dir(paths.dataset):
-        if (paths.dataset / "dataset_info.json").exists() or any(paths.dataset.glob("*.arrow")):
-            return  # a saved Hugging Face dataset: raw text
-        raise Unprocessable(
-            f"dataset.path {dataset.path!r} is a directory with neither a manifest.json (a "
-            "tokenised dataset, made by `p2law tokenize`) nor a saved Hugging Face dataset"
-        )
     try:
-        manifest = tokens.read_manifest(paths.dataset)
-    except tokens.ManifestError as exc:
-        raise Unprocessable(f"dataset.path {dataset.path!r} has no valid manifest: {exc}") from None
-    if dataset.eval_path is not None:
-        raise Unprocessable(
-            f"dataset.path {dataset.path!r} is a tokenised dataset, which carries its held-out "
-            "set; dataset.eval_path cannot be given with it"
+        tokens.check_job_dataset(
+            paths.dataset,
+            paths.model,
+            seq_len=request.seq_len,
+            eval_tokens=dataset.eval_tokens,
+            eval_path=paths.eval_path,
+            dataset_name=dataset.path,
+            eval_name=dataset.eval_path,
+            model_name=request.model,
         )
-    if not Path(paths.model).is_dir():
-        raise Unprocessable(
-            f"dataset.path {dataset.path!r} is a tokenised dataset, which needs a local model "
-            f"directory to check the tokenizer against, not the hub id {request.model!r}"
-        )
-    try:
-        model_fp = tokens.tokenizer_fingerprint(Path(paths.model))
-    except tokens.TokenizerFilesError as exc:
-        raise Unprocessable(
-            f"model {request.model!r} cannot be checked against the tokenised dataset "
-            f"{dataset.path!r}: {exc}"
-        ) from None
-    if model_fp != manifest.tokenizer_fingerprint:
-        made_with = manifest.tokenizer_model or "another model"
-        raise Unprocessable(
-            f"dataset {dataset.path!r} was tokenised with tokenizer "
-            f"{manifest.tokenizer_fingerprint} ({made_with}), but model {request.model!r} has "
-            f"tokenizer {model_fp}: tokenise the text again with this model "
-            "(p2law tokenize SOURCE --model MODEL --name NAME)"
-        )
-    try:
-        tokens.plan_split(manifest, request.seq_len, dataset.eval_tokens)
-    except tokens.SplitError as exc:
-        raise Unprocessable(f"dataset {dataset.path!r}: {exc}") from None
+    except tokens.DatasetError as exc:
+        raise Unprocessable(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- API side

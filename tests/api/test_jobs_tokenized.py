@@ -22,7 +22,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made with the first (built once, copied into each test's roots)."""
     from tests.workers.ml.pipeline_helpers import small_docs, small_tokenizer
     from workers.ml.corpus import write_corpus
-    from workers.ml.tokenized import tokenize_to_dir
+    from workers.ml.tokens.write import tokenize_to_dir
 
     root = tmp_path_factory.mktemp("built")
     tok = small_tokenizer()

@@ -118,7 +118,8 @@ def _write_dataset(root: Path, **changes: Any) -> Path:
 def test_a_consistent_manifest_reads_back(tmp_path: Path) -> None:
     manifest = tokens.read_manifest(_write_dataset(tmp_path / "d"))
     assert (manifest.n_tokens, manifest.n_documents, manifest.item_bytes) == (150, 3, 2)
-    assert manifest.heldout == tokens.Heldout("range", 110, 150)
+    assert manifest.heldout == tokens.Heldout(kind="range", start=110, end=150)
+    assert manifest.heldout_range == (110, 150)
     assert tokens.is_token_dir(tmp_path / "d")
 
 
@@ -133,6 +134,20 @@ def test_a_consistent_manifest_reads_back(tmp_path: Path) -> None:
         ({"heldout": {"kind": "middle"}}, "heldout.kind"),
         ({"shards": [{"file": "../x.bin", "tokens": 150}]}, "shard 0 is malformed"),
         ({"tokenizer": {"vocab_size": 384, "eos_id": 0}}, "no tokenizer fingerprint"),
+        ({"format": "other"}, "is not a 'p2law-tokens' manifest"),
+        ({"tokenizer": None}, "no tokenizer section"),
+        ({"tokenizer": {"fingerprint": "tok1:x", "vocab_size": 0, "eos_id": 0}}, "bad vocab_size"),
+        ({"tokenizer": {"fingerprint": "tok1:x", "vocab_size": 384, "eos_id": -1}}, "bad eos_id"),
+        ({"tokenizer": {"fingerprint": "tok1:x", "vocab_size": 70_000, "eos_id": 0}}, "fit in"),
+        ({"counts": None}, "no counts section"),
+        ({"counts": {"documents": 3, "tokens": "150", "shards": 2}}, "counts.tokens is not"),
+        ({"counts": {"documents": 3, "tokens": True, "shards": 2}}, "counts.tokens is not"),
+        ({"counts": {"documents": 3, "tokens": 150, "shards": 1}}, "disagrees with the shard"),
+        ({"shard_tokens": 0}, "bad shard_tokens"),
+        ({"shards": "tokens-00000.bin"}, "no shard list"),
+        ({"shards": [{"file": "tokens-00000.bin", "tokens": 100}, 50]}, "shard 1 is malformed"),
+        ({"heldout": None}, "no heldout section"),
+        ({"heldout": {"kind": "range", "start": 110}}, "held-out range"),
     ],
 )
 def test_a_manifest_that_disagrees_with_itself_is_refused_with_the_reason(
@@ -180,3 +195,114 @@ def test_split_of_a_tail_manifest_is_the_raw_text_rule(tmp_path: Path) -> None:
     assert tokens.plan_split(manifest, 10, 25) == tokens.SplitPlan(10, 0, 12, 120, 3)
     with pytest.raises(tokens.SplitError, match="not enough for a held-out set of 15 blocks"):
         tokens.plan_split(manifest, 10, 150)
+
+
+#: A manifest as the version-1 writer wrote it (p2law tokenize, a range cut at a document).
+WRITTEN_BY_VERSION_1: dict[str, Any] = {
+    "format": "p2law-tokens",
+    "version": 1,
+    "created_at": "2025-06-01T12:00:00+00:00",
+    "tokenizer": {
+        "fingerprint": "tok1:abababababababababababababababab",
+        "model": "tok-model",
+        "vocab_size": 384,
+        "eos_id": 0,
+        "eos_token": "<|endoftext|>",
+    },
+    "source": {
+        "path": "/data/corpus.txt",
+        "format": "txt",
+        "text_field": None,
+        "fingerprint": "src1:bde35a53c69c102cdaa97249e6901fe0",
+        "bytes": 98782,
+    },
+    "dtype": "uint16",
+    "byte_order": "little",
+    "eos": {
+        "id": 0,
+        "token": "<|endoftext|>",
+        "placement": "after every document: doc0 EOS doc1 EOS ...",
+    },
+    "counts": {"documents": 10, "tokens": 53265, "shards": 2},
+    "shard_tokens": 32768,
+    "shards": [
+        {"file": "tokens-00000.bin", "tokens": 32768},
+        {"file": "tokens-00001.bin", "tokens": 20497},
+    ],
+    "offsets": {
+        "file": "offsets.bin",
+        "dtype": "int64",
+        "entries": 11,
+        "meaning": "start of every document in the stream, then the stream's length",
+    },
+    "heldout": {
+        "kind": "range",
+        "start": 50042,
+        "end": 53265,
+        "tokens": 3223,
+        "document_aligned": True,
+        "rule": "the last documents holding at least the requested tokens; never trained on",
+        "first_document": 9,
+        "documents": 1,
+    },
+    "settings": {
+        "source": "src1:bde35a53c69c102cdaa97249e6901fe0",
+        "tokenizer": "tok1:abababababababababababababababab",
+        "text_field": "text",
+        "dtype": "uint16",
+        "eos_id": 0,
+        "shard_tokens": 32768,
+        "heldout": 3000,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "heldout",
+    [
+        WRITTEN_BY_VERSION_1["heldout"],
+        {"kind": "tail", "rule": "the last eval_tokens of seq_len blocks, as raw text"},
+    ],
+)
+def test_a_manifest_the_version_1_writer_wrote_reads_back_and_writes_the_same_json(
+    tmp_path: Path, heldout: dict[str, Any]
+) -> None:
+    written = {**WRITTEN_BY_VERSION_1, "heldout": heldout}
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "manifest.json").write_text(json.dumps(written, indent=1))
+    manifest = tokens.read_manifest(root, check_files=False)
+    assert manifest.root == root and manifest.to_json() == written
+    assert (manifest.tokenizer_fingerprint, manifest.tokenizer_model) == (
+        "tok1:abababababababababababababababab",
+        "tok-model",
+    )
+    assert manifest.settings == tokens.TokenizeSettings(
+        source="src1:bde35a53c69c102cdaa97249e6901fe0",
+        tokenizer="tok1:abababababababababababababababab",
+        text_field="text",
+        dtype="uint16",
+        eos_id=0,
+        shard_tokens=32768,
+        heldout=3000,
+    )
+    expected = (50042, 53265) if heldout["kind"] == "range" else (53265, 53265)
+    assert manifest.heldout_range == expected
+
+
+def test_the_dataset_rules_pass_raw_text_and_refuse_a_foreign_directory(tmp_path: Path) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text("some text")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "dataset_info.json").write_text("{}")
+    for raw in (text, hf):
+        assert tokens.check_job_dataset(raw, "org/model", seq_len=8, eval_tokens=None) is None
+    (tmp_path / "other").mkdir()
+    with pytest.raises(tokens.DatasetError, match=r"neither a manifest\.json"):
+        tokens.check_job_dataset(
+            tmp_path / "other", "org/model", seq_len=8, eval_tokens=None, dataset_name="other"
+        )
+    dataset = _write_dataset(tmp_path / "d")
+    with pytest.raises(tokens.DatasetError, match="not the hub id 'org/model'"):
+        tokens.check_job_dataset(dataset, "org/model", seq_len=8, eval_tokens=None)

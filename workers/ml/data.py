@@ -8,7 +8,7 @@ measured on the same token ids (docs/law.md §3); its fingerprint becomes the ob
 come from the training blocks only.
 
 Documents are read as a stream (:func:`iter_pieces`), never a whole file at once; jobs
-tokenise them once into memory-mapped token shards (``workers/ml/tokenized.py``) and draw their
+tokenise them once into memory-mapped token shards (``workers/ml/tokens/``) and draw their
 batches from there (a ``BlockSource``). The in-memory functions below
 (:func:`make_splits` and friends) remain for ``make_model`` and as the reference the shards are
 tested against.
@@ -61,7 +61,7 @@ _READ_BYTES = 1 << 20
 PIECE_BYTES = 1 << 23
 # A cut goes after b"\n" when the next byte is printable ASCII (not a space): regex
 # pre-tokenizers start a new pre-token there, so both sides tokenise as they would together
-# (the tokeniser still checks every cut, `workers/ml/tokenized.py`).
+# (the tokeniser still checks every cut, `workers/ml/tokens/encode.py`).
 _CUT = re.compile(rb"\n(?=[\x21-\x7e])")
 
 
@@ -187,7 +187,7 @@ def source_format(path: Path) -> str:
         DataError: the path names nothing, or nothing these formats cover.
     """
     if path.is_dir():
-        if (path / "dataset_info.json").exists() or any(path.glob("*.arrow")):
+        if core_tokens.is_hf_dataset(path):
             return "hf"
         raise DataError(f"{path}: a directory but not a saved Hugging Face dataset")
     if not path.is_file():
