@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.ml import checkpoint, models, tokenized
+from workers.ml import checkpoint, models
 from workers.ml import data as data_mod
 from workers.ml.checkpoint import Collective, StateRecord
 from workers.ml.job import (
@@ -41,6 +41,8 @@ from workers.ml.job import (
 )
 from workers.ml.prune import apply_masks, prune
 from workers.ml.strategy import OneDevice
+from workers.ml.tokens.read import JobSplits
+from workers.ml.tokens.read import job_splits as read_splits
 from workers.ml.train import TrainConfig, Trainer, describe_schedule
 
 
@@ -59,12 +61,12 @@ def train_config(spec: JobSpec) -> TrainConfig:
     )
 
 
-def job_splits(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> tokenized.JobSplits:
+def job_splits(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> JobSplits:
     """The job's training and held-out blocks, from memory-mapped token shards (a token
     directory, or raw text tokenised once into a cache keyed by the source and the dense model's
     tokenizer): host memory per batch, not per corpus."""
     dataset = spec.request.dataset
-    return tokenized.job_splits(
+    return read_splits(
         spec.dataset,
         tokenizer,
         spec.request.seq_len,
@@ -156,7 +158,7 @@ class Restored:
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    splits: tokenized.JobSplits
+    splits: JobSplits
     trainer: Trainer
     masks: dict[str, torch.Tensor]
     record: StateRecord
