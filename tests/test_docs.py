@@ -71,3 +71,16 @@ def test_every_test_the_docs_cite_exists() -> None:
             elif name and not re.search(rf"^def {name}\(", source.read_text(), re.M):
                 missing.append(f"{doc.name}: {path}::{name}")
     assert missing == []
+
+
+def test_the_readmes_map_names_every_module() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Architecture") : readme.index("## Configuration")]
+    words = set(re.findall(r"[\w]+", section))
+    missing = [
+        str(path.relative_to(ROOT))
+        for package in ("app", "workers", "studies")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if path.stem != "__init__" and path.stem not in words
+    ]
+    assert missing == []
