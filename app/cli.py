@@ -31,10 +31,11 @@ import numpy as np
 from app.cli_jobs import add_jobs_parser, run_jobs_command
 from app.core.errors import AppError
 from app.law.bootstrap import refit_runs
+from app.law.calibration import Calibration
 from app.law.errors import LawError
 from app.law.fitting import fit
 from app.law.forms import FORMS
-from app.law.intervals import Calibration, IntervalKind, calibrate_and_measure, runs_only
+from app.law.intervals import IntervalKind, calibrate_and_measure, runs_only
 from app.law.law import FittedLaw
 from app.law.recommend import loss_curve, recommend
 from app.law.select import SELECT_BY, Selection, select_form

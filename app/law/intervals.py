@@ -27,15 +27,23 @@ rest. Outside the fitted ranges this is an assumption about extrapolation, and p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from app.law.bootstrap import predict_interval, refit_runs
+from app.law.calibration import (
+    MIN_LOG_SPAN,
+    Bin,
+    Calibration,
+    Coverage,
+    RunKey,
+    log_span,
+    make_bins,
+)
 from app.law.errors import LawError, NotEnoughData
 from app.law.fitting import fit as fit_law
 from app.law.fitting import optimise
@@ -54,11 +62,6 @@ RUN_FOLDS = 10
 #: Groups of runs cut in turn for the ``D`` pool, and where they are cut (share of checkpoints).
 D_GROUPS = 5
 D_CUTS = (0.3, 0.5, 0.8)
-#: A distance bin holds residuals worth at least this many runs (or the whole pool).
-MIN_RUNS_PER_BIN = 3.0
-#: A run seen over less than a doubling of its tokens counts as seen over a doubling, when its
-#: extrapolation distance is measured in units of the log span it was seen over.
-MIN_LOG_SPAN = float(np.log(2.0))
 #: A continued run keeps the level of its gap at its last checkpoints: how many, and the most
 #: it may depart from the law (a factor e² on the gap either way).
 ANCHOR_POINTS = 2
@@ -70,203 +73,6 @@ EXTRAPOLATION_GRID = True
 _FAR = {"D": "tokens", "N0": "sizes (N0)", "rho": "pruning rates"}
 # Relative tolerance when matching a query point's (n0, ρ, L0) to a fitted run.
 _MATCH_RTOL = 1e-6
-
-
-@dataclass(frozen=True)
-class Bin:
-    """Residuals at about one distance: sorted, with weights, and the bin's typical distance."""
-
-    distance: float
-    residuals: FloatArray
-    weights: FloatArray
-
-    def quantiles(self, probs: Sequence[float]) -> FloatArray:
-        """Weighted quantiles (midpoint rule, linear between residuals)."""
-        total = float(np.sum(self.weights))
-        positions = (np.cumsum(self.weights) - self.weights / 2.0) / total
-        return np.interp(np.asarray(probs, dtype=np.float64), positions, self.residuals)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "distance": self.distance,
-            "residuals": [float(v) for v in self.residuals],
-            "weights": [float(v) for v in self.weights],
-        }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Bin:
-        return cls(
-            distance=float(raw["distance"]),
-            residuals=np.asarray(raw["residuals"], dtype=np.float64),
-            weights=np.asarray(raw["weights"], dtype=np.float64),
-        )
-
-
-def make_bins(residuals: FloatArray, weights: FloatArray, distances: FloatArray) -> list[Bin]:
-    """Residuals grouped by distance into bins worth ≥ MIN_RUNS_PER_BIN runs each.
-
-    Weights count runs (a run's points sum to one); a bin closes once it holds the threshold
-    and what remains holds it too, so the last bin is never lighter than the threshold.
-    """
-    keep = np.isfinite(residuals) & np.isfinite(distances) & (weights > 0)
-    residuals, weights, distances = residuals[keep], weights[keep], distances[keep]
-    if residuals.size == 0:
-        return []
-    order = np.argsort(distances, kind="stable")
-    groups: list[npt.NDArray[np.intp]] = []
-    start = 0
-    acc = 0.0
-    for i, j in enumerate(order):
-        acc += float(weights[j])
-        same_as_next = i + 1 < order.size and distances[order[i + 1]] == distances[j]
-        if acc >= MIN_RUNS_PER_BIN and residuals.size - (i + 1) > 0 and not same_as_next:
-            rest = float(np.sum(weights[order[i + 1 :]]))
-            if rest >= MIN_RUNS_PER_BIN:
-                groups.append(order[start : i + 1])
-                start, acc = i + 1, 0.0
-    groups.append(order[start:])
-    out = []
-    for idx in groups:
-        r, w, d = residuals[idx], weights[idx], distances[idx]
-        by_value = np.argsort(r, kind="stable")
-        center = float(np.average(d, weights=w))
-        out.append(Bin(distance=center, residuals=r[by_value], weights=w[by_value]))
-    return out
-
-
-@dataclass(frozen=True)
-class RunKey:
-    """What identifies a fitted run to a query point, how far in tokens it was seen, and its
-    anchor: the log ratio of its observed to its predicted gap (L − L0) at its last
-    checkpoints, which a continued run's forecast keeps (see `anchor`)."""
-
-    run_id: str
-    n0: float
-    rho: float
-    l0: float
-    tokens_max: float
-    anchor: float = 0.0
-    tokens_min: float | None = None  # None: as tokens_max (a run seen at one point)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "n0": self.n0,
-            "rho": self.rho,
-            "l0": self.l0,
-            "tokens_min": self.tokens_min if self.tokens_min is not None else self.tokens_max,
-            "tokens_max": self.tokens_max,
-            "anchor": self.anchor,
-        }
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """Measured share of one protocol's held-out points inside the intervals at `level`."""
-
-    protocol: HoldOut
-    level: float
-    prediction: float
-    confidence: float | None
-    points: int
-    runs: int
-    pools: dict[str, int] = field(default_factory=dict)
-    mean_width: float = 0.0
-    mape: float | None = None  # the law's held-out MAPE on this protocol, percent
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "mape": self.mape,
-            "protocol": self.protocol,
-            "level": self.level,
-            "prediction": self.prediction,
-            "confidence": self.confidence,
-            "points": self.points,
-            "runs": self.runs,
-            "pools": dict(self.pools),
-            "mean_width": self.mean_width,
-        }
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Residual pools of one fit, the runs it saw and the coverage measured on its data."""
-
-    pools: dict[str, list[Bin]]
-    runs: tuple[RunKey, ...]
-    n0_range: tuple[float, float]
-    rho_range: tuple[float, float]
-    tokens_range: tuple[float, float]
-    coverage: tuple[Coverage, ...] = ()
-    notes: tuple[str, ...] = ()
-
-    @cached_property
-    def run_table(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """The runs as arrays, built once (every prediction matches its points against them):
-        (n0, ρ, L0) keys of shape (runs, 3), log span of tokens seen, largest tokens seen and
-        gap anchors."""
-        keys = np.array([[r.n0, r.rho, r.l0] for r in self.runs], dtype=np.float64)
-        tokens_max = np.array([r.tokens_max for r in self.runs], dtype=np.float64)
-        tokens_min = np.array(
-            [r.tokens_min if r.tokens_min is not None else r.tokens_max for r in self.runs],
-            dtype=np.float64,
-        )
-        shifts = np.array([r.anchor for r in self.runs], dtype=np.float64)
-        return keys.reshape(-1, 3), log_span(tokens_min, tokens_max), tokens_max, shifts
-
-    @property
-    def has_pools(self) -> bool:
-        """Whether prediction intervals can be made (a fit without a bootstrap keeps only its
-        runs, for anchoring)."""
-        return bool(self.pools)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "method": "out-of-sample residual pools per question (docs/law.md §4)",
-            "pools": {k: [b.as_dict() for b in bins] for k, bins in self.pools.items()},
-            "runs": [r.as_dict() for r in self.runs],
-            "n0_range": list(self.n0_range),
-            "rho_range": list(self.rho_range),
-            "tokens_range": list(self.tokens_range),
-            "coverage": [c.as_dict() for c in self.coverage],
-            "notes": list(self.notes),
-        }
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> Calibration:
-        return cls(
-            pools={k: [Bin.from_dict(b) for b in bins] for k, bins in raw["pools"].items()},
-            runs=tuple(
-                RunKey(
-                    run_id=str(r["run_id"]),
-                    n0=float(r["n0"]),
-                    rho=float(r["rho"]),
-                    l0=float(r["l0"]),
-                    tokens_max=float(r["tokens_max"]),
-                    anchor=float(r["anchor"]),
-                    tokens_min=float(r.get("tokens_min", r["tokens_max"])),
-                )
-                for r in raw["runs"]
-            ),
-            n0_range=(float(raw["n0_range"][0]), float(raw["n0_range"][1])),
-            rho_range=(float(raw["rho_range"][0]), float(raw["rho_range"][1])),
-            tokens_range=(float(raw["tokens_range"][0]), float(raw["tokens_range"][1])),
-            coverage=tuple(
-                Coverage(
-                    protocol=c["protocol"],
-                    level=float(c["level"]),
-                    prediction=float(c["prediction"]),
-                    confidence=None if c["confidence"] is None else float(c["confidence"]),
-                    points=int(c["points"]),
-                    runs=int(c["runs"]),
-                    pools={str(k): int(v) for k, v in c.get("pools", {}).items()},
-                    mean_width=float(c.get("mean_width", 0.0)),
-                    mape=None if c.get("mape") is None else float(c["mape"]),
-                )
-                for c in raw.get("coverage", [])
-            ),
-            notes=tuple(str(n) for n in raw.get("notes", [])),
-        )
 
 
 # --------------------------------------------------------------------------- calibration
@@ -435,14 +241,6 @@ def _runs_pool(law: Form, data: Dataset, params: Params) -> _Collected:
             continue
         out.add(_log_residual(law, refit, test), test, np.zeros(len(test)))
     return out
-
-
-def log_span(first: FloatArray, last: FloatArray) -> FloatArray:
-    """The log span of tokens a run was seen over, at least MIN_LOG_SPAN: how far it may be
-    extrapolated is measured in these units (docs/law.md §4)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        span = np.log(np.maximum(last, 1.0) / np.maximum(first, 1.0))
-    return np.asarray(np.maximum(np.nan_to_num(span), MIN_LOG_SPAN), dtype=np.float64)
 
 
 def _cut_runs(data: Dataset, held: FloatArray, share: float) -> tuple[BoolArray, FloatArray]:

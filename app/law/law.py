@@ -20,7 +20,7 @@ from app.law.forms import Form
 from app.law.types import FloatArray, Ranges
 
 if TYPE_CHECKING:
-    from app.law.intervals import Calibration
+    from app.law.calibration import Calibration
 
 
 def refit_matrix(form: Form, refits: tuple[Mapping[str, float], ...]) -> FloatArray | None:

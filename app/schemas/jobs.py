@@ -3,9 +3,9 @@
 Every float is finite (`allow_inf_nan=False`) and bounded. :class:`JobRequest` is the one typed
 shape of a job: the API validates a submission with it, the worker reads the stored request back
 through it (so a request stored by an earlier version gets today's defaults), and the worker's
-``JobSpec`` (``workers/ml/job.py``) carries it as it is to every process of the job. Every default
-of a job lives here and nowhere else. Rules that depend on the model (the 2:4 reach, paths inside their
-roots) are checked by the service at submission, still before anything is queued.
+``JobSpec`` (``workers/ml/job.py``) carries it as it is to every process of the job. Every
+default of a job lives here and nowhere else. Rules that depend on the model (the 2:4 reach,
+paths inside their roots) are checked by the service at submission, still before anything is queued.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import numpy as np
 
 from app.core.errors import Unprocessable
 from app.db.models.fit import Fit
+from app.law.calibration import Calibration
 from app.law.forms import get_form
-from app.law.intervals import Calibration
 from app.law.law import FittedLaw
 from app.law.types import Features, FloatArray, Metrics, Ranges
 

@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 
 from app.law import Dataset, LawError, fit, get_form, predict_interval, refit_runs
+from app.law.calibration import MIN_RUNS_PER_BIN, Bin, Calibration, make_bins
 from app.law.intervals import (
-    MIN_RUNS_PER_BIN,
-    Bin,
-    Calibration,
     calibrate,
     continuation_note,
     forecast,
     interval,
-    make_bins,
     measure_coverage,
     runs_only,
 )
