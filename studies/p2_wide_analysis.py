@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from app.core import atomic
 from app.law import (
     FORMS,
     Dataset,
@@ -519,11 +520,8 @@ def analyse_one(job: Job, opts: Options) -> tuple[str, str, dict[str, Any], byte
             seed=cfg.seed,
         )
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
         blob = {"analysed": analysed, "png": base64.b64encode(png).decode() if png else None}
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_text(json.dumps(blob, default=str))
-        os.replace(tmp, cached)
+        atomic.write_json(cached, blob, indent=None)
     return family, method, analysed, png
 
 

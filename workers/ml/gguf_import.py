@@ -36,7 +36,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,16 +311,14 @@ def link_model(source: Path, dest: Path) -> Path:
     Built beside ``dest`` and renamed into place, so ``dest`` is whole or absent."""
     import shutil
 
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True)
-    for item in source.iterdir():
-        if item.is_dir() or item.name.startswith("."):
-            continue
-        try:
-            os.link(item, tmp / item.name)
-        except OSError:  # another file system, or links not allowed there
-            shutil.copy2(item, tmp / item.name)
-    os.replace(tmp, dest)
+    with atomic.building_dir(dest) as tmp:
+        for item in source.iterdir():
+            if item.is_dir() or item.name.startswith("."):
+                continue
+            try:
+                os.link(item, tmp / item.name)
+            except OSError:  # another file system, or links not allowed there
+                shutil.copy2(item, tmp / item.name)
     return dest
 
 
