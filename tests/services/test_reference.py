@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 from collections import Counter
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -14,6 +15,8 @@ from sqlalchemy.orm import Session
 from app.core.config import PROJECT_ROOT
 from app.db.models.fit import Fit
 from app.db.models.observation import Observation
+from app.law.forms import get_form
+from app.law.types import Features
 from app.reference import OBSERVATIONS_CSV
 from app.repositories import fits as fits_repo
 from app.repositories import observations as observations_repo
@@ -98,11 +101,28 @@ def test_loading_never_overwrites_user_data_or_a_default_the_user_chose(
 @pytest.mark.parametrize("pair", [("smollm2-135m", "2:4")])
 def test_the_shipped_fit_is_what_the_recipe_makes(pair: tuple[str, str]) -> None:
     """Rebuilding one pair from the shipped observations gives the shipped fit: a change to the
-    law code that would change the reference laws shows here (`p2law reference build`)."""
+    law code that would change the reference laws shows here (`p2law reference build`).
+
+    One N0 leaves N_C, α and E identified only as the sum N_C / N0^α + E: which split the
+    optimiser ends at depends on the machine's BLAS (seen: 30% apart on two CPUs, with
+    predictions equal to 2e-9). So the law is held to what its data determines: its curve on
+    every observed point, its objective, and the parameters the data identifies.
+    """
     shipped = {(f["family"], f["method"]): f for f in reference.read_fits()}[pair]
-    (rebuilt,) = reference.build_fits(reference.read_observations(), pairs=[pair])
+    observations = reference.read_observations()
+    (rebuilt,) = reference.build_fits(observations, pairs=[pair])
     assert rebuilt["id"] == shipped["id"]
     assert rebuilt["form"] == shipped["form"]
-    assert rebuilt["params"] == pytest.approx(shipped["params"], rel=1e-6)
+    assert rebuilt["objective"] == pytest.approx(shipped["objective"], rel=1e-6)
+    identified = ("D_C", "beta", "gamma", "delta")
+    assert {k: rebuilt["params"][k] for k in identified} == pytest.approx(
+        {k: shipped["params"][k] for k in identified}, rel=1e-6
+    )
+    rows = [r for r in observations if (r["family"], r["method"]) == pair]
+    x = Features(*(np.array([float(r[k]) for r in rows]) for k in ("n0", "rho", "l0", "tokens")))
+    form = get_form(shipped["form"])
+    assert form.predict(rebuilt["params"], x) == pytest.approx(
+        form.predict(shipped["params"], x), rel=1e-6
+    )
     assert len(rebuilt["bootstrap"]) == len(shipped["bootstrap"])
     assert rebuilt["ranges"] == shipped["ranges"]
