@@ -23,9 +23,11 @@ CURVE_POINTS_PER_DECADE = 10
 
 
 def curve_tokens(tokens: float) -> np.ndarray[Any, np.dtype[np.float64]]:
-    """Log-spaced token counts around `tokens` (which is one of them)."""
+    """Log-spaced token counts around `tokens` (which is one of them, unless it is so small that
+    two decades below it underflow: the grid then starts at the smallest normal float)."""
     n = (CURVE_DECADES_BELOW + CURVE_DECADES_ABOVE) * CURVE_POINTS_PER_DECADE + 1
-    return np.geomspace(tokens / 10.0**CURVE_DECADES_BELOW, tokens * 10.0**CURVE_DECADES_ABOVE, n)
+    bottom = max(tokens / 10.0**CURVE_DECADES_BELOW, float(np.finfo(np.float64).tiny))
+    return np.geomspace(bottom, max(tokens * 10.0**CURVE_DECADES_ABOVE, bottom), n)
 
 
 def recommend(request: RecommendRequest, session: Session | None = None) -> dict[str, Any]:

@@ -142,3 +142,17 @@ def test_a_law_whose_d_term_does_not_fall_is_answered_not_a_500(
     assert response.status_code in (200, 422), response.text
     if response.status_code == 422:
         assert "1e15" in error_message(response, 422) or "not met" in response.text
+
+
+@pytest.mark.parametrize("max_tokens", [5e-324, 1e-310])
+def test_a_cap_so_small_its_curve_would_underflow_is_answered_not_a_500(
+    client: TestClient, max_tokens: float
+) -> None:
+    """Found by schemathesis: two decades below a subnormal cap are 0, and a log grid cannot
+    hold 0."""
+    body = {**BASE, "rule": "marginal", "threshold": 0.05, "max_tokens": max_tokens}
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["capped"] is True and out["tokens"] == max_tokens
+    assert all(p["tokens"] > 0 for p in out["curve"])
