@@ -102,21 +102,11 @@ def test_control_below_l0_beyond_noise_is_flagged() -> None:
 
 
 def test_throughput_probe_times_the_trainer_on_the_model_it_sizes(
-    monkeypatch: pytest.MonkeyPatch,
+    made_trainers: list[Any],
 ) -> None:
-    from workers.ml import train
-
-    made: list[train.Trainer] = []
-
-    class Recorded(train.Trainer):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(train, "Trainer", Recorded)
     shape = study.QUICK.sizes["S"]
     probe = study.probe_throughput(shape, study.QUICK, steps=2)
-    assert [t.step for t in made] == [3]  # one warm-up step, then the two timed ones
+    assert [t.step for t in made_trainers] == [3]  # one warm-up step, then the two timed ones
     assert probe["tokens_per_s"] > 0
     # Llama with tied embeddings over the tokenizer's vocabulary (+ 2 special tokens): the N0
     # that sets each size's pretraining tokens.

@@ -13,7 +13,6 @@ import torch
 
 from studies import p2_wide as wide
 from tests.workers.ml.pipeline_helpers import small_tokenizer, tiny_llama
-from workers.ml import train
 
 
 @pytest.fixture
@@ -44,21 +43,13 @@ def test_configs_keep_the_pass_design() -> None:
 
 @pytest.mark.usefixtures("one_thread_restored")
 def test_smollm2_probe_times_the_trainer_and_the_eval(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, made_trainers: list[Any]
 ) -> None:
     tok = small_tokenizer(vocab=256)
     model_dir = tmp_path / "dense" / wide.SMOLLM2_SIZE
     tiny_llama(len(tok), layers=2).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    made: list[train.Trainer] = []
-
-    class Recorded(train.Trainer):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(train, "Trainer", Recorded)
     cfg = replace(wide.QUICK["smollm2"], vocab=len(tok), seq_len=16)
     probe = wide.probe_smollm2(tmp_path, cfg, steps=2)
-    assert [t.step for t in made] == [3]  # one warm-up step, then the two timed ones
+    assert [t.step for t in made_trainers] == [3]  # one warm-up step, then the two timed ones
     assert probe["train"] > 0 and probe["eval"] > 0

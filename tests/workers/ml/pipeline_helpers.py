@@ -8,7 +8,20 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from workers.ml.corpus import default_documents, write_corpus
+from workers.ml.job import Measured
 from workers.ml.make_model import train_tokenizer
+
+#: What a job measured before post-training, for tests of what comes after.
+MEASURED = Measured(
+    n0=10,
+    n_after=8,
+    rho=0.2,
+    l0=3.0,
+    loss_after_prune=3.5,
+    protocol="eval:x",
+    eval_noise=0.01,
+    schedule="constant lr=0.001 warmup=0%",
+)
 
 # ~200 kB of real text: enough for a 512-token vocabulary and a few hundred 32-token blocks.
 CORPUS_BYTES = 200_000

@@ -9,22 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.workers.ml.pipeline_helpers import tiny_llama
+from tests.workers.ml.pipeline_helpers import MEASURED, tiny_llama
 from workers.ml import checkpoint
 from workers.ml.checkpoint import COMPLETE, Collective, StateRecord
-from workers.ml.job import CheckpointPoint, Measured
+from workers.ml.job import CheckpointPoint
 
 ALONE = Collective(is_main=True, barrier=lambda: None, no_dist=True)
-MEASURED = Measured(
-    n0=10,
-    n_after=8,
-    rho=0.2,
-    l0=3.0,
-    loss_after_prune=3.5,
-    protocol="eval:x",
-    eval_noise=0.01,
-    schedule="constant lr=0.001 warmup=0%",
-)
 
 
 def _record(step: int, masks: list[str]) -> StateRecord:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from app.core.paths import JobPaths
 from app.schemas.jobs import JobRequest
+from tests.workers.ml.pipeline_helpers import MEASURED
 from workers.ml.job import OUTCOME, JobOutcome, JobSpec, Measured, below_l0, checkpoint_steps
 
 REQUEST = {
@@ -70,17 +71,7 @@ def test_checkpoints_are_log_spaced_whole_steps_ending_at_the_total() -> None:
 
 
 def test_losses_below_l0_by_more_than_twice_the_eval_noise_are_marked() -> None:
-    m = Measured(
-        n0=10,
-        n_after=8,
-        rho=0.2,
-        l0=3.0,
-        loss_after_prune=3.5,
-        protocol="p",
-        eval_noise=0.01,
-        schedule="constant",
-        details={},
-    )
+    m = MEASURED
     assert below_l0(2.99, m) == (False, None)
     assert below_l0(2.981, m)[0] is False
     flagged, note = below_l0(2.97, m)
