@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -42,9 +43,19 @@ def attempt_job(job_id: str) -> str:
         return _attempt_claimed(claimed, beat)
 
 
+def segment_s(time_limit_s: float) -> float:
+    """How long an attempt trains before it saves and hands the job back: its time limit less
+    a margin for the save and the hand-back (a quarter of it, at most half an hour), so it ends
+    well before Celery's soft and hard limits."""
+    return time_limit_s - min(1800.0, time_limit_s / 4)
+
+
 def _train(claimed: Claimed, beat: Heartbeat, workdir: Path, artifact_dir: Path) -> JobOutcome:
     """The pipeline in this process (one device) or on a group of processes (several)."""
     import torch
+
+    settings = get_settings()
+    deadline = time.monotonic() + segment_s(settings.job_time_limit_s)
 
     # On CPU, half the cores (at most 4): the API and the database share the machine, and
     # tiny models gain nothing from more threads.
@@ -54,17 +65,34 @@ def _train(claimed: Claimed, beat: Heartbeat, workdir: Path, artifact_dir: Path)
     # since submission.
     paths = resolve_job_paths(claimed.request)
     spec = JobSpec.build(claimed.request, paths, cuda=torch.cuda.is_available())
-    if spec.devices == 1:
+    from workers.launch import devices_for, launch_group
+
+    # A job goes on, from its saved state, on however many devices this worker has (up to those
+    # it asked for); a job not yet started must get them all.
+    devices = devices_for(spec, settings.worker_devices, started=has_state(workdir))
+    if devices == 1:
         from workers.ml.pipeline import prune_and_post_train
 
         hooks = DbHooks(claimed, beat.lost)
-        return prune_and_post_train(spec, workdir=workdir, artifact_dir=artifact_dir, hooks=hooks)
-    from workers.launch import check_devices, launch_group
-
-    check_devices(spec, get_settings().worker_devices)
+        return prune_and_post_train(
+            spec, workdir=workdir, artifact_dir=artifact_dir, hooks=hooks, deadline=deadline
+        )
     return launch_group(
-        spec, workdir=workdir, artifact_dir=artifact_dir, lease=claimed.lease, lease_lost=beat.lost
+        spec,
+        devices=devices,
+        workdir=workdir,
+        artifact_dir=artifact_dir,
+        lease=claimed.lease,
+        lease_lost=beat.lost,
+        deadline=deadline,
     )
+
+
+def has_state(workdir: Path) -> bool:
+    """Whether the job saved a training state an attempt can go on from."""
+    from workers.ml.checkpoint import latest_complete_state
+
+    return latest_complete_state(workdir) is not None
 
 
 def _attempt_claimed(claimed: Claimed, beat: Heartbeat) -> str:
@@ -88,6 +116,9 @@ def _attempt_claimed(claimed: Claimed, beat: Heartbeat) -> str:
         message = getattr(exc, "detail", None) or f"{type(exc).__name__}: {exc}"
         job_lease.finish(lease, "failed", error=str(message)[:4000])
         return "failed"
+    if outcome.status == "requeued":
+        # Not a failed attempt: the job goes on from the state just saved, in a later one.
+        return "requeued" if job_lease.requeue(lease) else "lease lost"
     if outcome.status == "cancelled":
         job_lease.finish(lease, "cancelled", error=None, eta_s=None)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -57,6 +57,18 @@ def available_devices(device: str, configured: int | None) -> int:
     return configured or (os.cpu_count() or 1)
 
 
+def devices_for(spec: JobSpec, configured: int | None, *, started: bool) -> int:
+    """How many devices this worker gives the job: those it asks for; a job that has a saved
+    state goes on with fewer when this worker has fewer (the most that split its global batch),
+    since its state loads into any layout. A job not yet started must get all it asks for."""
+    have = available_devices(spec.device, configured)
+    if not started or have >= spec.devices:
+        check_devices(spec, configured)
+        return spec.devices
+    global_batch = spec.request.batch_size * spec.devices
+    return max(n for n in range(1, have + 1) if global_batch % n == 0)
+
+
 def check_devices(spec: JobSpec, configured: int | None) -> None:
     """Raise :class:`DevicesUnavailableError` when the job asks for more than the worker has."""
     have = available_devices(spec.device, configured)
@@ -95,13 +107,16 @@ def write_fatal(workdir: Path, rank: int, message: str) -> None:
     atomic.write_json(workdir / f"{FATAL_PREFIX}{rank}.json", {"rank": rank, "error": message})
 
 
-def _command(spec: JobSpec, workdir: Path, artifact_dir: Path, lease: Lease) -> list[str]:
+def _command(
+    devices: int, workdir: Path, artifact_dir: Path, lease: Lease, deadline: float | None
+) -> list[str]:
+    seconds = 0.0 if deadline is None else max(1.0, deadline - time.monotonic())
     return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        f"--nproc-per-node={spec.devices}",
+        f"--nproc-per-node={devices}",
         "--max-restarts=0",
         "--log-dir",
         str(workdir / "rank-logs"),
@@ -120,6 +135,8 @@ def _command(spec: JobSpec, workdir: Path, artifact_dir: Path, lease: Lease) -> 
         repr(lease.seconds),
         "--task-pid",
         str(os.getpid()),
+        "--deadline",
+        repr(seconds),
     ]
 
 
@@ -150,13 +167,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def launch_group(
     spec: JobSpec,
     *,
+    devices: int,
     workdir: Path,
     artifact_dir: Path,
     lease: Lease,
     lease_lost: threading.Event,
+    deadline: float | None = None,
     restarts: int = RESTARTS,
 ) -> JobOutcome:
-    """Run the job on ``spec.devices`` processes and return how it ended (see the docstring).
+    """Run the job on ``devices`` processes and return how it ended (see the docstring).
 
     Raises:
         GroupFailedError: a rank raised (its message), or the relaunches are used up.
@@ -165,12 +184,12 @@ def launch_group(
     workdir.mkdir(parents=True, exist_ok=True)
     write_spec(spec, workdir)
     (workdir / OUTCOME_FILE).unlink(missing_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_rank(spec))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(_threads_per_rank(spec, devices))}
     for launch in range(restarts + 1):
         for stale in workdir.glob(f"{FATAL_PREFIX}*.json"):
             stale.unlink()
         process = subprocess.Popen(
-            _command(spec, workdir, artifact_dir, lease),
+            _command(devices, workdir, artifact_dir, lease, deadline),
             env=env,
             start_new_session=True,  # one process group: torchrun and every rank stop together
             stdout=subprocess.DEVNULL,
@@ -193,12 +212,12 @@ def launch_group(
         if launch < restarts:
             time.sleep(1.0)
     raise GroupFailedError(
-        f"the {spec.devices} training processes stopped without a result {restarts + 1} times "
+        f"the {devices} training processes stopped without a result {restarts + 1} times "
         f"(killed, or out of memory); see {workdir / 'rank-logs'}"
     )
 
 
-def _threads_per_rank(spec: JobSpec) -> int:
+def _threads_per_rank(spec: JobSpec, devices: int) -> int:
     if spec.device == "cuda":
         return 4
-    return max(1, (os.cpu_count() or 1) // spec.devices)
+    return max(1, (os.cpu_count() or 1) // devices)

@@ -1,11 +1,13 @@
 """One rank of a multi-device job: ``python -m workers.rank`` under ``torchrun``.
 
-Started by ``workers.launch.launch_group``: it reads the spec the launcher wrote, initialises
-``torch.distributed`` (NCCL on GPUs, gloo on CPU), and runs the job's one pipeline with the
-sharded strategy; rank 0 writes to the database through the task's lease and reports the outcome
-in the work directory. A rank that raised for a reason of the job's own writes it
-(``fatal-rank<r>.json``: a relaunch would fail the same way); a rank that only saw a peer go
-away writes nothing, and the launcher relaunches the group. A rank never builds the Celery app.
+Started by ``workers.launch.launch_group``: it reads the spec the launcher wrote; rank 0
+prepares the job (or finds its state) while the others wait on the file system; then every rank
+joins ``torch.distributed`` (NCCL on GPUs, gloo on CPU; the collective timeout is
+``DIST_TIMEOUT_S``) and runs the job's one training loop with the sharded strategy. Rank 0
+writes to the database through the task's lease and reports the outcome in the work directory.
+A rank that raised for a reason of the job's own writes it (``fatal-rank<r>.json``: a relaunch
+would fail the same way); a rank that only saw a peer go away writes nothing, and the launcher
+relaunches the group. A rank never builds the Celery app.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from app.services import job_lease
@@ -29,28 +32,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--artifact-dir", type=Path, required=True)
     parser.add_argument("--lease", nargs=3, metavar=("JOB_ID", "OWNER", "SECONDS"), required=True)
     parser.add_argument("--task-pid", type=int, required=True)
+    parser.add_argument(
+        "--deadline", type=float, default=0.0, help="seconds this launch may train (0: no limit)"
+    )
     args = parser.parse_args(argv)
     exit_with(args.task_pid)
 
     import torch
     import torch.distributed as dist
 
-    from workers.ml.pipeline import prune_and_post_train
+    from app.core.config import get_settings
+    from workers.ml import pipeline
     from workers.ml.strategy import Sharded
 
     spec = read_spec(args.spec)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    dist.init_process_group(backend="nccl" if spec.device == "cuda" else "gloo")
-    rank = dist.get_rank()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if spec.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     (args.workdir / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    settings = get_settings()
     try:
         hooks = rank0_hooks(*args.lease) if rank == 0 else None
-        outcome = prune_and_post_train(
+        # What one process does alone (tokenise, load, L0, prune, the step-0 state) happens
+        # before the group exists: the others wait for its state on the file system, not inside
+        # a collective with a timeout.
+        resumed = True
+        if rank == 0:
+            resumed = pipeline.prepare_once(spec, args.workdir, hooks, device)
+        else:
+            pipeline.wait_for_state(args.workdir)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=timedelta(seconds=settings.dist_timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
+        deadline = args.deadline if args.deadline > 0 else None
+        outcome = pipeline.post_train(
             spec,
             workdir=args.workdir,
             artifact_dir=args.artifact_dir,
             hooks=hooks,
             strategy=Sharded(spec),
+            resumed=resumed,
+            deadline=None if deadline is None else time.monotonic() + deadline,
         )
         if rank == 0:
             write_outcome(args.workdir, outcome)

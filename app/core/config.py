@@ -44,7 +44,22 @@ class Settings(BaseSettings):
             "(capped by those visible), or CPU processes. Unset: every visible GPU, or every core."
         ),
     )
-    job_time_limit_s: int = Field(24 * 3600, description="Hard time limit of one job attempt.")
+    job_time_limit_s: int = Field(
+        24 * 3600,
+        ge=1,
+        description=(
+            "Time limit of one job attempt: near it the attempt saves its state, releases the job "
+            "and sends it again, and the next attempt goes on from there (jobs of any length)."
+        ),
+    )
+    dist_timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description=(
+            "Collective timeout of a multi-device job's process group: how long a rank may wait "
+            "for the others inside one collective before the group is relaunched."
+        ),
+    )
     reaper_interval_s: float = Field(30.0, description="How often expired leases are reaped.")
     load_reference: bool = Field(
         True,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, false, func, or_, select, update
+from sqlalchemy import and_, case, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
@@ -165,6 +165,29 @@ def finish(
             finished_at=now,
             updated_at=now,
             **values,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    return int(getattr(result, "rowcount", 0)) == 1
+
+
+def requeue(session: Session, job_id: str, owner: str, now: datetime | None = None) -> bool:
+    """Hand a running job back to the queue if ``owner`` still holds it: ``queued``, no lease,
+    not yet sent, and the attempt not counted (it ended by its time limit, not by a fault).
+    False when the job is no longer this owner's."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.lease_owner == owner)
+        .values(
+            status="queued",
+            lease_owner=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            eta_s=None,
+            attempts=case((Job.attempts > 0, Job.attempts - 1), else_=0),
+            updated_at=now,
         )
         .execution_options(synchronize_session=False)
     )

@@ -28,6 +28,7 @@ from app.repositories import jobs as repo
 from app.repositories import observations as observations_repo
 from app.schemas.jobs import JobRequest
 from app.services import fits as fits_service
+from app.services import jobs as jobs_service
 from app.services.stop_rule import RunPoint
 
 log = logging.getLogger(__name__)
@@ -257,3 +258,15 @@ def finish(lease: Lease, status: str, **values: Any) -> bool:
     """Move the job to a final status if this worker still holds it."""
     with session_scope() as session:
         return repo.finish(session, lease.job_id, lease.owner, status, **values)
+
+
+def requeue(lease: Lease) -> bool:
+    """End this attempt at its time limit and send the job again: the next attempt (on any
+    worker, with any number of devices) goes on from the state this one saved. False when the
+    lease was already lost."""
+    with session_scope() as session:
+        if not repo.requeue(session, lease.job_id, lease.owner):
+            return False
+    with session_scope() as session:
+        jobs_service.send(session, lease.job_id)  # refused by the broker: the reaper sends it
+    return True

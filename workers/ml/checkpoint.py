@@ -50,6 +50,7 @@ from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
 from app.core import atomic
+from workers.ml import faults
 from workers.ml.job import CheckpointPoint, Measured
 
 STATE_PREFIX = "state-"
@@ -182,12 +183,14 @@ def restore_rng(tensors: dict[str, torch.Tensor], python: list[Any], device: tor
 class Collective:
     """Who writes what: every process writes its DCP shards; the main one writes the rest.
 
-    ``no_dist``: one process writes alone (a job's preparation, before its group trains), so
-    DCP takes no collective even where a process group exists.
+    ``run_id`` is the same in every process of one launch and new in the next, so the processes
+    meet in one temporary folder without a barrier, and a crashed launch's folder is never
+    reused. ``no_dist``: one process writes alone (a job's preparation, before its group
+    starts), so DCP takes no collective.
     """
 
     is_main: bool
-    barrier: Callable[[], None]
+    run_id: str
     no_dist: bool
 
 
@@ -221,19 +224,19 @@ def save_state(
 ) -> Path:
     """Write a complete state ``state-<step>`` (see the module docstring); return its path.
 
-    Every process of the group calls it; DCP's own collectives order the shard writes, and two
-    barriers keep the others out of the folder until the main process has made and published it.
+    Every process of the group calls it.
     """
     final = workdir / f"{STATE_PREFIX}{record.step:012d}"
-    tmp = workdir / f".{final.name}.tmp"
-    if writers.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    writers.barrier()
+    tmp = workdir / f".{final.name}.tmp-{writers.run_id}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    # The shards: DCP's own collectives order them and gather the index on the main process,
+    # every process writing its part at the same time; nothing here waits on one process alone.
     with _alone_is_meant(writers.no_dist):
         dcp_save(tensors, checkpoint_id=str(tmp / "dcp"), no_dist=writers.no_dist)
-    writers.barrier()
     if writers.is_main:
+        # The rest is the main process's, outside any collective: the others train on, and
+        # nothing reads this folder before COMPLETE.
+        faults.pause("save")
         write_model_files(tmp / "model")
         atomic.write_json(tmp / "meta.json", record.model_dump(mode="json"))
         if final.exists():  # an incomplete state of the same step from a crashed attempt
@@ -241,7 +244,6 @@ def save_state(
         atomic.publish_dir(tmp, final)
         atomic.write_text(final / COMPLETE, f"{record.step}\n")
         clean_workdir(workdir, keep=final)
-    writers.barrier()
     return final
 
 

@@ -136,7 +136,8 @@ class JobHooks(Protocol):
         """After the checkpoint's state is saved; returns the decision and a reason."""
 
 
-JobStatus = Literal["succeeded", "stopped_early", "cancelled"]
+#: ``requeued``: the attempt reached its time limit, saved, and the job goes on in a later one.
+JobStatus = Literal["succeeded", "stopped_early", "cancelled", "requeued"]
 
 
 @dataclass(frozen=True)

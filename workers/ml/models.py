@@ -13,6 +13,8 @@ whole heads leaves them valid.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,8 +48,10 @@ __all__ = [
     "layer_parts",
     "load_causal_lm",
     "load_tokenizer",
+    "materialize",
     "model_from_config",
     "parameter_breakdown",
+    "parameters_on_meta",
     "prunable_linears",
     "save_model_files",
     "save_pretrained",
@@ -341,6 +345,49 @@ def model_from_config(
         config, dtype=dtype
     )
     return model
+
+
+@contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Models built inside get their parameters on the meta device (no memory, no values) and
+    keep their buffers real: the rotary tables and other non-persistent buffers are computed in
+    the constructors and saved nowhere, so they must be made here.
+
+    Each parameter is created as usual and moved to meta at registration (one layer's weights
+    exist at a time); a parameter that is already meta is registered as it is, so tied weights
+    (``lm_head.weight is embed_tokens.weight``) stay one parameter.
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def materialize(model: nn.Module, device: torch.device) -> None:
+    """Give a model built by :func:`parameters_on_meta` (sharded or not) storage on ``device``;
+    the values come from a loaded state. Buffers keep their values and tied weights stay tied
+    (``to_empty`` replaces every tensor, and on an unsharded model the two names of a tied
+    weight would each get their own)."""
+    buffers = {name: buf.detach().clone() for name, buf in model.named_buffers()}
+    tied: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        tied.setdefault(id(param), []).append(name)
+    model.to_empty(device=device)
+    for name, buf in model.named_buffers():
+        buf.copy_(buffers[name])
+    for names in tied.values():
+        first = model.get_parameter(names[0])
+        for other in names[1:]:
+            owner, _, attr = other.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, attr, first)
 
 
 def load_tokenizer(directory: Path) -> PreTrainedTokenizerBase:

@@ -18,13 +18,14 @@ process calls them, so a job's writes happen once whatever the number of devices
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.ml import checkpoint, models
+from workers.ml import checkpoint, faults, models
 from workers.ml import data as data_mod
 from workers.ml.checkpoint import Collective, StateRecord
 from workers.ml.job import (
@@ -145,7 +146,7 @@ def prepare(spec: JobSpec, workdir: Path, hooks: JobHooks | None, device: torch.
         tensors=checkpoint.tensor_state(model, None, masks, device),
         record=record,
         write_model_files=lambda out: models.save_model_files(model, tokenizer, out),
-        writers=Collective(is_main=True, barrier=lambda: None, no_dist=True),
+        writers=Collective(is_main=True, run_id="prepare", no_dist=True),
     )
 
 
@@ -165,7 +166,9 @@ class Restored:
 
 
 def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
-    """Build the model saved in ``state``, place it by ``strategy`` and load the state into it."""
+    """Build the model saved in ``state`` with its parameters on the meta device, place it by
+    ``strategy`` (each rank materialises only its shard), and load the state into it: no
+    process ever holds more of the model than its shard."""
     record = checkpoint.read_record(state)
     if record is None:
         raise PipelineError(f"{state} is no training state this version reads")
@@ -175,17 +178,21 @@ def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
     splits = job_splits(spec, tokenizer)
     if record.measured.protocol != splits.protocol:
         raise PipelineError("the evaluation set changed since the saved state was written")
-    model = models.model_from_config(state / "model")
+    with models.parameters_on_meta():
+        model = models.model_from_config(state / "model")
     if spec.request.activation_checkpointing:
         enable_activation_checkpointing(model)
+    strategy.parallelize(model)
     params = dict(model.named_parameters())
-    masks = strategy.parallelize(
-        model, {name: torch.ones_like(params[name], dtype=torch.bool) for name in record.mask_names}
-    )
+    # Laid out like their parameters (DTensors when sharded); the state fills them in.
+    masks = {name: torch.ones_like(params[name], dtype=torch.bool) for name in record.mask_names}
+    # The global batch is the job's whatever the number of processes, so a state saved by N
+    # processes continues on M: the same sequences per optimizer step, split M ways.
+    cfg = replace(train_config(spec), batch_size=strategy.per_device_batch(spec))
     trainer = Trainer(
         model,
         splits.train,
-        train_config(spec),
+        cfg,
         device=strategy.device,
         autocast_dtype=strategy.autocast_dtype,
         masks=masks,
@@ -211,7 +218,7 @@ def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
 def save(
     workdir: Path, spec: JobSpec, job: Restored, strategy: OneDevice, points: list[CheckpointPoint]
 ) -> None:
-    """The complete state of the trainer's current step."""
+    """The complete state of the trainer's current step (every process writes its shards)."""
     trainer = job.trainer
     record = job.record.model_copy(
         update={
@@ -227,44 +234,56 @@ def save(
         tensors=checkpoint.tensor_state(job.model, trainer.optimizer, job.masks, strategy.device),
         record=record,
         write_model_files=lambda out: models.save_model_files(job.model, job.tokenizer, out),
-        writers=Collective(strategy.is_main, strategy.barrier, no_dist=strategy.world == 1),
+        writers=Collective(strategy.is_main, strategy.run_id, no_dist=strategy.world == 1),
     )
 
 
-def prune_and_post_train(
+def prepare_once(
+    spec: JobSpec, workdir: Path, hooks: JobHooks | None, device: torch.device
+) -> bool:
+    """Make the state of step 0 unless the work directory has a complete state to resume from;
+    returns whether it had one. One process calls it, before any process group exists, so no
+    other rank waits inside a collective while it loads, measures and prunes."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = checkpoint.latest_complete_state(workdir)
+    checkpoint.clean_workdir(workdir, keep=state)
+    if state is not None:
+        return True
+    faults.pause("prepare")
+    prepare(spec, workdir, hooks, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the dense model is gone; give its blocks back
+    return False
+
+
+def wait_for_state(workdir: Path, *, poll_s: float = 0.5) -> Path:
+    """The complete state the main process makes or keeps (the other ranks wait here, outside
+    any collective; a main process that fails ends the whole group through torchrun)."""
+    while True:
+        state = checkpoint.latest_complete_state(workdir)
+        if state is not None:
+            return state
+        time.sleep(poll_s)
+
+
+def post_train(
     spec: JobSpec,
     *,
     workdir: Path,
     artifact_dir: Path,
     hooks: JobHooks | None,
-    strategy: OneDevice | None = None,
+    strategy: OneDevice,
+    resumed: bool,
+    deadline: float | None = None,
 ) -> JobOutcome:
-    """Run (or resume) one job on this process; see the module docstring.
-
-    ``strategy`` defaults to one device; ``hooks`` belong to the main process and to it only.
-    """
-    strategy = strategy if strategy is not None else OneDevice(spec)
+    """Train from the newest complete state to the end (or a decision, or ``deadline`` on the
+    monotonic clock: then the state is saved and the job ends ``requeued`` to go on later)."""
     if (hooks is None) == strategy.is_main:
         raise PipelineError("the hooks belong to the main process and to it only")
-    if strategy.world != spec.devices:
-        raise PipelineError(f"the job asks for {spec.devices} devices; {strategy.world} run")
-    workdir.mkdir(parents=True, exist_ok=True)
     state = checkpoint.latest_complete_state(workdir)
-    resumed = state is not None
     if state is None:
-        if strategy.is_main:
-            checkpoint.clean_workdir(workdir, keep=None)
-            prepare(spec, workdir, hooks, strategy.device)
-            if strategy.device.type == "cuda":
-                torch.cuda.empty_cache()  # the dense model is gone; give its blocks back
-        strategy.barrier()
-        state = checkpoint.latest_complete_state(workdir)
-        if state is None:
-            raise PipelineError("the preparation left no complete state to start from")
-    elif strategy.is_main:
-        checkpoint.clean_workdir(workdir, keep=state)
-    saved: Path = state
-    job = restore(spec, saved, strategy)
+        raise PipelineError("the preparation left no complete state to start from")
+    job = restore(spec, state, strategy)
     trainer, measured = job.trainer, job.record.measured
     points = list(job.record.points)
     if hooks is not None and resumed:
@@ -274,24 +293,36 @@ def prune_and_post_train(
     total_tokens = spec.total_steps * spec.tokens_per_step
     every = max(1, min(50, spec.total_steps // 200))
     batch = max(1, spec.request.batch_size)
+    out_of_time = False
 
-    def progress(step: int) -> None:
+    def progress(step: int) -> bool:
+        """Report progress; whether the attempt must stop now (decided by the main process)."""
+        nonlocal out_of_time
         if hooks is not None:
             hooks.on_progress(step * spec.tokens_per_step, total_tokens)
+        if deadline is not None:
+            out_of_time = bool(strategy.broadcast(time.monotonic() >= deadline))
+        return out_of_time
 
     def finish(status: JobStatus, reason: str | None) -> JobOutcome:
         artifact = None
-        if status != "cancelled":
+        if status in ("succeeded", "stopped_early"):
+            # Gathering is collective; the main process then writes alone, outside any
+            # collective: the others are done.
             whole = strategy.exported(job.model, lambda: models.model_from_config(job.model.config))
             if whole is not None:
                 artifact = models.save_pretrained(whole, job.tokenizer, artifact_dir)  # type: ignore[arg-type]
-            strategy.barrier()
         return JobOutcome(status, measured, points, artifact, reason)
 
     for target in checkpoint_steps(spec.total_steps, spec.request.checkpoints):
         if target <= trainer.step:
             continue
         trainer.train_until(target, on_step=progress, every=every)
+        if out_of_time:
+            save(workdir, spec, job, strategy, points)
+            return finish(
+                "requeued", f"the attempt's time limit; saved at {trainer.tokens_done} tokens"
+            )
         loss, _stderr = strategy.held_out_loss(job.model, job.splits.eval, batch)
         flagged, note = below_l0(loss, measured)
         point = CheckpointPoint(tokens=trainer.tokens_done, loss=loss, below_l0=flagged, note=note)
@@ -308,3 +339,25 @@ def prune_and_post_train(
     if hooks is not None:
         hooks.on_progress(trainer.tokens_done, total_tokens)
     return finish("succeeded", None)
+
+
+def prune_and_post_train(
+    spec: JobSpec,
+    *,
+    workdir: Path,
+    artifact_dir: Path,
+    hooks: JobHooks,
+    deadline: float | None = None,
+) -> JobOutcome:
+    """Run (or resume) one job on this process and its one device; see the module docstring."""
+    strategy = OneDevice(spec)
+    resumed = prepare_once(spec, workdir, hooks, strategy.device)
+    return post_train(
+        spec,
+        workdir=workdir,
+        artifact_dir=artifact_dir,
+        hooks=hooks,
+        strategy=strategy,
+        resumed=resumed,
+        deadline=deadline,
+    )

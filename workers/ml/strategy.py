@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from typing import Any
 
 import torch
@@ -26,7 +27,6 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from workers.ml import models
 from workers.ml.evaluate import block_losses
@@ -54,6 +54,19 @@ class OneDevice:
     def __init__(self, spec: JobSpec, device: torch.device | None = None) -> None:
         self.device = device if device is not None else torch.device(spec.device)
         self.autocast_dtype = compute_dtype(spec)
+        #: Names this launch's temporary state folders (the same in every process of it).
+        self.run_id = os.environ.get("TORCHELASTIC_RUN_ID") or uuid.uuid4().hex[:12]
+
+    def per_device_batch(self, spec: JobSpec) -> int:
+        """Sequences per device and micro-batch: the job's global batch (``batch_size`` ×
+        ``devices``, fixed for the job's life) split over the processes that run it now."""
+        global_batch = spec.request.batch_size * spec.devices
+        if global_batch % self.world:
+            raise PipelineError(
+                f"the job's global batch of {global_batch} sequences does not split over "
+                f"{self.world} devices"
+            )
+        return global_batch // self.world
 
     @property
     def data_shard(self) -> DataShard:
@@ -70,12 +83,10 @@ class OneDevice:
         """``values`` summed over the processes."""
         return values
 
-    def parallelize(
-        self, model: nn.Module, masks: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Place ``model`` for training; return the masks laid out like their parameters."""
-        model.to(self.device)
-        return {name: mask.to(self.device) for name, mask in masks.items()}
+    def parallelize(self, model: nn.Module) -> None:
+        """Place a model built with its parameters on the meta device for training: storage on
+        this process's device, values to be loaded."""
+        models.materialize(model, self.device)
 
     def held_out_loss(
         self, model: nn.Module, blocks: torch.Tensor, batch_size: int
@@ -124,8 +135,6 @@ class Sharded(OneDevice):
         if not dist.is_initialized():
             raise PipelineError("a sharded job runs inside an initialised process group")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        if self.world != spec.devices:
-            raise PipelineError(f"the job asks for {spec.devices} devices; {self.world} run")
         self.is_main = self.rank == 0
         device = torch.device("cpu")
         if spec.device == "cuda":
@@ -150,10 +159,9 @@ class Sharded(OneDevice):
         dist.all_reduce(values)
         return values
 
-    def parallelize(
-        self, model: nn.Module, masks: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        model.to(self.device)
+    def parallelize(self, model: nn.Module) -> None:
+        """Shard each decoder layer, then the root, while the parameters are still on the meta
+        device; then each rank materialises only its shards."""
         mesh = init_device_mesh(self.device.type, (self.world,))
         policy = MixedPrecisionPolicy()
         if self.param_dtype is not None:
@@ -163,16 +171,7 @@ class Sharded(OneDevice):
         for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
-        params = dict(model.named_parameters())
-        out: dict[str, torch.Tensor] = {}
-        for name, mask in masks.items():
-            param = params[name]
-            if not isinstance(param, DTensor):
-                raise PipelineError(f"parameter {name} is not sharded")
-            out[name] = distribute_tensor(
-                mask.to(param.device_mesh.device_type), param.device_mesh, list(param.placements)
-            )
-        return out
+        models.materialize(model, self.device)
 
     def exported(self, model: nn.Module, build: Any) -> nn.Module | None:
         full = get_model_state_dict(

@@ -167,9 +167,14 @@ class Trainer:
         return self.step * self.tokens_per_step
 
     def train_until(
-        self, until_step: int, *, on_step: Callable[[int], None] | None = None, every: int = 10
+        self,
+        until_step: int,
+        *,
+        on_step: Callable[[int], bool | None] | None = None,
+        every: int = 10,
     ) -> None:
-        """Step until `self.step == until_step`, calling `on_step(step)` every `every` steps."""
+        """Step until `self.step == until_step`, calling `on_step(step)` every `every` steps; one
+        that answers true stops it there."""
         model, opt, cfg = self.model, self.optimizer, self.cfg
         masks, apply_masks = self.masks, self._apply_masks
         dev, blocks = self.device, self.blocks
@@ -196,8 +201,9 @@ class Trainer:
                 apply_masks(model, masks)
             self.step += 1
             self._loss_count += 1
-            if on_step is not None and self.step % every == 0:
-                on_step(self.step)
+            # A true answer ends the run early (the attempt's time limit): the caller saves.
+            if on_step is not None and self.step % every == 0 and on_step(self.step):
+                return
 
     def pop_train_loss(self) -> float:
         """Mean training loss since the last call (one host sync); nan when no step ran."""

@@ -14,7 +14,7 @@ from workers.ml import checkpoint
 from workers.ml.checkpoint import COMPLETE, Collective, StateRecord
 from workers.ml.job import CheckpointPoint
 
-ALONE = Collective(is_main=True, barrier=lambda: None, no_dist=True)
+ALONE = Collective(is_main=True, run_id="test", no_dist=True)
 
 
 def _record(step: int, masks: list[str]) -> StateRecord:
