@@ -98,8 +98,10 @@ def test_a_job_asking_for_more_devices_than_the_worker_has_fails_with_the_reason
 
 
 def test_killing_one_rank_mid_job_resumes_from_the_sharded_checkpoint(
-    job_roots: dict[str, Path],
+    job_roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A short collective timeout: the dead rank is still told apart from a slow phase.
+    monkeypatch.setenv("DIST_TIMEOUT_S", "5")
     job_id = submit(
         devices=2, batch_size=4, method="depth", rho=0.25, tokens=400 * 8 * SEQ, checkpoints=4
     )
@@ -136,6 +138,45 @@ def test_cancel_of_a_sharded_job_ends_it_at_the_next_checkpoint(job_roots: dict[
     job = job_row(job_id)
     assert job.status == "cancelled" and job.artifact is None
     assert 1 <= len(checkpoints(job_id)) <= 2
+
+
+def test_a_short_collective_timeout_survives_a_slow_preparation_and_slow_saves(
+    job_roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0 alone prepares for 15 s and publishes each state for 15 s; with a 5 s collective
+    timeout the others must never be waiting for it inside a collective."""
+    monkeypatch.setenv("DIST_TIMEOUT_S", "5")
+    monkeypatch.setenv("P2LAW_PAUSE_PREPARE_S", "15")
+    monkeypatch.setenv("P2LAW_PAUSE_SAVE_S", "15")
+    job_id = submit(devices=2, batch_size=4, tokens=16 * 8 * SEQ, checkpoints=2)
+    assert attempt_job(job_id) == "succeeded", job_row(job_id).error
+    points = checkpoints(job_id)
+    assert len(points) == 2 and len({t for t, _ in points}) == 2
+    assert job_row(job_id).attempts == 1
+
+
+def test_a_job_longer_than_its_time_limit_goes_on_in_segments_on_any_device_count(
+    job_roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each attempt trains ~6 s (JOB_TIME_LIMIT_S=8), saves and requeues the job; the next one
+    goes on from that state, on 2 processes, then 1, then 2 again: each checkpoint recorded once,
+    no attempt counted as failed."""
+    monkeypatch.setenv("JOB_TIME_LIMIT_S", "8")
+    job_id = submit(devices=2, batch_size=4, tokens=3000 * 8 * SEQ, checkpoints=4)
+    results, devices = [], [2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1]
+    for count in devices:
+        monkeypatch.setenv("WORKER_DEVICES", str(count))
+        get_settings.cache_clear()
+        results.append(attempt_job(job_id))
+        if results[-1] != "requeued":
+            break
+    assert results[-1] == "succeeded", (results, job_row(job_id).error)
+    assert results.count("requeued") >= 2, results  # 2 -> 1 -> 2 at least
+    job = job_row(job_id)
+    assert job.attempts == 1 and job.status == "succeeded" and job.artifact is not None
+    points = checkpoints(job_id)
+    assert len(points) == 4 and len({t for t, _ in points}) == 4
+    assert points[-1][0] == 3000 * 8 * SEQ
 
 
 def _cuda_devices() -> int:

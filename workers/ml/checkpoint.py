@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import queue
 import random
 import shutil
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -148,10 +150,11 @@ def latest_complete_state(workdir: Path) -> Path | None:
     return None
 
 
-def clean_workdir(workdir: Path, keep: Path | None) -> None:
-    """Remove temporary folders and every state but ``keep``."""
+def clean_workdir(workdir: Path, keep: Path | None, *, pending: str | None = None) -> None:
+    """Remove temporary folders and every state but ``keep`` (and the temporary folders of the
+    launch ``pending``, whose states are still being written)."""
     for child in workdir.iterdir():
-        if child == keep:
+        if child == keep or (pending is not None and child.name.endswith(f".tmp-{pending}")):
             continue
         if child.name.startswith(".") or child.name.startswith(STATE_PREFIX):
             shutil.rmtree(child, ignore_errors=True)
@@ -214,6 +217,48 @@ def tensor_state(
     return tree
 
 
+class Publisher:
+    """Completes the main process's states in the background, in order.
+
+    Publishing a state (its JSON and model files, the fsync of the folder, the rename, the
+    COMPLETE marker, dropping the older state) is the main process's alone. Done inline, every
+    other rank would wait for it inside its next collective; here one thread does it while
+    training goes on. :meth:`drain` waits for everything queued (at the end of a job, and on
+    any error, so only a killed process leaves a state unpublished — which resume ignores).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="state-publisher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (task := self._queue.get()) is not None:
+            try:
+                if self._error is None:
+                    task()
+            except BaseException as exc:  # reported by the next submit or drain
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"publishing a training state failed: {self._error}") from (
+                self._error
+            )
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._raise()
+        self._queue.put(task)
+
+    def drain(self) -> None:
+        """Wait for every queued publication; raise if one failed."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        self._raise()
+
+
 def save_state(
     workdir: Path,
     *,
@@ -221,10 +266,12 @@ def save_state(
     record: StateRecord,
     write_model_files: Callable[[Path], None],
     writers: Collective,
+    publisher: Publisher | None = None,
 ) -> Path:
     """Write a complete state ``state-<step>`` (see the module docstring); return its path.
 
-    Every process of the group calls it.
+    Every process of the group calls it. The main process publishes the state through
+    ``publisher`` (in the background), or before returning when there is none.
     """
     final = workdir / f"{STATE_PREFIX}{record.step:012d}"
     tmp = workdir / f".{final.name}.tmp-{writers.run_id}"
@@ -234,16 +281,24 @@ def save_state(
     with _alone_is_meant(writers.no_dist):
         dcp_save(tensors, checkpoint_id=str(tmp / "dcp"), no_dist=writers.no_dist)
     if writers.is_main:
-        # The rest is the main process's, outside any collective: the others train on, and
-        # nothing reads this folder before COMPLETE.
-        faults.pause("save")
         write_model_files(tmp / "model")
-        atomic.write_json(tmp / "meta.json", record.model_dump(mode="json"))
-        if final.exists():  # an incomplete state of the same step from a crashed attempt
-            shutil.rmtree(final)
-        atomic.publish_dir(tmp, final)
-        atomic.write_text(final / COMPLETE, f"{record.step}\n")
-        clean_workdir(workdir, keep=final)
+        payload = record.model_dump(mode="json")
+
+        def publish() -> None:
+            # The main process's alone, outside any collective: nothing reads this folder
+            # before COMPLETE.
+            faults.pause("save")
+            atomic.write_json(tmp / "meta.json", payload)
+            if final.exists():  # an incomplete state of the same step from a crashed attempt
+                shutil.rmtree(final)
+            atomic.publish_dir(tmp, final)
+            atomic.write_text(final / COMPLETE, f"{record.step}\n")
+            clean_workdir(workdir, keep=final, pending=writers.run_id)
+
+        if publisher is None:
+            publish()
+        else:
+            publisher.submit(publish)
     return final
 
 

@@ -24,7 +24,18 @@ from app.core.paths import JobPaths
 from app.schemas.jobs import JobRequest
 
 #: Request fields that change no result of the job: a saved state stays valid across them.
-_NOT_RESULTS = frozenset({"family", "refit", "stop_rule", "idempotency_key", "device", "dtype"})
+_NOT_RESULTS = frozenset(
+    {
+        "family",
+        "refit",
+        "stop_rule",
+        "idempotency_key",
+        "device",
+        "dtype",
+        "dry_run",
+        "device_memory_gib",
+    }
+)
 
 
 class PipelineError(RuntimeError):
