@@ -8,10 +8,16 @@ writing a second training loop:
   loss over every block, and no collectives;
 - :class:`Sharded`: inside an initialised ``torch.distributed`` group (NCCL on GPUs, gloo on
   CPU), ``fully_shard`` per decoder layer and then the whole model (each device holds 1/N of the
-  weights, gradients and AdamW moments; on CUDA in bf16, bf16 compute with fp32 master weights
-  and fp32 gradient reduction through ``MixedPrecisionPolicy``), the masks as DTensors laid out
-  like their parameters, each rank training on its own rows of the same global batch and
-  evaluating its share of the held-out blocks, rank 0 the only one that talks to the hooks.
+  weights, gradients and AdamW moments), the masks as DTensors laid out like their parameters,
+  each rank training on its own rows of the same global batch and evaluating its share of the
+  held-out blocks, rank 0 the only one that talks to the hooks.
+
+One numeric recipe whatever the number of devices: fp32 master weights, and bf16 compute (when
+the job's dtype is bf16) by ``torch.autocast`` on one device and on N alike, so L0 and the loss
+after pruning (measured by one process before any sharding) and every checkpoint (measured by
+the group) are the same computation and L − L0 carries no offset between them. The price on N
+devices: FSDP2 gathers the fp32 weights (twice the bytes of gathering bf16 ones, as
+``MixedPrecisionPolicy(param_dtype=bf16)`` would, which computes differently from autocast).
 """
 
 from __future__ import annotations
@@ -140,12 +146,7 @@ class Sharded(OneDevice):
         if spec.device == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        super().__init__(spec, device)
-        self.param_dtype = (
-            torch.bfloat16 if device.type == "cuda" and spec.dtype == "bfloat16" else None
-        )
-        # FSDP2's policy does the bf16 compute; autocast on top would cast twice.
-        self.autocast_dtype = None
+        super().__init__(spec, device)  # autocast as on one device: the one numeric recipe
 
     def barrier(self) -> None:
         dist.barrier()
@@ -163,10 +164,8 @@ class Sharded(OneDevice):
         """Shard each decoder layer, then the root, while the parameters are still on the meta
         device; then each rank materialises only its shards."""
         mesh = init_device_mesh(self.device.type, (self.world,))
-        policy = MixedPrecisionPolicy()
-        if self.param_dtype is not None:
-            # Parameters gathered and computed in bf16, gradients reduced in fp32.
-            policy = MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=torch.float32)
+        # fp32 gathered and reduced; bf16 compute comes from autocast (the module docstring).
+        policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
         _, _, layers = models.decoder_layers_owner(model)
         for layer in layers:
             fully_shard(layer, mesh=mesh, mp_policy=policy)
