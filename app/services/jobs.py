@@ -21,10 +21,10 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from app.core import queue, tokens
-from app.core.capacity import OutOfReachError, check_2of4_reach, max_rho_2of4_from_config
 from app.core.config import get_settings
 from app.core.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.core.paths import JobPaths, resolve_job_paths
+from app.core.pruning import PlanError, check_reach
 from app.db.models.job import FINAL_STATUSES, Job
 from app.db.models.observation import Observation
 from app.repositories import jobs as repo
@@ -57,14 +57,15 @@ def default_family(model: str) -> str:
 
 
 def check_reachable(request: JobRequest, model: str) -> None:
-    """A 2:4 target above what the pattern can zero on this model is a 422 naming the maximum
-    (docs/law.md §1), decided from its config before anything is queued; the rule is
-    ``app.core.capacity``'s, the one the worker applies to the loaded model."""
-    if request.method != "2:4":
-        return
+    """A target above what the method can reach on this model is a 422 naming the maximum
+    (docs/law.md §1), for every method, decided from the model's ``config.json`` before anything
+    is queued: the plan is ``app.core.pruning``'s, the one the worker makes again from the loaded
+    model and takes its counts from. A config the plan cannot read (a hub id, another
+    architecture) is held only to the bound every model obeys (2:4 below one half); the worker
+    then checks the loaded model."""
     try:
-        check_2of4_reach(request.rho, max_rho_2of4_from_config(model_config(model)))
-    except OutOfReachError as exc:
+        check_reach(model_config(model), request.method, request.rho)
+    except PlanError as exc:  # OutOfReachError, the one a valid request can meet
         raise Unprocessable(str(exc)) from None
 
 

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from app.core import queue
 from app.core.capacity import capacity_from_config
 from app.core.config import get_settings
+from app.core.pruning import OutOfReachError, plan_pruning
 from app.db.session import reset_engines, session_scope
 from app.main import create_app
 from app.repositories import jobs as jobs_repo
@@ -277,6 +278,83 @@ def test_two_four_above_this_models_reach_is_422_before_anything_is_queued(
         "/jobs/prune-finetune", json=job_request(model="sized", method="2:4", rho=below)
     )
     assert response.status_code == 202
+
+
+_SIZED_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "vocab_size": 256,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": False,
+}
+
+
+@pytest.mark.parametrize("method", ["depth", "width", "2:4", "unstructured"])
+def test_every_methods_reach_is_checked_at_submission_with_the_workers_plan(
+    jobs_client: TestClient, roots: dict[str, Path], method: str
+) -> None:
+    model = roots["model"].parent / "sized"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(_SIZED_LLAMA))
+    max_rho = plan_pruning(_SIZED_LLAMA, method, 0.1).shape["max_rho"]
+    above = round(max_rho + 0.15, 4)
+    with pytest.raises(OutOfReachError):  # the plan the worker would make refuses it too
+        plan_pruning(_SIZED_LLAMA, method, above)
+    response = jobs_client.post(
+        "/jobs/prune-finetune", json=job_request(model="sized", method=method, rho=above)
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert f"rho={max_rho:.4f}" in detail and f"requested rho={above:.4f}" in detail
+    assert jobs_client.get("/jobs").json()["total"] == 0 and _message_files() == []
+    below = round(max_rho - 0.01, 4)
+    response = jobs_client.post(
+        "/jobs/prune-finetune", json=job_request(model="sized", method=method, rho=below)
+    )
+    assert response.status_code == 202, response.text
+
+
+def test_width_reach_at_llama_31_8b_shapes_is_checked_from_its_config(
+    jobs_client: TestClient, roots: dict[str, Path]
+) -> None:
+    config = {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "tie_word_embeddings": False,
+    }
+    model = roots["model"].parent / "llama-8b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    max_rho = plan_pruning(config, "width", 0.2).shape["max_rho"]
+    response = jobs_client.post(
+        "/jobs/prune-finetune", json=job_request(model="llama-8b", method="width", rho=0.95)
+    )
+    assert response.status_code == 422
+    assert f"width pruning can remove at most rho={max_rho:.4f}" in response.json()["detail"]
+    for method in ("depth", "width", "2:4", "unstructured"):
+        response = jobs_client.post(
+            "/jobs/prune-finetune", json=job_request(model="llama-8b", method=method, rho=0.3)
+        )
+        assert response.status_code == 202, (method, response.text)
+
+
+def test_an_unreadable_config_leaves_structural_reach_to_the_worker(
+    jobs_client: TestClient,
+) -> None:
+    # The roots fixture's model has a config without sizes: only 2:4's model-free bound holds.
+    for method in ("depth", "width", "unstructured"):
+        response = jobs_client.post(
+            "/jobs/prune-finetune", json=job_request(method=method, rho=0.9)
+        )
+        assert response.status_code == 202, (method, response.text)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Shared types of the pruning methods: the pruner interface, its outcome, errors, calibration.
+"""Shared types of the pruning methods: the pruner interface, its outcome, errors, calibration,
+and the model's projections by role.
 
 Calibration tokens always come from the caller and must be drawn from the *training* split: the
 evaluation set measures L0 and L (docs/law.md §3), and scoring weights on it would leak it into the
@@ -15,7 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from workers.ml.models import decoder_layers
+from app.core.pruning import PrunePlan
+from workers.ml.models import decoder_layers, layer_parts
 
 
 class PruneError(ValueError):
@@ -34,8 +36,10 @@ class Pruner(ABC):
     """One pruning method. A new method is one subclass in its own module plus a registry entry.
 
     ``structural`` methods remove parameters (ρ = removed parameters ÷ N0); the others zero
-    weights through keep-masks (ρ = weights set to zero ÷ N0). ``run`` modifies the model in
-    place and returns what it did; ``prune()`` in the package measures ρ from the model.
+    weights through keep-masks (ρ = weights set to zero ÷ N0). ``run`` takes its counts from the
+    plan (``app.core.pruning``, made from the model's config), chooses which units go by its
+    scores, modifies the model in place and returns what it did; ``prune()`` in the package
+    measures ρ from the model.
     """
 
     name: ClassVar[str]
@@ -45,14 +49,33 @@ class Pruner(ABC):
     def run(
         self,
         model: nn.Module,
-        target_rho: float,
+        plan: PrunePlan,
         calib_ids: torch.Tensor,
         *,
-        n0: int,
         device: torch.device,
         batch_size: int,
     ) -> PruneOutcome:
-        """Prune ``model`` in place towards ``target_rho`` (a fraction of ``n0``)."""
+        """Prune ``model`` in place as ``plan`` counts."""
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One projection of a decoder layer: its module name, role (``q`` … ``down``), layer."""
+
+    name: str
+    role: str
+    layer: int
+    linear: nn.Linear
+
+
+def projections(model: nn.Module) -> list[Projection]:
+    """Every attention and MLP projection of every decoder layer, layer by layer, by role."""
+    module_names = {id(module): name for name, module in model.named_modules()}
+    return [
+        Projection(module_names[id(linear)], role, i, linear)
+        for i, layer in enumerate(decoder_layers(model))
+        for role, linear in layer_parts(layer).linears().items()
+    ]
 
 
 def calibration_batches(

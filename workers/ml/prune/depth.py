@@ -4,11 +4,11 @@ BI of a layer = 1 − mean over calibration tokens of cos(h_in, h_out), the cosi
 between the hidden state entering and leaving the layer. A layer that barely rotates the
 residual stream (low BI) is the cheapest to drop.
 
-Count rule: layers are removed in increasing BI order; the number removed is the one (between 1
-and L − 1) whose measured ρ = removed parameters ÷ N0 is closest to the target. Granularity: one
-layer, so ρ lands within half a layer's share of N0 of the target. A target more than half a
-layer's share above the maximum (all layers but the most influential removed) is a PruneError
-that states the maximum.
+Count rule (the plan's, ``app.core.pruning``): the number removed is the one (between 1 and
+L − 1) whose ρ = removed parameters ÷ N0 is closest to the target. Granularity: one layer, so ρ
+lands within half a layer's share of N0 of the target. A target more than half a layer's share
+above the maximum (all layers but one removed) is a PruneError that states the maximum. The
+layers removed are the ones with the lowest BI.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from app.core.pruning import PrunePlan
 from workers.ml.models import count_parameters, decoder_layers_owner
 from workers.ml.prune.base import PruneError, PruneOutcome, Pruner, run_calibration
 
@@ -113,34 +114,26 @@ class DepthPruner(Pruner):
     def run(
         self,
         model: nn.Module,
-        target_rho: float,
+        plan: PrunePlan,
         calib_ids: torch.Tensor,
         *,
-        n0: int,
         device: torch.device,
         batch_size: int,
     ) -> PruneOutcome:
-        """Score layers by BI, remove the count whose ρ is closest to ``target_rho``."""
+        """Score layers by BI, remove the plan's number of them, lowest BI first."""
         _, _, layers = decoder_layers_owner(model)
         n_layers = len(layers)
-        if n_layers < 2:
-            raise PruneError("depth pruning needs at least two decoder layers")
+        count = int(plan.shape["layers_removed"])
         sizes = [count_parameters(layer) for layer in layers]
+        if n_layers != count + int(plan.shape["layers"]) or set(sizes) != {
+            plan.shape["layer_parameters"]
+        }:
+            raise PruneError(
+                f"the model's {n_layers} decoder layers of {sorted(set(sizes))} parameters are "
+                f"not the ones its config describes"
+            )
         bi = block_influence(model, calib_ids, device=device, batch_size=batch_size)
         order = sorted(range(n_layers), key=lambda i: (bi[i], i))
-        removed = 0
-        rhos: list[float] = []
-        for i in order[: n_layers - 1]:
-            removed += sizes[i]
-            rhos.append(removed / n0)
-        max_rho = rhos[-1]
-        last_share = sizes[order[n_layers - 2]] / n0
-        if target_rho > max_rho + last_share / 2:
-            raise PruneError(
-                f"depth pruning can remove at most {max_rho:.4f} of the parameters "
-                f"({n_layers - 1} of {n_layers} layers); requested rho={target_rho:.4f}"
-            )
-        count = 1 + min(range(len(rhos)), key=lambda k: abs(rhos[k] - target_rho))
         remove = sorted(order[:count])
         keep = remove_layers(model, remove)
         return PruneOutcome(

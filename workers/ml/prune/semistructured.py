@@ -2,33 +2,27 @@
 
 In every group of 4 consecutive inputs of each output row, the 2 weights with the lowest
 |W|·‖X‖₂ are zeroed (the pattern sparse tensor cores accelerate). Each sparsified projection thus
-loses exactly half its weights, so a target ρ = zeroed ÷ N0 is met by choosing WHICH projections
-(attention and MLP projections of the decoder layers; never embeddings, head or norms) to
-sparsify: the subset whose zeroed count is closest to ρ·N0, found exactly over the few distinct
-projection sizes, and among equally close subsets the one that removes the least score mass
-(within one size, projections losing the smallest share of their Σ|W|·‖X‖₂ go first).
-Granularity: half of the smallest projection, so ρ lands within a quarter of the smallest
-projection's weights ÷ N0 of the target. The maximum, every eligible projection at 2:4, is
-≈ half of the decoder layers' projection weights ÷ N0; the rule and its message are
-``app.core.capacity``'s, shared with the API's check at submission.
+loses exactly half its weights, so a target ρ = zeroed ÷ N0 is met by choosing how many
+projections of each size (attention and MLP projections of the decoder layers; never embeddings,
+head or norms) to sparsify: the plan's counts (``app.core.pruning``), whose zeroed total is the
+closest to ρ·N0. Within one size, the projections losing the smallest share of their
+Σ|W|·‖X‖₂ go first. Granularity: half of the smallest projection, so ρ lands within a quarter of
+the smallest projection's weights ÷ N0 of the target. The maximum, every eligible projection at
+2:4, is ≈ half of the decoder layers' projection weights ÷ N0; the API refuses a target above it
+at submission with the same plan and message.
 """
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from app.core.capacity import OutOfReachError, check_2of4_reach, eligible_2of4, zeroable_2of4
-from workers.ml.models import prunable_linears
-from workers.ml.prune.base import PruneError, PruneOutcome, Pruner
+from app.core.pruning import PrunePlan, closest_counts, eligible_2of4
+from workers.ml.prune.base import PruneError, PruneOutcome, Pruner, projections
 from workers.ml.prune.wanda import input_norms, scores
-
-# Enumerating count combinations is exact but grows as the product of class sizes; past this
-# many combinations (unusual: many distinct projection shapes) a greedy fill is used instead.
-_MAX_COMBINATIONS = 200_000
 
 
 def mask_2_4(score: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -43,41 +37,31 @@ def mask_2_4(score: torch.Tensor) -> tuple[torch.Tensor, float]:
     return keep.view(rows, cols), (lost / total if total > 0 else 0.0)
 
 
-def choose_subset(sizes: list[int], harms: list[float], target: float) -> list[int]:
-    """Indices whose sizes sum closest to ``target``; ties go to the least total harm."""
-    classes: dict[int, list[int]] = {}
-    for i, size in enumerate(sizes):
-        classes.setdefault(size, []).append(i)
-    order = sorted(classes, reverse=True)
-    members = [sorted(classes[s], key=lambda i: (harms[i], i)) for s in order]
-    prefix = [list(itertools.accumulate((harms[i] for i in m), initial=0.0)) for m in members]
-    n_combinations = 1
-    for m in members[:-1]:
-        n_combinations *= len(m) + 1
-    if n_combinations > _MAX_COMBINATIONS:
-        chosen: list[int] = []
-        total = 0
-        for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], harms[i], i)):
-            if abs(target - total - sizes[i]) < abs(target - total):
-                chosen.append(i)
-                total += sizes[i]
-        return chosen
-    last_size, last_n = order[-1], len(members[-1])
-    best: tuple[float, float, tuple[int, ...]] | None = None
-    for head in itertools.product(*(range(len(m) + 1) for m in members[:-1])):
-        partial = sum(c * s for c, s in zip(head, order, strict=False))
-        last = min(max(round((target - partial) / last_size), 0), last_n)
-        counts = (*head, last)
-        gap = abs(target - partial - last * last_size)
-        harm = sum(prefix[k][c] for k, c in enumerate(counts))
-        if best is None or (gap, harm) < (best[0], best[1]):
-            best = (gap, harm, counts)
-    assert best is not None
-    return [i for k, c in enumerate(best[2]) for i in members[k][:c]]
+def least_harm(
+    sizes: Sequence[int], harms: Sequence[float], counts: Mapping[int, int]
+) -> list[int]:
+    """Indices to sparsify: ``counts[size]`` of each size, the lowest-harm ones of that size."""
+    chosen: list[int] = []
+    for size, count in counts.items():
+        members = sorted((i for i, s in enumerate(sizes) if s == size), key=lambda i: (harms[i], i))
+        if len(members) < count:
+            raise PruneError(
+                f"{count} projections of {size} zeroed weights planned, {len(members)} exist"
+            )
+        chosen.extend(members[:count])
+    return sorted(chosen)
+
+
+def choose_subset(sizes: Sequence[int], harms: Sequence[float], target: float) -> list[int]:
+    """Indices whose sizes sum closest to ``target``: the plan's rule (how many of each size,
+    ``app.core.pruning.closest_counts``), then the least harmed of each size."""
+    classes = sorted(set(sizes), reverse=True)
+    counts = closest_counts(classes, [sizes.count(size) for size in classes], target)
+    return least_harm(sizes, harms, dict(zip(classes, counts, strict=True)))
 
 
 class SemiStructuredPruner(Pruner):
-    """Wanda 2:4 on the subset of projections that gets closest to the target ρ."""
+    """Wanda 2:4 on the plan's number of projections of each size, the least harmed ones."""
 
     name: ClassVar[str] = "2:4"
     structural: ClassVar[bool] = False
@@ -85,29 +69,24 @@ class SemiStructuredPruner(Pruner):
     def run(
         self,
         model: nn.Module,
-        target_rho: float,
+        plan: PrunePlan,
         calib_ids: torch.Tensor,
         *,
-        n0: int,
         device: torch.device,
         batch_size: int,
     ) -> PruneOutcome:
-        """Score all eligible projections, choose the subset, return their 2:4 keep-masks."""
+        """Score all eligible projections, take the plan's counts, return their 2:4 keep-masks."""
         linears = {
-            name: lin
-            for name, lin in prunable_linears(model).items()
-            if eligible_2of4(lin.in_features)
+            p.name: p.linear for p in projections(model) if eligible_2of4(p.linear.in_features)
         }
-        if not linears:
-            raise PruneError("no projection has a multiple of 4 inputs; 2:4 is not applicable")
-        zeroable = [
-            zeroable_2of4([(lin.out_features, lin.in_features)]) for lin in linears.values()
-        ]
-        max_rho = sum(zeroable) / n0
-        try:
-            check_2of4_reach(target_rho, max_rho)
-        except OutOfReachError as exc:
-            raise PruneError(str(exc)) from None
+        sizes = [lin.out_features * lin.in_features // 2 for lin in linears.values()]
+        planned = {int(c["zeroed_each"]): int(c["of"]) for c in plan.shape["projections_2of4"]}
+        found = {size: sizes.count(size) for size in set(sizes)}
+        if found != planned:
+            raise PruneError(
+                f"the model's projections ({found} by zeroed weights) are not the ones its "
+                f"config describes ({planned})"
+            )
         norms = input_norms(model, calib_ids, device=device, batch_size=batch_size)
         masks: dict[str, torch.Tensor] = {}
         harms: list[float] = []
@@ -116,13 +95,14 @@ class SemiStructuredPruner(Pruner):
             masks[f"{name}.weight"] = keep
             harms.append(lost)
         names = list(linears)
-        chosen = sorted(choose_subset(zeroable, harms, target_rho * n0))
+        counts = {int(c["zeroed_each"]): int(c["count"]) for c in plan.shape["projections_2of4"]}
+        chosen = least_harm(sizes, harms, counts)
         chosen_names = [names[i] for i in chosen]
         return PruneOutcome(
             masks={f"{n}.weight": masks[f"{n}.weight"] for n in chosen_names},
             details={
                 "sparsified_layers": chosen_names,
-                "max_rho": max_rho,
+                "max_rho": plan.shape["max_rho"],
                 "score_share_removed": {names[i]: round(harms[i], 6) for i in chosen},
             },
         )

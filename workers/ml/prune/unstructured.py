@@ -3,9 +3,9 @@
 Every attention and MLP projection of the decoder layers (never embeddings, head or norms) loses
 the same fraction s of its weights, chosen per output row by lowest |W|·‖X‖₂ (Wanda's
 comparison group). s = ρ·N0 ÷ (all projection weights); each projection zeroes round(s·numel)
-weights, spread over its rows as evenly as whole weights allow, so ρ lands within half a weight
-per projection of the target. ρ at or above the projections' share of N0 (every weight gone) is
-a PruneError stating that maximum.
+weights (the plan's counts, ``app.core.pruning``), spread over its rows as evenly as whole
+weights allow, so ρ lands within half a weight per projection of the target. ρ at or above the
+projections' share of N0 (every weight gone) is a PruneError stating that maximum.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from workers.ml.models import prunable_linears
-from workers.ml.prune.base import PruneError, PruneOutcome, Pruner
+from app.core.pruning import PrunePlan
+from workers.ml.prune.base import PruneOutcome, Pruner, projections
 from workers.ml.prune.wanda import input_norms, scores
 
 
@@ -44,33 +44,25 @@ class UnstructuredPruner(Pruner):
     def run(
         self,
         model: nn.Module,
-        target_rho: float,
+        plan: PrunePlan,
         calib_ids: torch.Tensor,
         *,
-        n0: int,
         device: torch.device,
         batch_size: int,
     ) -> PruneOutcome:
-        """Score every projection and zero the same fraction of each of its rows."""
-        linears = prunable_linears(model)
-        total = sum(lin.weight.numel() for lin in linears.values())
-        max_rho = total / n0
-        fraction = target_rho * n0 / total
-        if fraction >= 1.0:
-            raise PruneError(
-                f"unstructured sparsity must stay below rho={max_rho:.4f} (every decoder "
-                f"projection weight of this model); requested rho={target_rho:.4f}"
-            )
+        """Score every projection and zero the plan's count of each, evenly over its rows."""
+        zeros = plan.shape["zeros_per_projection"]
+        found = projections(model)
         norms = input_norms(model, calib_ids, device=device, batch_size=batch_size)
         masks: dict[str, torch.Tensor] = {}
-        for name, lin in linears.items():
-            n_zero = round(fraction * lin.weight.numel())
-            masks[f"{name}.weight"] = row_mask(scores(lin.weight, norms[name]), n_zero)
+        for p in found:
+            score = scores(p.linear.weight, norms[p.name])
+            masks[f"{p.name}.weight"] = row_mask(score, int(zeros[p.role]))
         return PruneOutcome(
             masks=masks,
             details={
-                "sparsified_layers": list(linears),
-                "fraction_per_layer": fraction,
-                "max_rho": max_rho,
+                "sparsified_layers": [p.name for p in found],
+                "fraction_per_layer": plan.shape["fraction"],
+                "max_rho": plan.shape["max_rho"],
             },
         )

@@ -7,50 +7,41 @@ Importance, from one forward pass over calibration tokens:
   of the input of ``o_proj``); a KV group (one key/value head and the query heads that share
   it) scores the sum of its heads. Whole groups go, so the GQA ratio and ``head_dim`` stay.
 
-Allocation rule (all layers pruned alike, so the config stays homogeneous): let f = target
-parameters to remove ÷ all MLP and attention parameters of the decoder layers. The number of KV
-groups removed per layer is the allowed count closest to f × groups (allowed: at least one group
-kept and a head count the architecture's config accepts, e.g. Llama needs hidden_size divisible
-by the head count); MLP channels then make up the rest, rounded to the nearest channel, which
-gives the final adjustment to the target. Granularity: one channel in every layer, so ρ lands
-within half of ``layers × channel parameters ÷ N0`` of the target. Each layer keeps its own
-highest-scoring channels and groups.
+Counts (the plan's, ``app.core.pruning``; docs/law.md §1): every layer loses the same number of
+KV groups and MLP channels, so the config stays homogeneous and reloads with stock transformers.
+The groups removed are attention's proportional share of the removal, rounded to a whole group
+and then down to a head count the architecture's config accepts (Llama needs hidden_size
+divisible by the head count); MLP channels make up the rest to the nearest channel. Granularity:
+one channel in every layer, so ρ lands within half of ``layers × channel parameters ÷ N0`` of
+the target. Each layer keeps its own highest-scoring channels and groups.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from app.core.pruning import PrunePlan
 from workers.ml.models import LayerParts, decoder_layers, layer_parts
 from workers.ml.prune.base import PruneError, PruneOutcome, Pruner, run_calibration
 
 
 @dataclass(frozen=True)
 class _Shape:
-    hidden: int
     channels: int
     heads: int
     kv_heads: int
     head_dim: int
-    channel_params: int
-    group_params: int
 
     @property
     def group_size(self) -> int:
         return self.heads // self.kv_heads
 
 
-def _bias_numel(linear: nn.Linear) -> int:
-    return 0 if linear.bias is None else 1
-
-
 def _shape(parts: LayerParts, head_dim: int) -> _Shape:
-    hidden = parts.q.in_features
     heads, rem_q = divmod(parts.q.out_features, head_dim)
     kv_heads, rem_k = divmod(parts.k.out_features, head_dim)
     if rem_q or rem_k or kv_heads == 0 or heads % kv_heads:
@@ -58,48 +49,9 @@ def _shape(parts: LayerParts, head_dim: int) -> _Shape:
             f"attention shapes q={parts.q.out_features}, k={parts.k.out_features} do not split "
             f"into heads of head_dim={head_dim} with whole GQA groups"
         )
-    group_size = heads // kv_heads
-    # Parameters that leave with one MLP channel: a gate row, an up row (with their bias
-    # entries) and a down column (down's bias is per output and stays).
-    channel = (
-        parts.gate.in_features
-        + _bias_numel(parts.gate)
-        + parts.up.in_features
-        + _bias_numel(parts.up)
-        + parts.down.out_features
-    )
-    # One KV group: group_size query heads, one key and one value head (rows plus bias), and
-    # the matching o_proj columns.
-    per_head_rows = head_dim * hidden
-    group = (
-        group_size * (per_head_rows + head_dim * _bias_numel(parts.q))
-        + 2 * per_head_rows
-        + head_dim * (_bias_numel(parts.k) + _bias_numel(parts.v))
-        + group_size * head_dim * parts.o.out_features
-    )
     return _Shape(
-        hidden=hidden,
-        channels=parts.gate.out_features,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=head_dim,
-        channel_params=channel,
-        group_params=group,
+        channels=parts.gate.out_features, heads=heads, kv_heads=kv_heads, head_dim=head_dim
     )
-
-
-def _config_accepts(config: Any, heads: int, kv_heads: int) -> bool:
-    trial = copy.deepcopy(config)
-    trial.num_attention_heads = heads
-    trial.num_key_value_heads = kv_heads
-    validate = getattr(trial, "validate", None)
-    if not callable(validate):
-        return True
-    try:
-        validate()
-    except Exception:  # the config library raises its own error types; any failure means no
-        return False
-    return True
 
 
 def width_scores(
@@ -209,42 +161,6 @@ def _prune_layer(
     _set_if_int(parts.mlp, ("intermediate_size",), int(keep_channels.numel()))
 
 
-def plan_width(
-    shape: _Shape, n_layers: int, n0: int, target_rho: float, allowed_groups_removed: list[int]
-) -> tuple[int, int]:
-    """(KV groups, MLP channels) to remove per layer under the module's allocation rule."""
-    want = target_rho * n0 / n_layers  # parameters to remove per layer
-    prunable = shape.channels * shape.channel_params + shape.kv_heads * shape.group_params
-    max_per_layer = (shape.channels - 1) * shape.channel_params + max(
-        allowed_groups_removed
-    ) * shape.group_params
-    if want > max_per_layer + shape.channel_params / 2:
-        max_rho = max_per_layer * n_layers / n0
-        raise PruneError(
-            f"width pruning can remove at most {max_rho:.4f} of the parameters "
-            f"(one MLP channel and the smallest allowed KV-group count kept per layer); "
-            f"requested rho={target_rho:.4f}"
-        )
-    fraction = want / prunable
-    candidates = sorted(
-        allowed_groups_removed, key=lambda g: (abs(g / shape.kv_heads - fraction), g)
-    )
-
-    def channels_for(groups: int) -> tuple[int, float]:
-        need = (want - groups * shape.group_params) / shape.channel_params
-        channels = min(max(round(need), 0), shape.channels - 1)
-        return channels, abs(need - channels)
-
-    for groups in candidates:
-        channels, miss = channels_for(groups)
-        if miss <= 0.5 and (channels or groups):
-            return groups, channels
-    # No group count lets the channels absorb the rest exactly: take the closest overall.
-    best = min(candidates, key=lambda g: channels_for(g)[1])
-    channels, _ = channels_for(best)
-    return best, max(channels, 0 if best else 1)
-
-
 class WidthPruner(Pruner):
     """Remove MLP channels and KV groups uniformly across layers (see the module docstring)."""
 
@@ -254,37 +170,36 @@ class WidthPruner(Pruner):
     def run(
         self,
         model: nn.Module,
-        target_rho: float,
+        plan: PrunePlan,
         calib_ids: torch.Tensor,
         *,
-        n0: int,
         device: torch.device,
         batch_size: int,
     ) -> PruneOutcome:
-        """Score channels and groups, plan the counts, rebuild the projections, update config."""
+        """Score channels and groups, keep the plan's counts of the best, update the config."""
         config = getattr(model, "config", None)
         layers = decoder_layers(model)
         all_parts = [layer_parts(layer) for layer in layers]
-        head_dim = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads if config is not None else None
-        )
-        if not isinstance(head_dim, int):
-            raise PruneError("width pruning needs head_dim in the model config")
+        plan_shape = plan.shape
+        head_dim = int(plan_shape["head_dim"])
+        keep_g, keep_c = int(plan_shape["kv_heads"]), int(plan_shape["intermediate_size"])
+        groups_removed = int(plan_shape["kv_groups_removed"])
+        channels_removed = int(plan_shape["channels_removed"])
         shapes = {_shape(p, head_dim) for p in all_parts}
-        if len(shapes) != 1:
-            raise PruneError("width pruning needs every decoder layer to have the same shape")
         shape = shapes.pop()
-        allowed = [
-            shape.kv_heads - keep
-            for keep in range(1, shape.kv_heads + 1)
-            if config is None or _config_accepts(config, keep * shape.group_size, keep)
-        ]
-        groups_removed, channels_removed = plan_width(shape, len(layers), n0, target_rho, allowed)
+        if (
+            shapes
+            or (shape.kv_heads, shape.channels)
+            != (keep_g + groups_removed, keep_c + channels_removed)
+            or shape.group_size != plan_shape["heads_per_group"]
+        ):
+            raise PruneError(
+                "the model's decoder layers do not have the attention and MLP shapes its config "
+                "describes"
+            )
         channel_scores, head_scores = width_scores(
             model, calib_ids, head_dim=head_dim, device=device, batch_size=batch_size
         )
-        keep_g = shape.kv_heads - groups_removed
-        keep_c = shape.channels - channels_removed
         kept_groups: list[list[int]] = []
         kept_channels: list[list[int]] = []
         for parts, c_score, h_score in zip(all_parts, channel_scores, head_scores, strict=True):

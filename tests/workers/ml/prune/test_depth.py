@@ -65,5 +65,5 @@ def test_depth_above_its_maximum_states_the_maximum(
     tiny_llama: PreTrainedModel, calib_ids: torch.Tensor
 ) -> None:
     # 3 of 4 layers at most: 3 * 36992 / 180800 = 0.6138
-    with pytest.raises(PruneError, match=r"at most 0\.6138"):
+    with pytest.raises(PruneError, match=r"at most rho=0\.6138"):
         prune(tiny_llama, "depth", 0.9, calib_ids)

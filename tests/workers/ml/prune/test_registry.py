@@ -77,3 +77,48 @@ def test_apply_masks_zeroes_only_masked_entries(tiny_llama: PreTrainedModel) -> 
 def test_apply_masks_rejects_unknown_parameter(tiny_llama: PreTrainedModel) -> None:
     with pytest.raises(KeyError, match=r"no\.such\.weight"):
         apply_masks(tiny_llama, {"no.such.weight": torch.ones(1, dtype=torch.bool)})
+
+
+def test_the_registry_and_the_plan_know_the_same_methods() -> None:
+    from app.core.pruning import METHODS
+
+    assert sorted(PRUNERS) == sorted(METHODS)
+
+
+@pytest.mark.parametrize("method", ["depth", "width", "2:4", "unstructured"])
+@pytest.mark.parametrize("rho", [0.15, 0.3])
+def test_the_measured_rho_is_the_plans_rho(
+    tiny_model: PreTrainedModel, calib_ids: torch.Tensor, method: str, rho: float
+) -> None:
+    from app.core.pruning import plan_pruning
+
+    # The plan the API makes from config.json at submission, before the worker loads anything.
+    plan = plan_pruning(tiny_model.config.to_dict(), method, rho)
+    result = prune(tiny_model, method, rho, calib_ids)
+    assert result.plan == plan
+    assert result.rho == plan.rho and result.n0 == plan.n0
+    if PRUNERS[method].structural:
+        assert result.n_after == plan.n_after == count_parameters(tiny_model)
+        config = tiny_model.config
+        assert config.num_hidden_layers == plan.shape["layers"]
+        assert config.num_attention_heads == plan.shape["attention_heads"]
+        assert config.num_key_value_heads == plan.shape["kv_heads"]
+        assert config.intermediate_size == plan.shape["intermediate_size"]
+
+
+def test_a_model_its_config_does_not_describe_is_refused_untouched(
+    tiny_llama: PreTrainedModel, calib_ids: torch.Tensor
+) -> None:
+    tiny_llama.config.intermediate_size = 96  # the weights still have 128 channels
+    before = count_parameters(tiny_llama)
+    with pytest.raises(PruneError, match=r"config describes .* but the model has"):
+        prune(tiny_llama, "width", 0.2, calib_ids)
+    assert count_parameters(tiny_llama) == before
+
+
+def test_a_config_the_plan_cannot_read_is_a_prune_error(
+    tiny_llama: PreTrainedModel, calib_ids: torch.Tensor
+) -> None:
+    tiny_llama.config.num_key_value_heads = 3  # 4 heads do not split into 3 groups
+    with pytest.raises(PruneError, match="cannot plan depth pruning for this model's config"):
+        prune(tiny_llama, "depth", 0.2, calib_ids)

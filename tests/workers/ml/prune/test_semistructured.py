@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from workers.ml.models import count_nonzero, count_parameters, prunable_linears
 from workers.ml.prune import PruneError, apply_masks, prune
-from workers.ml.prune.semistructured import choose_subset, mask_2_4
+from workers.ml.prune.semistructured import choose_subset, least_harm, mask_2_4
 
 
 def _groups_have_two_zeros(weight: torch.Tensor) -> bool:
@@ -31,6 +31,14 @@ def test_subset_choice_is_exactly_closest_where_greedy_is_not() -> None:
     assert sorted(chosen) == [1, 2]
     # Equal gaps: the lower-harm member of a size class goes first.
     assert choose_subset([5, 5], [0.9, 0.1], 5.0) == [1]
+
+
+def test_within_a_size_the_least_harmed_projections_go_first() -> None:
+    # The plan says how many of each size (app.core.pruning.closest_counts); harm says which.
+    assert least_harm([5, 5], [0.9, 0.1], {5: 1}) == [1]
+    assert least_harm([6, 4, 4, 1, 4], [0.0, 0.3, 0.1, 0.0, 0.2], {6: 0, 4: 2, 1: 1}) == [2, 3, 4]
+    with pytest.raises(PruneError, match="3 projections of 4 zeroed weights planned, 2 exist"):
+        least_harm([4, 4], [0.0, 0.0], {4: 3})
 
 
 @pytest.mark.parametrize("rho", [0.1, 0.25, 0.4])
