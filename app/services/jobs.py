@@ -1,12 +1,12 @@
 """The API's job use-cases: submit, read, list, cancel, and a job's response shape.
 
 The database row is the source of truth (docs/reliability.md). Submitting checks the request
-against what only the server knows (paths inside their roots, the 2:4 reach of the model, a
-tokenised dataset's manifest and tokenizer), writes and *commits* the row, then sends the job id
-by name; a failed send leaves ``enqueued_at`` null and the reaper sends it later, so the API
-answers 202 even while the broker is down (503 only if the row could not be written). The
-worker's lease-guarded writes are in ``app.services.job_lease``, the reaper in
-``app.services.reaper``.
+against what only the server knows (paths inside their roots, the ρ each method can reach on the
+model, from its ``config.json``, a tokenised dataset's manifest and tokenizer), writes and
+*commits* the row, then sends the job id by name; a failed send leaves ``enqueued_at`` null and
+the reaper sends it later, so the API answers 202 even while the broker is down (503 only if the
+row could not be written). The worker's lease-guarded writes are in ``app.services.job_lease``,
+the reaper in ``app.services.reaper``.
 """
 
 from __future__ import annotations
