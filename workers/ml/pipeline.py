@@ -216,7 +216,13 @@ def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
 
 
 def save(
-    workdir: Path, spec: JobSpec, job: Restored, strategy: OneDevice, points: list[CheckpointPoint]
+    workdir: Path,
+    spec: JobSpec,
+    job: Restored,
+    strategy: OneDevice,
+    points: list[CheckpointPoint],
+    *,
+    publisher: checkpoint.Publisher | None,
 ) -> None:
     """The complete state of the trainer's current step (every process writes its shards)."""
     trainer = job.trainer
@@ -235,6 +241,7 @@ def save(
         record=record,
         write_model_files=lambda out: models.save_model_files(job.model, job.tokenizer, out),
         writers=Collective(strategy.is_main, strategy.run_id, no_dist=strategy.world == 1),
+        publisher=publisher,
     )
 
 
@@ -314,31 +321,36 @@ def post_train(
                 artifact = models.save_pretrained(whole, job.tokenizer, artifact_dir)  # type: ignore[arg-type]
         return JobOutcome(status, measured, points, artifact, reason)
 
-    for target in checkpoint_steps(spec.total_steps, spec.request.checkpoints):
-        if target <= trainer.step:
-            continue
-        trainer.train_until(target, on_step=progress, every=every)
-        if out_of_time:
-            save(workdir, spec, job, strategy, points)
-            return finish(
-                "requeued", f"the attempt's time limit; saved at {trainer.tokens_done} tokens"
-            )
-        loss, _stderr = strategy.held_out_loss(job.model, job.splits.eval, batch)
-        flagged, note = below_l0(loss, measured)
-        point = CheckpointPoint(tokens=trainer.tokens_done, loss=loss, below_l0=flagged, note=note)
-        points.append(point)
-        save(workdir, spec, job, strategy, points)
-        decision, reason = Decision.CONTINUE, None
+    # Only the main process publishes states; every error path still waits for them.
+    publisher = checkpoint.Publisher() if strategy.is_main else None
+    try:
+        for target in checkpoint_steps(spec.total_steps, spec.request.checkpoints):
+            if target <= trainer.step:
+                continue
+            trainer.train_until(target, on_step=progress, every=every)
+            if out_of_time:
+                save(workdir, spec, job, strategy, points, publisher=publisher)
+                tokens = trainer.tokens_done
+                return finish("requeued", f"the attempt's time limit; saved at {tokens} tokens")
+            loss, _stderr = strategy.held_out_loss(job.model, job.splits.eval, batch)
+            flagged, note = below_l0(loss, measured)
+            point = CheckpointPoint(trainer.tokens_done, loss, flagged, note)
+            points.append(point)
+            save(workdir, spec, job, strategy, points, publisher=publisher)
+            decision, reason = Decision.CONTINUE, None
+            if hooks is not None:
+                decision, reason = hooks.on_checkpoint(point, list(points))
+            decision, reason = strategy.broadcast((decision, reason))
+            if decision is Decision.CANCEL:
+                return finish("cancelled", reason)
+            if decision is Decision.STOP:
+                return finish("stopped_early", reason)
         if hooks is not None:
-            decision, reason = hooks.on_checkpoint(point, list(points))
-        decision, reason = strategy.broadcast((decision, reason))
-        if decision is Decision.CANCEL:
-            return finish("cancelled", reason)
-        if decision is Decision.STOP:
-            return finish("stopped_early", reason)
-    if hooks is not None:
-        hooks.on_progress(trainer.tokens_done, total_tokens)
-    return finish("succeeded", None)
+            hooks.on_progress(trainer.tokens_done, total_tokens)
+        return finish("succeeded", None)
+    finally:
+        if publisher is not None:
+            publisher.drain()
 
 
 def prune_and_post_train(
