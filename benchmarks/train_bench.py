@@ -1,12 +1,19 @@
 """Post-training throughput: the job's training loop vs a bare PyTorch loop.
 
 Same model (two copies of one initialisation), same token blocks, same batch shape, same
-AdamW; measured in one process after a warm-up, in interleaved repeats so that load from
-other processes hits both loops alike. The job loop is `workers.ml.train.Trainer.run` with
-the progress callback the pipeline installs; the bare loop is forward, backward, AdamW step,
-zero_grad over a random permutation of the blocks.
+AdamW, both clipping the gradient norm at 1 as a job does by default; measured in one process
+after a warm-up, in interleaved repeats so that load from other processes hits both loops
+alike. The job loop is `workers.ml.train.Trainer.train_until` with the job's recipe (wsd
+schedule, clipping, the chunked loss, the batch loader) and the progress callback the pipeline
+installs; the bare loop is forward with the model's own full-logit loss, backward,
+clip_grad_norm_, AdamW step, zero_grad over a random permutation of the blocks.
 
     python benchmarks/train_bench.py [--device cuda] [--repeats 30] [--steps 5]
+
+Then, on the CPU, the peak memory of one forward + backward of the loss alone, in a fresh
+process each (the high-water mark of its resident set): the model's own loss on the full
+logits against the job's chunked loss (`workers.ml.evaluate.causal_lm_loss`), on a 2-layer Llama
+with a 65,536-token vocabulary and 4 x 1,024 tokens (`--no-loss-memory` skips it).
 
 Writes benchmarks/results/train_bench.json. Target: job / bare >= 0.95.
 """
@@ -17,7 +24,9 @@ import argparse
 import copy
 import json
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,8 +37,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 # Runnable as a script from anywhere: the repository root holds the `workers` package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from workers.ml.evaluate import autocast_context
-from workers.ml.train import TrainConfig, Trainer
+from workers.ml.evaluate import autocast_context, causal_lm_loss
+from workers.ml.train import TrainConfig, Trainer, describe_schedule
 
 RESULTS = Path(__file__).parent / "results" / "train_bench.json"
 
@@ -90,13 +99,62 @@ class BareLoop:
             with autocast_context(self.device, self.autocast_dtype):
                 loss = model(input_ids=batch, labels=batch, use_cache=False).loss
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
+
+
+#: The loss-memory probe: a large vocabulary, enough tokens for four chunks of the loss.
+MEMORY_VOCAB, MEMORY_BATCH, MEMORY_SEQ = 65_536, 4, 1024
+
+
+def loss_peak(kind: str) -> dict[str, float]:
+    """One forward + backward of the loss alone (after one untimed), in this process: the peak
+    resident set (MiB), the seconds of the second one and its loss."""
+    torch.set_num_threads(1)
+    model = build_model(MEMORY_VOCAB, 128, 2, seed=0)
+    ids = torch.randint(0, MEMORY_VOCAB, (MEMORY_BATCH, MEMORY_SEQ))
+
+    def step() -> float:
+        if kind == "full":
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        else:
+            loss = causal_lm_loss(model, ids)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    step()
+    t0 = time.perf_counter()
+    value = step()
+    seconds = time.perf_counter() - t0
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_rss_mib": round(peak_mib), "seconds": round(seconds, 2), "loss": value}
+
+
+def loss_memory() -> dict[str, Any]:
+    """`loss_peak` of the full-logit and the chunked loss, each in a fresh process."""
+    out: dict[str, Any] = {
+        "vocab": MEMORY_VOCAB,
+        "tokens": MEMORY_BATCH * MEMORY_SEQ,
+        "fp32_logits_mib": MEMORY_VOCAB * MEMORY_BATCH * MEMORY_SEQ * 4 / 2**20,
+    }
+    for kind in ("full", "chunked"):
+        run = subprocess.run(
+            [sys.executable, __file__, "--loss-peak-of", kind],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        out[kind] = json.loads(run.stdout.strip().splitlines()[-1])
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark and write its figures."""
     p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--loss-peak-of", choices=["full", "chunked"], help=argparse.SUPPRESS)
+    p.add_argument("--no-loss-memory", action="store_true")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--vocab", type=int, default=2048)
@@ -111,6 +169,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
+    if a.loss_peak_of:
+        peak = loss_peak(a.loss_peak_of)
+        print(json.dumps(peak))
+        return peak
     if a.device == "cpu":
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -124,7 +186,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     bare_model = copy.deepcopy(base)
     torch.nn.Module.to(job_model, device)
     torch.nn.Module.to(bare_model, device)
-    cfg = TrainConfig(lr=3e-4, warmup_steps=10, total_steps=10**9, batch_size=a.batch_size)
+    # The job's defaults (app/schemas/jobs.py): wsd (the bench stays in its stable phase),
+    # the gradient norm clipped at 1.
+    cfg = TrainConfig(
+        lr=3e-4,
+        schedule="wsd",
+        warmup_steps=10,
+        total_steps=10**9,
+        decay_steps=2 * 10**8,
+        batch_size=a.batch_size,
+        grad_clip=1.0,
+    )
     trainer = Trainer(job_model, blocks, cfg, device=device, autocast_dtype=autocast_dtype)
     progress_calls = 0
 
@@ -184,6 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seq_len": a.seq_len,
             "tokens_per_step": a.batch_size * a.seq_len,
         },
+        "job_recipe": describe_schedule(cfg) + f" grad_clip={cfg.grad_clip:g}",
         "steps_per_repeat": a.steps,
         "repeats": a.repeats,
         "job_tokens_per_s": [round(x, 1) for x in job_tps],
@@ -200,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": 0.95,
     }
     result["meets_target"] = result["median_paired_ratio"] >= result["target"]
+    if not a.no_loss_memory:
+        result["loss_memory"] = loss_memory()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     print(
@@ -212,7 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "ratio_of_medians",
                     "median_paired_ratio",
                     "meets_target",
+                    "loss_memory",
                 )
+                if k in result
             }
         )
     )

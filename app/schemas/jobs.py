@@ -96,7 +96,15 @@ class JobRequest(BaseModel):
     batch_size: int = Field(8, ge=1, le=4096, description="Sequences per micro-batch.")
     grad_accum: int = Field(1, ge=1, le=1024)
     lr: float = Field(3e-4, gt=0, le=1.0, allow_inf_nan=False)
-    schedule: Literal["constant", "cosine"] = "constant"
+    schedule: Literal["constant", "cosine", "wsd"] = Field(
+        "wsd",
+        description=(
+            "LR after the warm-up. wsd (default): warmup-stable-decay, the peak until the last "
+            "decay_frac of the steps, then a linear fall to min_lr_ratio × lr, so every "
+            "checkpoint before the decay stands for a run stopped there; cosine: a half-cosine "
+            "to the floor over all the steps; constant: the peak to the end."
+        ),
+    )
     warmup_frac: float = Field(0.02, ge=0, lt=1, allow_inf_nan=False)
     weight_decay: float = Field(0.0, ge=0, le=10.0, allow_inf_nan=False)
     calib_samples: int = Field(32, ge=1, le=4096)
@@ -119,6 +127,37 @@ class JobRequest(BaseModel):
     activation_checkpointing: bool = Field(
         False,
         description="Recompute activations in the backward pass: less memory, ~1/3 more compute.",
+    )
+    grad_clip: float | None = Field(
+        1.0,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description=(
+            "Clip the global gradient norm (over every device's shards) to this before each "
+            "optimizer step; null: no clipping."
+        ),
+    )
+    decay_frac: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description=(
+            "wsd: share of the steps, at the end, over which the LR decays (at most the steps "
+            "after the warm-up)."
+        ),
+    )
+    min_lr_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="wsd and cosine: the LR they end at, as a fraction of lr.",
+    )
+    compile: bool | None = Field(
+        None,
+        description="torch.compile each decoder block; null (default): on CUDA, off on CPU.",
     )
     family: str | None = Field(
         None, min_length=1, max_length=64, description="Family label of the observations."

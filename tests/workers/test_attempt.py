@@ -102,6 +102,6 @@ def test_a_request_stored_by_an_earlier_version_runs_with_todays_defaults(
     assert attempt_job(job_id) == "succeeded"
     job = job_row(job_id)
     assert job.status == "succeeded" and job.error is None
-    assert job.measured is not None and job.measured["schedule"].startswith("constant")
+    assert job.measured is not None and job.measured["schedule"].startswith("wsd")
     with session_scope() as session:
         assert observations_repo.count_by_run(session, job_id) == 3

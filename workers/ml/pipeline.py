@@ -48,16 +48,22 @@ from workers.ml.train import TrainConfig, Trainer, describe_schedule
 
 
 def train_config(spec: JobSpec) -> TrainConfig:
-    """The Trainer's configuration of a job."""
+    """The Trainer's configuration of a job (the recipe: docs/jobs.md, "The training recipe");
+    a wsd decay is at most the steps after the warm-up."""
     r, total = spec.request, spec.total_steps
+    warmup = min(total, round(r.warmup_frac * total))
+    decay = min(total - warmup, round(r.decay_frac * total)) if r.schedule == "wsd" else 0
     return TrainConfig(
         lr=r.lr,
         schedule=r.schedule,
-        warmup_steps=min(total, round(r.warmup_frac * total)),
+        warmup_steps=warmup,
         total_steps=total,
+        min_lr_ratio=r.min_lr_ratio,
+        decay_steps=decay,
         weight_decay=r.weight_decay,
         grad_accum=r.grad_accum,
         batch_size=r.batch_size,
+        grad_clip=r.grad_clip,
         seed=r.seed,
     )
 

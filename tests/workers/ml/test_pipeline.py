@@ -121,7 +121,7 @@ def test_job_end_to_end(assets: tuple[Path, Path], tmp_path: Path, method: str) 
     # A random model loses little to pruning; both losses are measured on the same set.
     assert math.isfinite(m.loss_after_prune) and m.l0 > 0 and m.eval_noise > 0
     assert m.protocol.startswith("eval:") and m.protocol.endswith(f":seq{SEQ}:n{8 * SEQ}")
-    assert m.schedule == "constant lr=0.001 warmup=8%"
+    assert m.schedule == "wsd lr=0.001 warmup=8% decay=21% floor=0"  # the default recipe
     assert [p.tokens for p in out.points] == [s * TOKENS_PER_STEP for s in [1, 2, 5, 11, 24]]
     assert hooks.points == out.points
     assert all(math.isfinite(p.loss) for p in out.points)
