@@ -37,7 +37,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from workers.ml import models
 from workers.ml.evaluate import block_losses
 from workers.ml.job import JobSpec, PipelineError
-from workers.ml.train import DataShard
+from workers.ml.train import DataShard, compile_blocks, compile_wanted, configure_cuda
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -60,6 +60,9 @@ class OneDevice:
     def __init__(self, spec: JobSpec, device: torch.device | None = None) -> None:
         self.device = device if device is not None else torch.device(spec.device)
         self.autocast_dtype = compute_dtype(spec)
+        self.compile = compile_wanted(spec.request.compile, self.device)
+        if self.device.type == "cuda":
+            configure_cuda()  # TF32 where fp32 runs
         #: Names this launch's temporary state folders (the same in every process of it).
         self.run_id = os.environ.get("TORCHELASTIC_RUN_ID") or uuid.uuid4().hex[:12]
 
@@ -91,8 +94,10 @@ class OneDevice:
 
     def parallelize(self, model: nn.Module) -> None:
         """Place a model built with its parameters on the meta device for training: storage on
-        this process's device, values to be loaded."""
+        this process's device, values to be loaded; its decoder blocks compiled on CUDA."""
         models.materialize(model, self.device)
+        if self.compile:
+            compile_blocks(model)
 
     def held_out_loss(
         self, model: nn.Module, blocks: torch.Tensor, batch_size: int
@@ -164,6 +169,8 @@ class Sharded(OneDevice):
         """Shard each decoder layer, then the root, while the parameters are still on the meta
         device; then each rank materialises only its shards."""
         mesh = init_device_mesh(self.device.type, (self.world,))
+        if self.compile:  # each block compiled before it is sharded, as torchtitan orders it
+            compile_blocks(model)
         # fp32 gathered and reduced; bf16 compute comes from autocast (the module docstring).
         policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
         _, _, layers = models.decoder_layers_owner(model)
