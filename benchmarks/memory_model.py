@@ -1,190 +1,90 @@
-"""Memory per device for full post-training of Llama-shaped models, on one device or FSDP-sharded.
+"""The tables of docs/scaling.md: memory per device of full post-training of Llama-shaped models,
+on one device or FSDP-sharded, from the project's memory model (``app.core.memory``, where the
+formulas and their sources are); and the measurement that checks that model on CPU.
 
-The project's training setup: fp32 parameters (the master weights), bf16 compute, AdamW with
-fp32 ``exp_avg`` and ``exp_avg_sq`` (``workers.ml.train``). Two ways to run it are modelled:
-
-- **Trainer** (one device, no FSDP): fp32 parameters under ``torch.autocast(bf16)``. Autocast
-  keeps a bf16 copy of every linear weight from the forward until that layer's backward, and the
-  residual stream stays fp32.
-- **FSDP** over ``N`` devices (ZeRO-3 style, ``fully_shard`` per decoder layer then the model,
-  ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``, no autocast: the job's
-  ``Sharded`` strategy, ``workers/ml/strategy.py``): each device holds 1/N of the fp32
-  parameters, gradients and AdamW states, and gathers bf16 copies of the parameters it is
-  computing with. Every device runs its own micro-batch, so activations do not shrink with N.
-
-Bytes per device, P parameters, P_layer per decoder layer, P_root = embeddings + head + final
-norm (what ``fully_shard(model)`` owns), T = micro_batch x seq_len tokens:
-
-    parameters   4 P / N                      fp32 master weights (N = 1 for the Trainer)
-    optimizer    8 P / N                      AdamW exp_avg + exp_avg_sq, fp32
-    gradients    4 P / N                      fp32, filled during backward, freed by zero_grad
-    FSDP buffers 2 P_root + 10 P_layer        the root gathered in bf16 for the whole step (FSDP2
-                                              does not reshard the root after forward), two layers
-                                              gathered in bf16 (current + prefetched), one layer's
-                                              unsharded gradients in bf16 and their fp32 copy for
-                                              the reduce-scatter (2 + 4 bytes)
-    activations  see below, per micro-batch
-
-Gradients and activations peak at different times (activations at the start of backward, before
-any gradient of the step exists; gradients at its end), so the total is the parameters, the
-optimizer states and the buffers plus the largest of (activations + gradients) over the stages
-of backward: the loss, each decoder layer, the end (under FSDP the end also holds the root's
-gradients unsharded, in bf16 and in fp32 for the reduce-scatter: 6 P_root). With gradient
-accumulation the gradients of earlier micro-batches stay, so they are added to every stage.
-
-**Activations.** Counted the way Korthikanti et al. 2022 ("Reducing Activation Recomputation in
-Large Transformer Models", MLSys 2023, arXiv:2205.05198, §4.1) count them — every tensor
-autograd saves in a layer — but for a Llama decoder layer (RMSNorm, GQA, RoPE, SwiGLU, no
-dropout) as Hugging Face's ``LlamaForCausalLM`` runs it, instead of their GPT layer
-(``s·b·h·(34 + 5·a·s/h)`` bytes). Bytes saved per token and layer, with h = hidden, q = heads x
-head_dim, k = kv_heads x head_dim, f = intermediate, a = heads:
-
-    bf16 parameters (FSDP):  16 h + 4 q + 4 k + 8 f + 4 a + 8
-    fp32 params + autocast:  26 h + 4 q + 4 k + 8 f + 4 a + 8
-
-(each RMSNorm saves its input upcast to fp32 and the normalised tensor; SDPA saves q, k and v
-after RoPE at their GQA sizes, its output and the fp32 log-sum-exp; SwiGLU saves the gate and up
-outputs, the SiLU output and their product; under autocast each projection also saves its own
-bf16 cast of its input). ``attention="eager"`` adds the ``6·a·s`` bytes of the fp32 softmax
-and its bf16 cast, and saves k and v repeated to all heads (Korthikanti's ``5·a·s`` term
-without dropout). Flash/SDPA attention (the Hugging Face default) keeps no s x s matrix.
-
-The head: the final norm and the head's input, token ids and labels, and the loss. The
-cross-entropy upcasts the logits to fp32 and saves fp32 log-probabilities (4 bytes per logit);
-its backward holds, besides them, the fp32 gradient of the log-probabilities and of the logits:
-**12 bytes per logit** (T x vocab), which dominates for 128k vocabularies.
-
-Activation checkpointing (per decoder layer) saves only each layer's input (2 h bytes a token
-in bf16, 4 h under autocast) and recomputes one layer at a time in backward. Each layer's
-backward also holds a workspace of gradients of its largest intermediates, ``6 f + 8 h`` bytes
-a token (a bound measured on CPU, see below).
-
-Checked on CPU at small scale in ``tests/benchmarks/test_memory_model.py``: the saved bytes
-per layer equal the formulas above exactly (``torch.autograd.graph.saved_tensors_hooks`` on
-a tiny ``LlamaForCausalLM``/``Qwen2ForCausalLM``), and the peak of one forward + backward
-(torch profiler memory timeline) is within a few percent of :func:`dynamic_peak`. Not modelled:
-the CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation (the fit check keeps 10%
-of the device free for them), FSDP's all-gather inputs (2 P_layer / N), and RoPE's cos/sin
-beyond one copy per micro-batch.
+The published shapes below are each model's ``config.json`` on the Hugging Face hub. The model is
+checked on CPU at small scale: formula by formula against what autograd saves
+(``tests/benchmarks/test_memory_model.py``), and job by job against the peak the CPU allocator
+reaches while the job's own code runs (:func:`measure_job`: the preparation, held-out losses
+and pruning, then steps of the job's Trainer) on the project's tiny models
+(``tests/core/test_memory.py``).
 
     python benchmarks/memory_model.py                      # the Markdown tables
     python benchmarks/memory_model.py --update-docs        # rewrite them in docs/scaling.md
+    python benchmarks/memory_model.py --measure            # model against measured, on CPU
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-GIB = 1024**3
-MIB = 1024**2
+from app.core.memory import (
+    GIB,
+    LOGIT_BYTES_SAVED,
+    LOGIT_BYTES_TRANSIENT,
+    MIB,
+    USABLE_FRACTION,
+    Attention,
+    Estimate,
+    JobMemory,
+    JobRun,
+    ModelShape,
+    Precision,
+    Setup,
+    Stages,
+    checkpoint_input_bytes,
+    dynamic_peak,
+    estimate,
+    fsdp_buffer_bytes,
+    head_activation_bytes,
+    job_memory,
+    job_setup,
+    layer_activation_bytes,
+    layer_workspace_bytes,
+    rope_bytes,
+    stages,
+)
+from app.core.pruning import plan_pruning
 
-Attention = Literal["sdpa", "eager"]
-
-#: Bytes per logit at the loss's backward: fp32 log-probs (saved) + fp32 gradient of the
-#: log-probs + fp32 gradient of the logits.
-LOGIT_BYTES_SAVED = 4
-LOGIT_BYTES_TRANSIENT = 8
-
-#: Fraction of a device's memory an estimate may use; the rest is for the CUDA context, library
-#: workspaces and allocator fragmentation.
-USABLE_FRACTION = 0.9
+__all__ = [
+    "DEVICES",
+    "GIB",
+    "LOGIT_BYTES_SAVED",
+    "LOGIT_BYTES_TRANSIENT",
+    "MIB",
+    "SHAPES",
+    "USABLE_FRACTION",
+    "Attention",
+    "Device",
+    "Estimate",
+    "ModelShape",
+    "Precision",
+    "Setup",
+    "Stages",
+    "checkpoint_input_bytes",
+    "dynamic_peak",
+    "estimate",
+    "fewest_devices",
+    "fsdp_buffer_bytes",
+    "head_activation_bytes",
+    "job_setup",
+    "layer_activation_bytes",
+    "layer_workspace_bytes",
+    "markdown",
+    "rope_bytes",
+    "stages",
+]
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "scaling.md"
 BEGIN = "<!-- memory-model:begin (generated by benchmarks/memory_model.py; do not edit) -->"
 END = "<!-- memory-model:end -->"
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The shape of a Llama-architecture decoder (Qwen2: the same with q/k/v biases)."""
-
-    name: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    intermediate: int
-    vocab: int
-    tied: bool
-    qkv_bias: bool = False
-    head_dim_: int | None = None
-    model_type: str = "llama"
-    #: The published total, as announced (model card / hub), e.g. "1.24B".
-    published: str = ""
-    source: str = ""
-
-    @property
-    def head_dim(self) -> int:
-        """Per-head width (``hidden // heads`` unless the config states it)."""
-        return self.head_dim_ or self.hidden // self.heads
-
-    @property
-    def q_dim(self) -> int:
-        """Width of the query projection's output."""
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        """Width of the key (and of the value) projection's output."""
-        return self.kv_heads * self.head_dim
-
-    @property
-    def layer_linear_params(self) -> int:
-        """Weights of one layer's seven projections (what autocast copies to bf16)."""
-        h, q, k, f = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        return h * q + 2 * h * k + q * h + 3 * h * f
-
-    @property
-    def layer_params(self) -> int:
-        """Parameters of one decoder layer: projections, q/k/v biases, two RMSNorm gains."""
-        bias = self.q_dim + 2 * self.kv_dim if self.qkv_bias else 0
-        return self.layer_linear_params + bias + 2 * self.hidden
-
-    @property
-    def embedding_params(self) -> int:
-        """The token embedding table."""
-        return self.vocab * self.hidden
-
-    @property
-    def head_params(self) -> int:
-        """The output head's own parameters (0 when tied to the embeddings)."""
-        return 0 if self.tied else self.vocab * self.hidden
-
-    @property
-    def root_params(self) -> int:
-        """What ``fully_shard(model)`` owns once every layer is sharded on its own."""
-        return self.embedding_params + self.head_params + self.hidden
-
-    @property
-    def n_params(self) -> int:
-        """Every parameter, a tied head counted once."""
-        return self.root_params + self.layers * self.layer_params
-
-    @property
-    def matmul_params(self) -> int:
-        """Parameters that take part in a matrix product: all but an untied input embedding
-        (a lookup) — the N of the 6·N FLOPs per token."""
-        return self.n_params - (0 if self.tied else self.embedding_params)
-
-    def hf_config(self) -> dict[str, Any]:
-        """The shape as a Hugging Face ``config.json`` mapping."""
-        return {
-            "model_type": self.model_type,
-            "hidden_size": self.hidden,
-            "num_hidden_layers": self.layers,
-            "num_attention_heads": self.heads,
-            "num_key_value_heads": self.kv_heads,
-            "intermediate_size": self.intermediate,
-            "vocab_size": self.vocab,
-            "tie_word_embeddings": self.tied,
-            "head_dim": self.head_dim,
-        }
-
 
 _HF = "https://huggingface.co/{}/blob/main/config.json"
 
@@ -224,230 +124,6 @@ SHAPES: dict[str, ModelShape] = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Setup:
-    """How a training step runs."""
-
-    devices: int = 1
-    seq_len: int = 2048
-    micro_batch: int = 1
-    checkpointing: bool = False
-    #: True: FSDP over ``devices`` (bf16 parameters in compute); False: the single-device
-    #: Trainer (fp32 parameters under autocast), ``devices`` must be 1.
-    fsdp: bool = True
-    grad_accum: int = 1
-    attention: Attention = "sdpa"
-
-    def __post_init__(self) -> None:
-        if self.devices < 1 or self.seq_len < 1 or self.micro_batch < 1 or self.grad_accum < 1:
-            raise ValueError("devices, seq_len, micro_batch and grad_accum must be >= 1")
-        if not self.fsdp and self.devices != 1:
-            raise ValueError("the Trainer without FSDP runs on one device")
-        if self.attention not in ("sdpa", "eager"):
-            raise ValueError(f"attention must be sdpa or eager, not {self.attention!r}")
-
-    @property
-    def tokens(self) -> int:
-        """Tokens of one micro-batch."""
-        return self.micro_batch * self.seq_len
-
-
-# --------------------------------------------------------------------------- activations
-
-
-def layer_activation_bytes(
-    shape: ModelShape, *, autocast: bool, seq_len: int, attention: Attention = "sdpa"
-) -> int:
-    """Bytes one decoder layer saves for backward, per token (no checkpointing)."""
-    h, q, k, f, a = shape.hidden, shape.q_dim, shape.kv_dim, shape.intermediate, shape.heads
-    # Two RMSNorms: the fp32 input and the normalised tensor (fp32 under autocast, else bf16),
-    # plus a 4-byte rstd each; the projections' inputs (one bf16 cast per projection under
-    # autocast, the shared bf16 tensor otherwise).
-    norms = 2 * ((4 + (4 if autocast else 2)) * h + 4)
-    proj_inputs = (3 + 2) * 2 * h if autocast else (1 + 1) * 2 * h
-    attn = 2 * q + 2 * k + 2 * k + 2 * q + 4 * a  # q, k, v after RoPE, output, log-sum-exp
-    if attention == "eager":
-        # k and v repeated to every head; the fp32 softmax and its bf16 cast; no log-sum-exp.
-        attn += 4 * (q - k) - 4 * a + 6 * a * seq_len
-    mlp = 4 * 2 * f  # gate and up outputs, SiLU output, their product (down's input)
-    return norms + proj_inputs + attn + mlp
-
-
-def head_activation_bytes(shape: ModelShape, *, autocast: bool) -> int:
-    """Bytes saved per token outside the layers: final norm, head input, ids and labels, and
-    the fp32 log-probabilities of the loss."""
-    final_norm = (4 + (4 if autocast else 2)) * shape.hidden + 4
-    return final_norm + 2 * shape.hidden + 8 + 8 + LOGIT_BYTES_SAVED * shape.vocab
-
-
-def layer_workspace_bytes(shape: ModelShape) -> int:
-    """Gradient temporaries of one layer's backward, per token (a bound, measured on CPU)."""
-    return 6 * shape.intermediate + 8 * shape.hidden
-
-
-def rope_bytes(shape: ModelShape, *, autocast: bool, seq_len: int) -> int:
-    """RoPE's cos and sin, one copy per micro-batch (shared by the layers)."""
-    return 2 * seq_len * shape.head_dim * (4 if autocast else 2)
-
-
-def checkpoint_input_bytes(shape: ModelShape, *, autocast: bool) -> int:
-    """What a checkpointed layer keeps per token: its input (the residual stream)."""
-    return (4 if autocast else 2) * shape.hidden
-
-
-@dataclass(frozen=True)
-class Precision:
-    """What the dtypes of a run decide about its memory."""
-
-    #: fp32 parameters under autocast (the Trainer), else bf16 parameters in compute.
-    autocast: bool
-    #: Bytes of gradient per parameter held on this device (4 / N: fp32, sharded).
-    grad_bytes: float
-    #: The head weight's gradient from the head's backward to the end of backward.
-    head_grad_bytes: int
-    #: A transient at the end of backward (FSDP: the root's unsharded bf16 gradients).
-    end_extra: int
-
-    @classmethod
-    def of(cls, shape: ModelShape, setup: Setup) -> Precision:
-        """The Trainer's (fp32 gradients, fp32 head gradient) or FSDP's (fp32 gradient shards,
-        the head's gradient bf16 and unsharded until the root's reduce-scatter)."""
-        if setup.fsdp:
-            # The root's gradients, unsharded in bf16 and in fp32 for its reduce-scatter, at
-            # the end of backward.
-            return cls(False, 4 / setup.devices, 2 * shape.vocab * shape.hidden,
-                       6 * shape.root_params)  # fmt: skip
-        return cls(True, 4.0, 4 * shape.vocab * shape.hidden, 0)
-
-    @classmethod
-    def bf16_model(cls, shape: ModelShape) -> Precision:
-        """A model cast to bf16 and trained without FSDP: bf16 gradients (the CPU checks)."""
-        return cls(False, 2.0, 2 * shape.vocab * shape.hidden, 0)
-
-
-@dataclass(frozen=True)
-class Stages:
-    """Activations and gradients alive at each stage of backward, bytes per device."""
-
-    loss: int  # the cross-entropy's backward, before any parameter gradient exists
-    first_layer: int  # the backward of the last decoder layer
-    last_layer: int  # the backward of the first decoder layer
-    end: int  # every gradient, no activation left
-
-    @property
-    def peak(self) -> int:
-        """The largest stage."""
-        return max(self.loss, self.first_layer, self.last_layer, self.end)
-
-
-def stages(shape: ModelShape, setup: Setup, precision: Precision | None = None) -> Stages:
-    """Activations + gradients at each stage of one micro-batch's backward.
-
-    ``precision`` defaults to the setup's (:meth:`Precision.of`).
-    """
-    pr = Precision.of(shape, setup) if precision is None else precision
-    T, L, ac, ckpt = setup.tokens, shape.layers, pr.autocast, setup.checkpointing
-    A = layer_activation_bytes(shape, autocast=ac, seq_len=setup.seq_len, attention=setup.attention)
-    W = layer_workspace_bytes(shape)
-    H = head_activation_bytes(shape, autocast=ac)
-    rope = rope_bytes(shape, autocast=ac, seq_len=setup.seq_len)
-    layer_input = checkpoint_input_bytes(shape, autocast=ac)
-    stored = layer_input if ckpt else A  # what each layer keeps until its backward
-    # What the layer being back-propagated holds: its stored tensors, the recomputed
-    # activations when checkpointed, and the gradient workspace.
-    current = (layer_input + A if ckpt else A) + W
-    g_layer = pr.grad_bytes * shape.layer_params
-    g_all = pr.grad_bytes * shape.n_params
-    # Gradients of earlier micro-batches stay allocated under accumulation (the head's too).
-    earlier = g_all if setup.grad_accum > 1 else 0.0
-    head_grad = 0 if earlier and ac else pr.head_grad_bytes
-    # Autocast's bf16 weight copies live from the forward to their layer's backward; with
-    # checkpointing only the head's and the recomputed layer's.
-    copy_layer = 2 * shape.layer_linear_params if ac else 0
-    copy_head = 2 * shape.vocab * shape.hidden if ac else 0
-    ids = 8 * T  # the embedding's saved token ids, until the very end
-    loss = (
-        L * stored * T
-        + H * T
-        + rope
-        + LOGIT_BYTES_TRANSIENT * shape.vocab * T
-        + copy_head
-        + (0 if ckpt else L * copy_layer)
-        + earlier
-    )
-
-    def layer(done: int) -> float:
-        """During the backward of a layer, `done` layers above it already back-propagated."""
-        waiting = L - done - 1  # layers below it, still holding what they stored
-        copies = copy_layer * (1 if ckpt else waiting + 1)
-        grads = max(done * g_layer, earlier)
-        return waiting * stored * T + current * T + rope + ids + copies + head_grad + grads
-
-    return Stages(
-        loss=round(loss),
-        first_layer=round(layer(0)),
-        last_layer=round(layer(L - 1)),
-        end=round(g_all + pr.end_extra),
-    )
-
-
-def dynamic_peak(shape: ModelShape, setup: Setup, precision: Precision | None = None) -> int:
-    """The largest activations + gradients over the stages of backward, bytes per device."""
-    return stages(shape, setup, precision).peak
-
-
-# --------------------------------------------------------------------------- the estimate
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """Memory per device, bytes."""
-
-    shape: ModelShape
-    setup: Setup
-    parameters: int
-    gradients: int
-    optimizer: int
-    buffers: int
-    activations: int  # at their peak (the loss stage), gradients excluded
-    logits: int  # of which the cross-entropy's 12 bytes per logit
-    dynamic: int  # the largest activations + gradients over backward
-
-    @property
-    def total(self) -> int:
-        """Peak bytes per device."""
-        return self.parameters + self.optimizer + self.buffers + self.dynamic
-
-    def fits(self, capacity_bytes: float) -> bool:
-        """Whether the estimate fits in ``USABLE_FRACTION`` of a device of that size."""
-        return self.total <= USABLE_FRACTION * capacity_bytes
-
-
-def fsdp_buffer_bytes(shape: ModelShape) -> int:
-    """FSDP's unsharded buffers: the root's bf16 parameters for the whole step, two layers' bf16
-    parameters, one layer's gradients in bf16 and in fp32 (``reduce_dtype``)."""
-    return 2 * shape.root_params + (2 * 2 + 2 + 4) * shape.layer_params
-
-
-def estimate(shape: ModelShape, setup: Setup) -> Estimate:
-    """Peak memory per device of one training step (see the module docstring)."""
-    n, P = setup.devices, shape.n_params
-    pr = Precision.of(shape, setup)
-    buffers = fsdp_buffer_bytes(shape) if setup.fsdp else 0
-    no_grads = replace(pr, grad_bytes=0.0, head_grad_bytes=0, end_extra=0)
-    return Estimate(
-        shape=shape,
-        setup=setup,
-        parameters=round(4 * P / n),
-        gradients=round(4 * P / n),
-        optimizer=round(8 * P / n),
-        buffers=buffers,
-        activations=stages(shape, replace(setup, grad_accum=1), no_grads).loss,
-        logits=(LOGIT_BYTES_SAVED + LOGIT_BYTES_TRANSIENT) * shape.vocab * setup.tokens,
-        dynamic=dynamic_peak(shape, setup, pr),
-    )
-
-
 # --------------------------------------------------------------------------- devices
 
 
@@ -463,11 +139,6 @@ DEVICES: tuple[Device, ...] = (
     Device("80 GB (A100/H100)", 81_559 * MIB),
     Device("141 GB (H200)", 143_771 * MIB),
 )
-
-
-def job_setup(devices: int, seq_len: int, micro_batch: int, checkpointing: bool) -> Setup:
-    """How a job with ``devices`` runs: the Trainer on one device, FSDP on more."""
-    return Setup(devices, seq_len, micro_batch, checkpointing, fsdp=devices > 1)
 
 
 def fewest_devices(
@@ -500,11 +171,12 @@ def summary_table(shapes: Iterable[ModelShape]) -> list[str]:
     ]
     for s in shapes:
         states = [16 * s.n_params / n for n in (1, 2, 4, 8)]
+        buffers = estimate(s, job_setup(2, 2048, 1, False)).buffers
         lines.append(
             f"| {s.name} | {s.n_params:,} ({_params(s.n_params)}) | "
             f"{'tied' if s.tied else 'untied'} | "
             + " | ".join(_gib(x) for x in states)
-            + f" | {_gib(fsdp_buffer_bytes(s))} |"
+            + f" | {_gib(buffers)} |"
         )
     return lines
 
@@ -517,18 +189,18 @@ def model_table(
     devices: Sequence[int] = (1, 2, 4, 8),
 ) -> list[str]:
     """Total GiB per device for each (seq_len, micro-batch, checkpointing) and device count."""
-    head = "| seq | micro-batch | ckpt | activations, 1 / ≥ 2 devices | of which logits | "
+    head = "| seq | micro-batch | ckpt | activations | of which logits | "
     head += " | ".join(f"devices: {n}" for n in devices) + " |"
     lines = [head, "|" + "---|" * (5 + len(devices))]
     for seq in seq_lens:
         for mb in micro_batches:
             for ckpt in (False, True):
                 est = [estimate(shape, job_setup(n, seq, mb, ckpt)) for n in devices]
-                fsdp = estimate(shape, Setup(2, seq, mb, ckpt))
                 lines.append(
                     f"| {seq} | {mb} | {'yes' if ckpt else 'no'} | "
-                    f"{_gib(est[0].activations)} / {_gib(fsdp.activations)} | "
-                    f"{_gib(fsdp.logits)} | " + " | ".join(_gib(e.total) for e in est) + " |"
+                    f"{_gib(est[0].activations)} | {_gib(est[0].logits)} | "
+                    + " | ".join(_gib(e.total) for e in est)
+                    + " |"
                 )
     return lines
 
@@ -580,19 +252,20 @@ def markdown(shapes: Sequence[ModelShape] | None = None) -> str:
             f"{shape.n_params:,} parameters: hidden {shape.hidden}, {shape.layers} layers, "
             f"{shape.heads} heads ({shape.kv_heads} KV), intermediate {shape.intermediate}, "
             f"vocab {shape.vocab:,}, {'tied' if shape.tied else 'untied'} embeddings "
-            f"([config]({shape.source})). Peak GiB per device of a job with `devices: N`; "
-            "activations of one micro-batch on one device (fp32 weights under autocast) and "
-            "under FSDP (bf16).",
+            f"([config]({shape.source})). Peak GiB per device of a training step of a job with "
+            "`devices: N`; activations (with autocast's bf16 weight copies) at the loss, of one "
+            "micro-batch, the same on every device count.",
             "",
             *model_table(shape),
         ]
     return "\n".join(out) + "\n"
 
 
-def update_docs(path: Path, text: str) -> bool:
-    """Replace the generated block of ``path``; True when it changed."""
+def update_docs(path: Path, text: str, begin: str = BEGIN, end: str = END) -> bool:
+    """Replace the generated block between ``begin`` and ``end`` in ``path``; True when it
+    changed."""
     doc = path.read_text()
-    start, stop = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+    start, stop = doc.index(begin) + len(begin), doc.index(end)
     new = doc[:start] + "\n" + text + doc[stop:]
     if new == doc:
         return False
@@ -600,18 +273,279 @@ def update_docs(path: Path, text: str) -> bool:
     return True
 
 
-def embedded(path: Path) -> str:
-    """The generated block as it stands in ``path``."""
+def embedded(path: Path, begin: str = BEGIN, end: str = END) -> str:
+    """The generated block between ``begin`` and ``end`` as it stands in ``path``."""
     doc = path.read_text()
-    return doc[doc.index(BEGIN) + len(BEGIN) : doc.index(END)].removeprefix("\n")
+    return doc[doc.index(begin) + len(begin) : doc.index(end)].removeprefix("\n")
+
+
+# --------------------------------------------------------------------------- measuring on CPU
+
+
+def measured_peaks(run: Callable[[], object], phases: Sequence[str] = ()) -> dict[str, int]:
+    """Peak bytes the CPU allocator held while ``run()`` ran, above what it held before, overall
+    (``"all"``) and within each of the ``phases`` (``torch.profiler.record_function`` ranges of
+    those names inside ``run``).
+
+    From the torch profiler's memory events (every allocation and free while it profiles, with
+    its size), summed in order: exact for what is allocated inside ``run``; frees of memory
+    allocated before it are not reported, so ``run`` should build what it measures.
+    """
+    import torch  # the tables need no torch
+
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    )
+    with profiler:
+        run()
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        profiler.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    memory_events = sorted(
+        (e for e in events if e.get("name") == "[memory]"), key=lambda e: float(e["ts"])
+    )
+    windows = {
+        e["name"]: (float(e["ts"]), float(e["ts"]) + float(e["dur"]))
+        for e in events
+        if e.get("ph") == "X" and e.get("name") in phases
+    }
+    peaks = {"all": 0, **dict.fromkeys(windows, 0)}
+    held = 0
+    for event in memory_events:
+        held += int(event["args"]["Bytes"])
+        ts = float(event["ts"])
+        peaks["all"] = max(peaks["all"], held)
+        for name, (start, stop) in windows.items():
+            if start <= ts <= stop:
+                peaks[name] = max(peaks[name], held)
+    return peaks
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One job on CPU: the peaks of its two phases, measured and from the model (bytes)."""
+
+    name: str
+    preparation: int
+    training: int
+    model: JobMemory
+
+    def error(self, phase: str) -> float:
+        """(model − measured) / measured of ``phase``."""
+        measured = self.preparation if phase == "preparation" else self.training
+        modelled = getattr(self.model, phase).total
+        return float(modelled / measured - 1.0)
+
+
+def tiny_config(arch: str, size: str) -> dict[str, Any]:
+    """The ``config.json`` of one of the project's own models (``p2law make-model``'s presets)."""
+    from workers.ml.make_model import DEFAULT_VOCAB, SIZES
+
+    s = SIZES[size]
+    return {
+        "model_type": arch,
+        "vocab_size": DEFAULT_VOCAB[size],
+        "hidden_size": s.hidden,
+        "num_hidden_layers": s.layers,
+        "num_attention_heads": s.heads,
+        "num_key_value_heads": s.kv_heads,
+        "intermediate_size": s.intermediate,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": True,
+    }
+
+
+def measure_job(
+    config: dict[str, Any],
+    *,
+    method: str,
+    rho: float = 0.25,
+    seq_len: int = 128,
+    batch_size: int = 8,
+    checkpointing: bool = False,
+    dtype: str = "float32",
+    calib_samples: int = 32,
+    steps: int = 3,
+) -> Measured:
+    """A one-device job on CPU as the worker runs it (fp32 weights, ``dtype`` compute): held-out
+    loss, pruning (calibrated on ``calib_samples`` sequences), held-out loss, then ``steps``
+    steps of the job's Trainer (its chunked loss, gradient clipping, AdamW, the masks) on the
+    pruned model; each phase's measured peak and the memory model's."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workers.ml.data import calibration_ids
+    from workers.ml.evaluate import block_losses
+    from workers.ml.pipeline import enable_activation_checkpointing
+    from workers.ml.prune import apply_masks, prune
+    from workers.ml.train import TrainConfig, Trainer
+
+    autocast = torch.bfloat16 if dtype == "bfloat16" else None
+    vocab = int(config["vocab_size"])
+    generator = torch.Generator().manual_seed(0)
+    train_ids = torch.randint(0, vocab, (64, seq_len), generator=generator)
+    eval_ids = torch.randint(0, vocab, (2 * batch_size, seq_len), generator=generator)
+
+    def run() -> None:
+        torch.manual_seed(0)
+        hf = AutoConfig.for_model(**config)
+        with torch.profiler.record_function("preparation"):
+            model = AutoModelForCausalLM.from_config(hf, dtype=torch.float32)  # type: ignore[no-untyped-call]
+            block_losses(model, eval_ids, batch_size=batch_size, autocast_dtype=autocast)
+            calib = calibration_ids(train_ids, calib_samples, seed=0)
+            result = prune(model, method, rho, calib, batch_size=batch_size)
+            block_losses(model, eval_ids, batch_size=batch_size, autocast_dtype=autocast)
+        if checkpointing:
+            enable_activation_checkpointing(model)
+        with torch.profiler.record_function("training"):
+            trainer = Trainer(
+                model,
+                train_ids,
+                TrainConfig(batch_size=batch_size, total_steps=steps, grad_clip=1.0),
+                autocast_dtype=autocast,
+                masks=result.masks or None,
+                apply_masks=apply_masks if result.masks else None,
+            )
+            trainer.train_until(steps)
+
+    peaks = measured_peaks(run, ("preparation", "training"))
+    dense = ModelShape.from_config(config)
+    plan = plan_pruning(config, method, rho)
+    masked, largest = dense.masked_by(plan)
+    job = JobRun(
+        dense=dense,
+        pruned=dense.pruned(plan),
+        method=method,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        checkpointing=checkpointing,
+        masked=masked,
+        largest_masked=largest,
+        device="cpu",
+        dtype="bfloat16" if dtype == "bfloat16" else "float32",
+    )
+    name = f"{config['model_type']} h{dense.hidden} L{dense.layers} V{dense.vocab}"
+    return Measured(
+        name=f"{name} {method} {batch_size}x{seq_len}{' ckpt' if checkpointing else ''} {dtype}",
+        preparation=peaks["preparation"],
+        training=peaks["training"],
+        model=job_memory(job, 1, float("inf")),
+    )
+
+
+def measure_sharded_step(
+    config: dict[str, Any], *, seq_len: int = 128, batch_size: int = 8, checkpointing: bool = False
+) -> tuple[int, int]:
+    """Steps of the job's Trainer on a model sharded as the job shards it (``fully_shard`` per
+    decoder layer, then the root, fp32 weights gathered and bf16 by autocast), in a process
+    group of one CPU process (gloo, started here when none is): the measured peak and the
+    model's for FSDP on that one device (bytes). Run it in a process of its own."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from workers.ml.models import decoder_layers_owner
+    from workers.ml.pipeline import enable_activation_checkpointing
+    from workers.ml.train import TrainConfig, Trainer
+
+    started = not dist.is_initialized()
+    if started:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29517")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    vocab = int(config["vocab_size"])
+    train_ids = torch.randint(0, vocab, (64, seq_len), generator=torch.Generator().manual_seed(0))
+
+    def run() -> None:
+        torch.manual_seed(0)
+        hf = AutoConfig.for_model(**config)
+        model = AutoModelForCausalLM.from_config(hf, dtype=torch.float32)  # type: ignore[no-untyped-call]
+        if checkpointing:
+            enable_activation_checkpointing(model)
+        mesh = init_device_mesh("cpu", (1,))
+        policy = MixedPrecisionPolicy(reduce_dtype=torch.float32)
+        for layer in decoder_layers_owner(model)[2]:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        with torch.profiler.record_function("training"):
+            trainer = Trainer(
+                model,
+                train_ids,
+                TrainConfig(batch_size=batch_size, total_steps=3, grad_clip=1.0),
+                autocast_dtype=torch.bfloat16,
+            )
+            trainer.train_until(3)
+
+    try:
+        peak = measured_peaks(run, ("training",))["training"]
+    finally:
+        if started:
+            dist.destroy_process_group()
+    shape = ModelShape.from_config(config)
+    setup = Setup(
+        1, seq_len, batch_size, checkpointing, fsdp=True, bf16_by="autocast", loss="chunked",
+        fused_optimizer=False,
+    )  # fmt: skip
+    return peak, estimate(shape, setup).total
+
+
+#: The jobs ``--measure`` runs: (arch, preset, method, seq_len, batch_size, ckpt, dtype).
+MEASURED_JOBS: tuple[tuple[str, str, str, int, int, bool, str], ...] = (
+    ("llama", "tiny", "depth", 128, 8, False, "float32"),
+    ("llama", "small", "2:4", 128, 8, False, "float32"),
+    ("qwen2", "small", "width", 128, 8, True, "float32"),
+    ("llama", "base", "unstructured", 64, 2, False, "bfloat16"),
+    ("qwen2", "base", "width", 16, 2, False, "float32"),
+)
+
+
+def measure_table() -> list[str]:
+    """Measured against modelled peaks of :data:`MEASURED_JOBS`, as Markdown."""
+    lines = [
+        "| job | preparation, measured / model (MiB) | error | training, measured / model "
+        "(MiB) | error |",
+        "|---|---|---|---|---|",
+    ]
+    for arch, size, method, seq, batch, ckpt, dtype in MEASURED_JOBS:
+        m = measure_job(
+            tiny_config(arch, size),
+            method=method,
+            seq_len=seq,
+            batch_size=batch,
+            checkpointing=ckpt,
+            dtype=dtype,
+        )
+        lines.append(
+            f"| {size} {m.name} | {m.preparation / MIB:.2f} / "
+            f"{m.model.preparation.total / MIB:.2f} | {m.error('preparation'):+.1%} | "
+            f"{m.training / MIB:.2f} / {m.model.training.total / MIB:.2f} | "
+            f"{m.error('training'):+.1%} |"
+        )
+    for ckpt in (False, True):
+        measured, modelled = measure_sharded_step(tiny_config("llama", "small"), checkpointing=ckpt)
+        lines.append(
+            f"| small llama, FSDP2 on 1 process, 8x128{' ckpt' if ckpt else ''} bfloat16 "
+            f"(training only) | | | {measured / MIB:.2f} / {modelled / MIB:.2f} | "
+            f"{modelled / measured - 1:+.1%} |"
+        )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the tables, or rewrite them in docs/scaling.md."""
+    """Print the tables, rewrite them in docs/scaling.md, or measure the model on CPU."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", action="append", choices=sorted(SHAPES), help="default: all")
     p.add_argument("--update-docs", nargs="?", const=DOCS, type=Path, metavar="PATH")
+    p.add_argument("--measure", action="store_true", help="the model against CPU measurements")
     a = p.parse_args(argv)
+    if a.measure:
+        print("\n".join(measure_table()))
+        return 0
     shapes = [SHAPES[m] for m in a.model] if a.model else None
     text = markdown(shapes)
     if a.update_docs is not None:

@@ -60,6 +60,16 @@ class Settings(BaseSettings):
             "for the others inside one collective before the group is relaunched."
         ),
     )
+    device_memory_gib: float = Field(
+        80.0,
+        gt=0,
+        allow_inf_nan=False,
+        description=(
+            "Memory of one training device in GiB: a job whose estimated peak per device (plus "
+            "a margin) exceeds it is refused at submission, unless it names its own "
+            "device_memory_gib."
+        ),
+    )
     reaper_interval_s: float = Field(30.0, description="How often expired leases are reaped.")
     load_reference: bool = Field(
         True,

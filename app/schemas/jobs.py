@@ -34,6 +34,22 @@ EXAMPLE_JOB: dict[str, Any] = {
 }
 
 
+#: A dry run of a width job on a Llama-3.1-8B-shaped model (its config.json only) on 2 devices
+#: of 80 GiB (EXAMPLE_DRY_RUN is the answer).
+EXAMPLE_DRY_RUN_REQUEST: dict[str, Any] = {
+    "model": "llama-8b",
+    "method": "width",
+    "rho": 0.25,
+    "tokens": 1e9,
+    "dataset": {"path": "corpus-tok"},
+    "seq_len": 2048,
+    "batch_size": 4,
+    "devices": 2,
+    "activation_checkpointing": True,
+    "dry_run": True,
+}
+
+
 class DatasetIn(BaseModel):
     """Training text inside ``DATA_ROOT``: a text file, JSONL, a saved HF dataset, or a tokenised
     directory made by ``p2law tokenize`` (its manifest, tokenizer and held-out range are checked
@@ -78,7 +94,9 @@ class StopRuleIn(BaseModel):
 class JobRequest(BaseModel):
     """A prune → post-train job (docs/api.md). ``rho`` is the target; the measured ρ is reported."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB]})
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [EXAMPLE_JOB, EXAMPLE_DRY_RUN_REQUEST]}
+    )
 
     model: str = Field(
         ..., min_length=1, max_length=1024, description="HF model directory inside MODEL_ROOT."
@@ -170,6 +188,23 @@ class JobRequest(BaseModel):
         max_length=128,
         description="A repeated submission with the same key returns the same job.",
     )
+    dry_run: bool = Field(
+        False,
+        description=(
+            "Check the job and estimate its memory per device from the model's config.json, "
+            "answer 200 with the plan and the estimate, and store and queue nothing."
+        ),
+    )
+    device_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        le=1_048_576,
+        allow_inf_nan=False,
+        description=(
+            "Memory of one device in GiB, against which the job's peak per device is checked "
+            "(a job that does not fit is refused); null: the DEVICE_MEMORY_GIB setting."
+        ),
+    )
 
     @model_validator(mode="after")
     def _enough_tokens(self) -> JobRequest:
@@ -221,6 +256,118 @@ class JobAccepted(BaseModel):
 
     id: str
     status: JobStatus
+
+
+#: The service's answer to EXAMPLE_DRY_RUN_REQUEST (a test keeps it so).
+EXAMPLE_DRY_RUN: dict[str, Any] = {
+    "n0": 8030261248,
+    "plan": {
+        "method": "width",
+        "target_rho": 0.25,
+        "rho": 0.25002435587012173,
+        "n0": 8030261248,
+        "n_after": 6022500352,
+        "shape": {
+            "layers": 32,
+            "attention_heads": 32,
+            "kv_heads": 8,
+            "head_dim": 128,
+            "intermediate_size": 9230,
+            "max_rho": 0.8481861635194462,
+            "kv_groups_removed": 0,
+            "heads_per_group": 4,
+            "channels_removed": 5106,
+            "removed": {"attention": 0, "mlp": 2007760896},
+        },
+    },
+    "memory": {
+        "per_device_gib": 68.6652,
+        "device_gib": 80.0,
+        "fits": True,
+        "min_devices": 2,
+        "devices": 2,
+        "phase": "training",
+        "training_gib": 60.6652,
+        "preparation_gib": 48.6553,
+        "breakdown": {
+            "weights": 11.2178,
+            "optimizer": 22.4356,
+            "gradients": 1.957,
+            "masks": 0.0,
+            "fsdp_buffers": 5.6505,
+            "activations": 15.7193,
+            "logits": 0.7339,
+            "workspace": 2.9512,
+            "margin": 8.0,
+        },
+    },
+    "warnings": [],
+}
+
+
+class PlanOut(BaseModel):
+    """What pruning would do (``app.core.pruning.plan_pruning``): ``rho`` is the ρ the worker
+    will measure, ``n_after`` the parameters left (depth, width) or the weights left non-zero
+    (2:4, unstructured), ``shape`` what the pruned model keeps (docs/api.md)."""
+
+    method: str
+    target_rho: float
+    rho: float
+    n0: int
+    n_after: int
+    shape: dict[str, Any]
+
+
+class MemoryBreakdown(BaseModel):
+    """What the peak per device is made of, GiB; the parts add up to ``per_device_gib`` (up to
+    rounding)."""
+
+    weights: float = Field(description="fp32 weights: the dense model in the preparation.")
+    optimizer: float = Field(description="AdamW's two fp32 moments (their shards).")
+    gradients: float = Field(description="Gradients alive at the peak.")
+    masks: float = Field(description="Bool keep-masks (2:4, unstructured).")
+    fsdp_buffers: float = Field(description="FSDP's gathered parameters and gradients (N > 1).")
+    activations: float = Field(
+        description="Saved activations, autocast's bf16 weight copies, a forward's intermediates."
+    )
+    logits: float = Field(description="The loss's float32 logits of one chunk of tokens.")
+    workspace: float = Field(
+        description="Temporaries: a layer's backward, the optimizer step, pruning's scores."
+    )
+    margin: float = Field(description="Kept free for CUDA, libraries and fragmentation.")
+
+
+class MemoryOut(BaseModel):
+    """A job's memory on its most loaded device (device 0), from the memory model
+    (``app.core.memory``, docs/scaling.md)."""
+
+    per_device_gib: float = Field(description="Device 0's peak plus the margin, GiB.")
+    device_gib: float = Field(description="Memory of one device, GiB.")
+    fits: bool = Field(description="per_device_gib <= device_gib.")
+    min_devices: int | None = Field(
+        description="The fewest of 1, 2, 4, …, 1024 devices it fits on; null: none."
+    )
+    devices: int = Field(description="The devices the request asks for.")
+    phase: Literal["training", "preparation"] = Field(
+        description="The phase that sets the peak: post-training, or the preparation (the "
+        "dense model on device 0: L0 and pruning)."
+    )
+    training_gib: float = Field(description="Peak of post-training on each device, GiB.")
+    preparation_gib: float = Field(description="Peak of the preparation on device 0, GiB.")
+    breakdown: MemoryBreakdown
+
+
+class JobDryRun(BaseModel):
+    """A dry run's answer: the plan and the memory a submission would have (nothing stored).
+    ``plan`` and ``memory`` are null when the model's config.json is not one the plan reads
+    (``warnings`` says why)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [EXAMPLE_DRY_RUN]})
+
+    n0: int | None
+    plan: PlanOut | None
+    memory: MemoryOut | None
+    warnings: list[str]
 
 
 class Progress(BaseModel):

@@ -30,6 +30,7 @@ from app.db.models.observation import Observation
 from app.repositories import jobs as repo
 from app.repositories import observations as observations_repo
 from app.schemas.jobs import JobRequest
+from app.services import admission
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def submit(session: Session, request: JobRequest) -> tuple[Job, bool]:
         paths = resolve_job_paths(request, settings)
         check_reachable(request, paths.model)
         check_dataset(request, paths)
+        admission.admit(request, model_config(paths.model))
         job = Job(
             idempotency_key=request.idempotency_key,
             status="queued",
@@ -141,6 +143,15 @@ def submit(session: Session, request: JobRequest) -> tuple[Job, bool]:
         ) from exc
     send(session, job.id)
     return job, True
+
+
+def dry_run(request: JobRequest) -> dict[str, Any]:
+    """What submitting ``request`` would do, checked as :func:`submit` checks it, with nothing
+    stored or sent: the pruning plan and the memory estimate (``app.services.admission``)."""
+    paths = resolve_job_paths(request, get_settings())
+    check_reachable(request, paths.model)
+    check_dataset(request, paths)
+    return admission.dry_run_out(admission.assess(request, model_config(paths.model)))
 
 
 def send(session: Session, job_id: str) -> bool:

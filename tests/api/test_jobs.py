@@ -25,6 +25,7 @@ from app.main import create_app
 from app.repositories import jobs as jobs_repo
 from app.repositories import observations as observations_repo
 from tests.api.conftest import error_message, strict_json, validation_error
+from tests.core.test_memory import LLAMA_8B, QWEN_7B, SMOLLM2_135M
 
 API_JOB_FIELDS = {
     "id",
@@ -340,9 +341,9 @@ def test_width_reach_at_llama_31_8b_shapes_is_checked_from_its_config(
     assert response.status_code == 422
     assert f"width pruning can remove at most rho={max_rho:.4f}" in response.json()["detail"]
     for method in ("depth", "width", "2:4", "unstructured"):
-        response = jobs_client.post(
-            "/jobs/prune-finetune", json=job_request(model="llama-8b", method=method, rho=0.3)
-        )
+        # Devices large enough that memory is not what refuses it (test_a_job_that_does_not_fit_*).
+        body = job_request(model="llama-8b", method=method, rho=0.3, device_memory_gib=1024)
+        response = jobs_client.post("/jobs/prune-finetune", json=body)
         assert response.status_code == 202, (method, response.text)
 
 
@@ -456,3 +457,137 @@ def test_a_database_that_cannot_store_the_job_is_503(
     response = jobs_client.post("/jobs/prune-finetune", json=job_request())
     assert response.status_code == 503
     assert "not queued" in response.json()["detail"]
+
+
+# --------------------------------------------------------------------------- dry run, admission
+
+
+def _model_dir(roots: dict[str, Path], name: str, config: dict[str, Any]) -> str:
+    model = roots["model"].parent / name
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    return name
+
+
+def test_a_dry_run_answers_200_with_the_plan_and_memory_and_stores_nothing(
+    jobs_client: TestClient, roots: dict[str, Path]
+) -> None:
+    name = _model_dir(roots, "llama-8b", LLAMA_8B)
+    body = job_request(
+        model=name, method="width", seq_len=2048, batch_size=4, devices=2,
+        activation_checkpointing=True, dry_run=True, idempotency_key="k",
+    )  # fmt: skip
+    response = jobs_client.post("/jobs/prune-finetune", json=body)
+    assert response.status_code == 200, response.text
+    assert "location" not in response.headers
+    answer = strict_json(response.text)
+    assert set(answer) == {"n0", "plan", "memory", "warnings"}
+    plan = plan_pruning(LLAMA_8B, "width", 0.25)
+    assert answer["n0"] == plan.n0 == 8_030_261_248
+    assert answer["plan"]["rho"] == plan.rho and answer["plan"]["shape"] == plan.shape
+    mem = answer["memory"]
+    assert set(mem) >= {"per_device_gib", "device_gib", "fits", "min_devices", "breakdown"}
+    assert mem["device_gib"] == 80.0 and mem["devices"] == 2 and mem["fits"] is True
+    assert mem["min_devices"] == 2 and answer["warnings"] == []
+    assert sum(mem["breakdown"].values()) == pytest.approx(mem["per_device_gib"], abs=1e-3)
+    # Nothing stored, nothing sent; the same key then submits for real.
+    assert jobs_client.get("/jobs").json()["total"] == 0 and _message_files() == []
+    real = jobs_client.post("/jobs/prune-finetune", json={**body, "dry_run": False})
+    assert real.status_code == 202 and jobs_client.get("/jobs").json()["total"] == 1
+
+
+def test_a_dry_run_checks_what_a_submission_checks(
+    jobs_client: TestClient, roots: dict[str, Path]
+) -> None:
+    name = _model_dir(roots, "llama-8b", LLAMA_8B)
+    far = jobs_client.post(
+        "/jobs/prune-finetune", json=job_request(model=name, method="width", rho=0.95, dry_run=True)
+    )
+    assert "width pruning can remove at most rho=" in error_message(far, 422)
+    outside = jobs_client.post(
+        "/jobs/prune-finetune", json=job_request(model="../outside/model", dry_run=True)
+    )
+    assert "outside" in error_message(outside, 422)
+    # The fixture's model has no shape in its config: no plan, no estimate, and why.
+    unread = jobs_client.post("/jobs/prune-finetune", json=job_request(dry_run=True))
+    assert unread.status_code == 200
+    assert unread.json()["memory"] is None and unread.json()["plan"] is None
+    assert "no plan and no memory estimate" in unread.json()["warnings"][0]
+    assert jobs_client.get("/jobs").json()["total"] == 0
+
+
+def test_a_job_that_does_not_fit_is_422_naming_its_need_the_device_and_the_fewest_devices(
+    jobs_client: TestClient, roots: dict[str, Path]
+) -> None:
+    name = _model_dir(roots, "llama-8b", LLAMA_8B)
+    body = job_request(model=name, method="width", seq_len=2048, batch_size=4,
+                       activation_checkpointing=True)  # fmt: skip
+    dry = jobs_client.post("/jobs/prune-finetune", json={**body, "dry_run": True}).json()
+    mem = dry["memory"]
+    assert mem["fits"] is False and mem["min_devices"] == 2
+    assert dry["warnings"][0].startswith("does not fit: the job needs")
+    detail = error_message(jobs_client.post("/jobs/prune-finetune", json=body), 422)
+    assert f"needs {mem['per_device_gib']:.1f} GiB per device on 1 device" in detail
+    assert "more than the 80 GiB of a device" in detail
+    assert "it fits on 2 devices (the fewest)" in detail
+    none = jobs_client.post("/jobs/prune-finetune", json={**body, "device_memory_gib": 8})
+    assert "fits on no count of devices from 1 to 1024" in error_message(none, 422)
+    assert jobs_client.get("/jobs").json()["total"] == 0 and _message_files() == []
+    for fits in ({"devices": 2}, {"device_memory_gib": 141}):
+        assert jobs_client.post("/jobs/prune-finetune", json={**body, **fits}).status_code == 202
+
+
+def test_the_device_memory_setting_is_the_default(
+    jobs_client: TestClient, roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _model_dir(roots, "qwen-7b", QWEN_7B)
+    body = job_request(model=name, method="depth", seq_len=2048, batch_size=4,
+                       activation_checkpointing=True, dry_run=True)  # fmt: skip
+    assert jobs_client.post("/jobs/prune-finetune", json=body).json()["memory"]["fits"] is False
+    monkeypatch.setenv("DEVICE_MEMORY_GIB", "192")
+    get_settings.cache_clear()
+    answer = jobs_client.post("/jobs/prune-finetune", json=body).json()["memory"]
+    assert answer["device_gib"] == 192.0 and answer["fits"] is True
+
+
+@pytest.mark.parametrize("value", [0, -1, 2_000_000, "NaN", "Infinity"])
+def test_device_memory_gib_is_bounded_and_finite(jobs_client: TestClient, value: object) -> None:
+    raw = json.dumps(job_request(device_memory_gib="__V__")).replace('"__V__"', str(value))
+    response = jobs_client.post(
+        "/jobs/prune-finetune", content=raw, headers={"content-type": "application/json"}
+    )
+    assert validation_error(response)["loc"] == ["body", "device_memory_gib"]
+
+
+@pytest.mark.parametrize("name", ["Llama-3.1-8B", "Qwen2.5-7B", "SmolLM2-135M"])
+def test_dry_runs_at_published_shapes_on_1_2_4_8_devices(
+    jobs_client: TestClient, roots: dict[str, Path], name: str
+) -> None:
+    config = {"Llama-3.1-8B": LLAMA_8B, "Qwen2.5-7B": QWEN_7B, "SmolLM2-135M": SMOLLM2_135M}[name]
+    model = _model_dir(roots, name, config)
+    answers = {}
+    for devices in (1, 2, 4, 8):
+        body = job_request(
+            model=model, method="width", seq_len=2048, batch_size=4, devices=devices,
+            activation_checkpointing=True, dry_run=True,
+        )  # fmt: skip
+        response = jobs_client.post("/jobs/prune-finetune", json=body)
+        assert response.status_code == 200, response.text
+        answers[devices] = response.json()["memory"]
+    fewest = {a["min_devices"] for a in answers.values()}
+    assert len(fewest) == 1  # the same job, whatever count it asks for
+    (n,) = fewest
+    for devices, mem in answers.items():
+        assert mem["fits"] == (n is not None and devices >= n)
+        assert mem["preparation_gib"] == answers[1]["preparation_gib"]
+    training = [answers[d]["training_gib"] for d in (1, 2, 4, 8)]
+    assert training[1:] == sorted(training[1:], reverse=True)
+    plan = plan_pruning(config, "width", 0.25)
+    for devices, mem in answers.items():
+        # fp32 weights at the peak: the pruned model's shard, or the dense model on device 0.
+        held = 4 * plan.n_after / devices if mem["phase"] == "training" else 4 * plan.n0
+        assert mem["breakdown"]["weights"] == pytest.approx(held / 2**30, abs=1e-4)
+    if name == "SmolLM2-135M":
+        assert n == 1
+    else:
+        assert n is not None and n > 1 and not answers[1]["fits"]

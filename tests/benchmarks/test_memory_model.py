@@ -1,6 +1,7 @@
-"""The memory calculator (benchmarks/memory_model.py): parameter counts against the published
-totals, the project's capacity rule and the Hugging Face models; the activation formulas against
-what autograd saves in a tiny model; the stage model against the profiler's peak on CPU."""
+"""The memory model (app/core/memory.py) as benchmarks/memory_model.py prints it: parameter counts
+against the published totals, the project's capacity rule and the Hugging Face models; the
+activation formulas against what autograd saves in a tiny model; the stage model against the
+profiler's peak on CPU; the tables of docs/scaling.md."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 from app.core.capacity import capacity_from_config
@@ -47,6 +50,8 @@ def _hf_model(shape: ModelShape, **overrides: object) -> PreTrainedModel:
     cfg.pop("model_type")
     if shape.model_type == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**cfg))
+    if shape.model_type == "qwen3":
+        return Qwen3ForCausalLM(Qwen3Config(**cfg))
     return LlamaForCausalLM(LlamaConfig(**cfg))
 
 
@@ -75,6 +80,8 @@ TINY = {
     "llama": ModelShape("tiny-llama", 96, 1, 6, 3, 200, 1000, tied=True),
     "qwen2": ModelShape("tiny-qwen2", 128, 1, 8, 2, 352, 1000, tied=True, qkv_bias=True,
                         model_type="qwen2"),
+    "qwen3": ModelShape("tiny-qwen3", 128, 1, 8, 2, 352, 1000, tied=True, head_dim_=32,
+                        model_type="qwen3", qk_norm=True),
 }  # fmt: skip
 
 
@@ -100,18 +107,21 @@ def _saved_bytes(model: PreTrainedModel, ids: torch.Tensor, autocast: bool) -> i
     return sum(seen.values())
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("autocast", [False, True], ids=["bf16", "autocast"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("mode", ["bf16", "autocast", "fp32"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_saved_activations_match_the_formulas(arch: str, autocast: bool, attention: str) -> None:
+def test_saved_activations_match_the_formulas(arch: str, mode: str, attention: str) -> None:
+    """bf16: a model cast to bf16 (FSDP's bf16 parameters); autocast: fp32 weights under
+    autocast (the job's recipe); fp32: fp32 throughout (a CPU job)."""
     shape = TINY[arch]
+    autocast, compute_bytes = mode == "autocast", 4 if mode == "fp32" else 2
     b, s = 3, 40
     ids = torch.randint(0, shape.vocab, (b, s), generator=torch.Generator().manual_seed(0))
     saved = {}
     for layers in (1, 2):
         torch.manual_seed(0)
         model = _hf_model(replace(shape, layers=layers), attn_implementation=attention)
-        if not autocast:
+        if mode == "bf16":
             torch.nn.Module.to(model, torch.bfloat16)
         saved[layers] = _saved_bytes(model.train(), ids, autocast)
     per_layer = mm.layer_activation_bytes(
@@ -119,11 +129,13 @@ def test_saved_activations_match_the_formulas(arch: str, autocast: bool, attenti
         autocast=autocast,
         seq_len=s,
         attention=attention,  # type: ignore[arg-type]
+        compute_bytes=compute_bytes,
     )
     assert saved[2] - saved[1] == per_layer * b * s
     outside = saved[1] - per_layer * b * s
-    expected = mm.head_activation_bytes(shape, autocast=autocast) * b * s
-    expected += mm.rope_bytes(shape, autocast=autocast, seq_len=s)
+    expected = mm.head_activation_bytes(shape, autocast=autocast, compute_bytes=compute_bytes)
+    expected *= b * s
+    expected += mm.rope_bytes(shape, autocast=autocast, seq_len=s, compute_bytes=compute_bytes)
     assert 0 <= outside - expected <= 16  # the loss scalar
 
 

@@ -5,10 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi.responses import JSONResponse
 
 from app.api.deps import SessionDep, require_api_key
 from app.schemas.common import ERRORS, UNAUTHORIZED, ErrorResponse, unprocessable
-from app.schemas.jobs import JobAccepted, JobObservationPage, JobOut, JobPage, JobRequest, JobStatus
+from app.schemas.jobs import (
+    JobAccepted,
+    JobDryRun,
+    JobObservationPage,
+    JobOut,
+    JobPage,
+    JobRequest,
+    JobStatus,
+)
 from app.schemas.observations import ObservationOut
 from app.services import jobs as service
 
@@ -29,10 +38,21 @@ CONFLICT: dict[int | str, dict[str, Any]] = {
 JOB_422 = unprocessable(
     "`tokens` below `checkpoints`;",
     "data: a `model` or `dataset` path outside its root or missing; a hub id without "
-    "ALLOW_HUB_MODELS; a 2:4 target above what the pattern can zero on this model; a dataset "
-    "directory that is neither a saved dataset nor a valid tokenised one, was tokenised with "
-    "another tokenizer, or holds too few held-out blocks.",
+    "ALLOW_HUB_MODELS; a `rho` above what the method can reach on this model (the message names "
+    "the maximum); a dataset directory that is neither a saved dataset nor a valid tokenised "
+    "one, was tokenised with another tokenizer, or holds too few held-out blocks;",
+    "memory (not for a dry run, which reports it): a job whose estimated peak per device, from "
+    "the model's config.json, exceeds `device_memory_gib` (default DEVICE_MEMORY_GIB); the "
+    "message names the need per device, the device's memory and the fewest devices that fit, "
+    "or that none does.",
 )
+DRY_RUN: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": JobDryRun,
+        "description": "A dry run (`dry_run: true`): the pruning plan and the memory per device "
+        "the job would have; nothing is stored or queued.",
+    }
+}
 
 
 @router.post(
@@ -40,11 +60,17 @@ JOB_422 = unprocessable(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobAccepted,
     dependencies=[Depends(require_api_key)],
-    responses={**UNAUTHORIZED, **UNAVAILABLE, **JOB_422},
+    responses={**DRY_RUN, **UNAUTHORIZED, **UNAVAILABLE, **JOB_422},
 )
-def create_job(request: JobRequest, session: SessionDep, response: Response) -> JobAccepted:
+def create_job(
+    request: JobRequest, session: SessionDep, response: Response
+) -> JobAccepted | JSONResponse:
     """Queue a prune → post-train job; 202 with its id (also while the broker is down: the job
-    is stored and sent as soon as the broker is back)."""
+    is stored and sent as soon as the broker is back). With `dry_run: true`, 200 with the plan
+    and the memory estimate, and nothing stored."""
+    if request.dry_run:
+        answer = JobDryRun.model_validate(service.dry_run(request))
+        return JSONResponse(answer.model_dump(mode="json"))
     job, _created = service.submit(session, request)
     response.headers["Location"] = f"/jobs/{job.id}"
     return JobAccepted(id=job.id, status=job.status)  # type: ignore[arg-type]
