@@ -26,6 +26,7 @@ from app.repositories import jobs as jobs_repo
 from app.repositories import observations as observations_repo
 from tests.api.conftest import error_message, strict_json, validation_error
 from tests.core.test_memory import LLAMA_8B, QWEN_7B, SMOLLM2_135M
+from tests.shapes import LLAMA_31_8B
 
 API_JOB_FIELDS = {
     "id",
@@ -321,16 +322,7 @@ def test_every_methods_reach_is_checked_at_submission_with_the_workers_plan(
 def test_width_reach_at_llama_31_8b_shapes_is_checked_from_its_config(
     jobs_client: TestClient, roots: dict[str, Path]
 ) -> None:
-    config = {
-        "model_type": "llama",
-        "vocab_size": 128256,
-        "hidden_size": 4096,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "intermediate_size": 14336,
-        "tie_word_embeddings": False,
-    }
+    config = LLAMA_31_8B
     model = roots["model"].parent / "llama-8b"
     model.mkdir()
     (model / "config.json").write_text(json.dumps(config))

@@ -18,38 +18,9 @@ from app.core import memory
 from app.core.memory import GIB, JobRun, ModelShape, job_memory, job_setup, training_peak
 from app.core.pruning import parameter_count, plan_pruning
 from benchmarks.memory_model import MEASURED_JOBS, measure_job, tiny_config
+from tests.shapes import LLAMA_31_8B, QWEN25_7B, SMOLLM2_135M
 
-#: config.json of three published models (their hub configs, the fields the plan reads).
-LLAMA_8B: dict[str, Any] = {
-    "model_type": "llama",
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "tie_word_embeddings": False,
-}
-QWEN_7B: dict[str, Any] = {
-    "model_type": "qwen2",
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "intermediate_size": 18944,
-    "tie_word_embeddings": False,
-}
-SMOLLM2_135M: dict[str, Any] = {
-    "model_type": "llama",
-    "vocab_size": 49152,
-    "hidden_size": 576,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "intermediate_size": 1536,
-    "tie_word_embeddings": True,
-}
+LLAMA_8B, QWEN_7B = LLAMA_31_8B, QWEN25_7B
 CONFIGS = {"Llama-3.1-8B": LLAMA_8B, "Qwen2.5-7B": QWEN_7B, "SmolLM2-135M": SMOLLM2_135M}
 #: The safetensors totals of the hub checkpoints.
 TOTALS = {"Llama-3.1-8B": 8_030_261_248, "Qwen2.5-7B": 7_615_616_512, "SmolLM2-135M": 134_515_008}

@@ -28,49 +28,9 @@ from app.core.pruning import (
     parameter_count,
     plan_pruning,
 )
+from tests.shapes import LLAMA_31_8B, QWEN25_7B
 from workers.ml.models import build_tiny_model, count_parameters, prunable_linears
 
-# Config-only shapes of the models users prune (their published config.json, sizes only).
-LLAMA_31_8B: dict[str, Any] = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "vocab_size": 128256,
-    "hidden_size": 4096,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 8,
-    "intermediate_size": 14336,
-    "tie_word_embeddings": False,
-    "rope_theta": 500000.0,
-    "rope_scaling": {
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
-    "max_position_embeddings": 131072,
-    "bos_token_id": 128000,
-    "eos_token_id": 128001,
-}
-QWEN25_7B: dict[str, Any] = {
-    "model_type": "qwen2",
-    "architectures": ["Qwen2ForCausalLM"],
-    "vocab_size": 152064,
-    "hidden_size": 3584,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 28,
-    "num_key_value_heads": 4,
-    "intermediate_size": 18944,
-    "tie_word_embeddings": False,
-    "rope_theta": 1000000.0,
-    "max_position_embeddings": 131072,
-    "use_sliding_window": False,
-    "sliding_window": 131072,
-    "max_window_layers": 28,
-    "bos_token_id": 151643,
-    "eos_token_id": 151643,
-}
 REAL = {"llama-3.1-8b": LLAMA_31_8B, "qwen2.5-7b": QWEN25_7B}
 WIDTH_RHOS = [round(0.15 + 0.01 * i, 2) for i in range(21)]
 
