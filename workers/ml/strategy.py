@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -81,9 +82,6 @@ class OneDevice:
     def data_shard(self) -> DataShard:
         return DataShard(self.rank, self.world)
 
-    def barrier(self) -> None:
-        """Nothing to wait for."""
-
     def broadcast(self, value: Any) -> Any:
         """The main process's ``value`` on every process."""
         return value
@@ -131,7 +129,7 @@ class OneDevice:
         variance = max(0.0, (squares - count * mean * mean) / (count - 1))
         return mean, math.sqrt(variance / count)
 
-    def exported(self, model: nn.Module, build: Any) -> nn.Module | None:
+    def exported(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | None:
         """The trained model, whole, on the main process (None elsewhere), to save as HF files.
 
         ``build()`` makes an empty model of the same shape where the weights must be gathered.
@@ -152,9 +150,6 @@ class Sharded(OneDevice):
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         super().__init__(spec, device)  # autocast as on one device: the one numeric recipe
-
-    def barrier(self) -> None:
-        dist.barrier()
 
     def broadcast(self, value: Any) -> Any:
         message = [value]
@@ -179,7 +174,7 @@ class Sharded(OneDevice):
         fully_shard(model, mesh=mesh, mp_policy=policy)
         models.materialize(model, self.device)
 
-    def exported(self, model: nn.Module, build: Any) -> nn.Module | None:
+    def exported(self, model: nn.Module, build: Callable[[], nn.Module]) -> nn.Module | None:
         full = get_model_state_dict(
             model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
