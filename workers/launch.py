@@ -204,7 +204,9 @@ def launch_group(
             if process.poll() is None:
                 _stop(process)
         outcome = read_outcome(workdir)
-        if process.returncode == 0 and outcome is not None:
+        if outcome is not None:
+            # Rank 0 writes it when the job's work is done: a rank that dies afterwards, in
+            # the group's teardown, loses nothing and must not start the job over.
             return outcome
         fatal = _fatal(workdir)
         if fatal is not None:

@@ -51,6 +51,7 @@ def main(out: Path) -> None:
     group = strategy.held_out_loss(sharded, blocks, 2)
     if dist.get_rank() == 0:
         out.write_text(json.dumps({"alone": alone, "sharded": group}))
+    dist.barrier()  # leave together: gloo aborts a rank whose peer tears down first
     dist.destroy_process_group()
 
 

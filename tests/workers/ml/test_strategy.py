@@ -20,7 +20,7 @@ def test_l0_before_sharding_equals_the_sharded_evaluation_in_bf16(tmp_path: Path
     """L0 is measured by one process before any sharding, every checkpoint by the group: in
     bf16 both must be the same computation, or L - L0 carries an offset."""
     out = tmp_path / "losses.json"
-    subprocess.run(
+    probe = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -32,10 +32,11 @@ def test_l0_before_sharding_equals_the_sharded_evaluation_in_bf16(tmp_path: Path
         ],
         cwd=PROJECT_ROOT,
         env={"PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    assert probe.returncode == 0, probe.stderr[-4000:]
     losses = json.loads(out.read_text())
     (alone, alone_err), (group, group_err) = losses["alone"], losses["sharded"]
     assert group == pytest.approx(alone, abs=1e-4)
