@@ -22,11 +22,14 @@ def test_update_docs_rewrites_only_its_block(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     doc = tmp_path / "scaling.md"
-    doc.write_text(f"# before\n{table.BEGIN}\nold\n{table.END}\nafter\n")
+    doc.write_text(
+        f"# before\n{table.BEGIN}\nold\n{table.END}\nafter\n"
+        f"{table.SPEED_BEGIN}\n{table.SPEED_END}\n"
+    )
     assert table.main(["--update-docs", str(doc)]) == 0
     text = doc.read_text()
     assert text.startswith(f"# before\n{table.BEGIN}\n| model |")
-    assert text.endswith(f"{table.END}\nafter\n") and "old" not in text
+    assert f"{table.END}\nafter\n{table.SPEED_BEGIN}\n| model |" in text and "old" not in text
     assert table.current(doc)
     assert table.main(["--update-docs", str(doc)]) == 0
     assert "already up to date" in capsys.readouterr().out
@@ -49,3 +52,17 @@ def test_more_devices_need_less_for_training_and_the_same_for_the_preparation() 
     assert min_devices(table.job("Llama-3.2-1B", "width", True), DEVICES[0].bytes) == 1
     eight = min_devices(table.job("Llama-3.1-8B", "width", True), DEVICES[0].bytes)
     assert eight is not None and eight > 1
+
+
+def test_the_speed_table_has_every_model_and_method_and_more_devices_take_less_time() -> None:
+    rows = table.speed_table()[2:]
+    assert len(rows) == len(table.MODELS) * len(table.METHODS)
+    for name in table.MODELS:
+        run = table.job(name, "width", False)
+        hours = [table.hours_per_billion(run, n) for n in table.DEVICE_COUNTS]
+        known = [h for h in hours if h is not None]
+        assert known == sorted(known, reverse=True)
+    # 8B does not fit one 80 GB device even with checkpointing; 1B trains on one.
+    assert table.hours_per_billion(table.job("Llama-3.1-8B", "width", False), 1) is None
+    one_b = table.hours_per_billion(table.job("Llama-3.2-1B", "width", False), 1)
+    assert one_b is not None and 1.0 < one_b < 20.0

@@ -1,0 +1,61 @@
+"""Training FLOPs and expected throughput (app/core/flops.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.core.flops import (
+    expected_throughput,
+    flops_per_token,
+    hardware_flops_per_token,
+    peak_bf16_tflops,
+)
+from app.core.memory import ModelShape
+from tests.shapes import LLAMA_31_8B
+
+
+def test_the_count_is_six_n_plus_the_attention_matrix() -> None:
+    # Untied: the input embedding is a lookup; the head is a matmul.
+    shape = ModelShape(
+        "s", hidden=8, layers=2, heads=2, kv_heads=1, intermediate=16, vocab=10, tied=False
+    )
+    per_layer = 8 * 8 + 8 * 4 * 2 + 8 * 8 + 3 * 8 * 16  # q, k and v, o, the MLP
+    norms = 2 * 2 * 8 + 8  # two a layer and the last: a few weights, counted in N as well
+    n = 2 * per_layer + 10 * 8 + norms  # the layers, the head and the norms
+    assert flops_per_token(shape, 32) == 6 * n + 12 * 2 * 8 * 32
+
+
+def test_llama_8b_at_2048_tokens_is_about_six_times_its_parameters() -> None:
+    shape = ModelShape.from_config(LLAMA_31_8B)
+    per_token = flops_per_token(shape, 2048)
+    # 6 x 7.5B matmul parameters (the 0.5B input embedding is a lookup) + 3.2 GFLOP attention.
+    assert per_token == pytest.approx(48.3e9, rel=0.01)
+    assert hardware_flops_per_token(shape, 2048, checkpointing=True) == pytest.approx(
+        per_token * 4 / 3
+    )
+    assert hardware_flops_per_token(shape, 2048, checkpointing=False) == per_token
+
+
+def test_throughput_is_mfu_times_peak_over_flops_and_scales_with_devices() -> None:
+    shape = ModelShape.from_config(LLAMA_31_8B)
+    one = expected_throughput(shape, seq_len=2048, devices=1, mfu=0.35, peak_tflops=989.0)
+    eight = expected_throughput(shape, seq_len=2048, devices=8, mfu=0.35, peak_tflops=989.0)
+    assert one.per_device == pytest.approx(0.35 * 989e12 / flops_per_token(shape, 2048))
+    assert eight.total == pytest.approx(8 * one.total)
+    assert one.hours_for(one.total * 3600) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        expected_throughput(shape, seq_len=2048, devices=1, mfu=1.5, peak_tflops=989.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("Some Other GPU", None),
+    ],
+)
+def test_peaks_by_device_name(name: str, peak: float | None) -> None:
+    assert peak_bf16_tflops(name) == peak
