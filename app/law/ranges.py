@@ -73,3 +73,16 @@ def warnings_for(
     out += _mismatch("method", method, ranges.methods)
     out += _mismatch("protocol", protocol, ranges.protocols)
     return out
+
+
+#: Beyond this many times the most tokens a fit observed, an answer is an extrapolation: the
+#: planner shows it as one, not as a plain number.
+FAR_BEYOND = 10.0
+
+
+def beyond_observed(ranges: Ranges, tokens: float) -> float:
+    """How far ``tokens`` lies beyond the most post-training tokens the fit observed, as a factor
+    (1.0 at the last observed checkpoint, below 1 inside the data, inf for a fit that observed
+    none)."""
+    most = ranges.tokens[1]
+    return float(tokens / most) if most > 0 else float("inf")

@@ -44,3 +44,25 @@ def test_other_family_method_or_protocol_is_named(synthetic: Dataset) -> None:
     assert len(warnings) == 3
     assert "qwen-2.5" in warnings[0] and "synthetic-llama" in warnings[0]
     assert "width" in warnings[1]
+
+
+def test_beyond_observed_is_the_factor_past_the_last_observed_checkpoint() -> None:
+    from app.law.ranges import FAR_BEYOND, beyond_observed
+    from app.law.types import Ranges
+
+    ranges = Ranges(
+        n0=(1.0, 2.0),
+        rho=(0.1, 0.3),
+        l0=(3.0, 4.0),
+        tokens=(1e6, 8e6),
+        families=("f",),
+        methods=("depth",),
+        protocols=("p",),
+    )
+    assert beyond_observed(ranges, 8e6) == 1.0
+    assert beyond_observed(ranges, 4e6) == 0.5
+    assert beyond_observed(ranges, 8e7) == FAR_BEYOND
+    empty = Ranges(
+        n0=(0, 0), rho=(0, 0), l0=(0, 0), tokens=(0.0, 0.0), families=(), methods=(), protocols=()
+    )
+    assert beyond_observed(empty, 1.0) == float("inf")
