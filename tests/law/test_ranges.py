@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from app.law.ranges import from_dataset, warnings_for
-from app.law.types import Dataset, Features
+from app.law.ranges import FAR_BEYOND, beyond_observed, from_dataset, warnings_for
+from app.law.types import Dataset, Features, Ranges
 
 
 def test_ranges_cover_the_data(synthetic: Dataset) -> None:
@@ -47,9 +47,6 @@ def test_other_family_method_or_protocol_is_named(synthetic: Dataset) -> None:
 
 
 def test_beyond_observed_is_the_factor_past_the_last_observed_checkpoint() -> None:
-    from app.law.ranges import FAR_BEYOND, beyond_observed
-    from app.law.types import Ranges
-
     ranges = Ranges(
         n0=(1.0, 2.0),
         rho=(0.1, 0.3),
