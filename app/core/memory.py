@@ -88,7 +88,8 @@ and under autocast its cache's bf16 copies of every weight; (b) calibration's fo
 layers only); (c) the pruning itself: a bool keep-mask for every projection the method scores and
 the scoring of the largest one (Wanda's fp32 score and, for 2:4, the top-2 of each group of 4, 10
 bytes a weight; for unstructured, the score and the sort order, 14 bytes a weight); width pruning
-builds every layer's new projections while the old ones are still held (4 bytes a kept weight).
+rebuilds one layer at a time, its old projections freed as the next layer starts (one layer's kept
+weights, 4 bytes each).
 
 **Margin.** Not modelled: the CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation,
 FSDP's all-gather inputs (2 P_layer / N), RoPE's cos/sin beyond one copy per micro-batch, and
@@ -864,11 +865,8 @@ def preparation_peak(
             workspace=SCORING_BYTES[method] * dense.largest_projection,
         )
     elif method == "width":
-        # Every layer's new projections are built while the old ones are still referenced, and
-        # each is cut from a copy of its rows or columns.
-        pruning = Held(
-            workspace=4 * after.layers * after.layer_params + 4 * dense.largest_projection
-        )
+        # One layer's new projections (each its cut, no second copy) beside its old ones.
+        pruning = Held(workspace=4 * after.layer_params)
     else:
         pruning = Held()
     held = max((before, calibrate, pruning, evaluate), key=lambda h: h.total)

@@ -100,6 +100,8 @@ def width_scores(
 def _rebuilt(
     linear: nn.Linear, *, rows: torch.Tensor | None, cols: torch.Tensor | None
 ) -> nn.Linear:
+    """The projection cut to ``rows`` and ``cols``: its weights are the cut itself (one copy of
+    the kept part, no fresh initialisation of a matrix that is overwritten)."""
     weight = linear.weight.detach()
     bias = None if linear.bias is None else linear.bias.detach()
     if rows is not None:
@@ -107,17 +109,10 @@ def _rebuilt(
         bias = None if bias is None else bias.index_select(0, rows)
     if cols is not None:
         weight = weight.index_select(1, cols)
-    new = nn.Linear(
-        weight.shape[1],
-        weight.shape[0],
-        bias=bias is not None,
-        device=weight.device,
-        dtype=weight.dtype,
-    )
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None and new.bias is not None:
-            new.bias.copy_(bias)
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    new.weight = nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
+    if bias is not None:
+        new.bias = nn.Parameter(bias, requires_grad=linear.weight.requires_grad)
     new.train(linear.training)
     return new
 
@@ -202,7 +197,10 @@ class WidthPruner(Pruner):
         )
         kept_groups: list[list[int]] = []
         kept_channels: list[list[int]] = []
-        for parts, c_score, h_score in zip(all_parts, channel_scores, head_scores, strict=True):
+        for c_score, h_score in zip(channel_scores, head_scores, strict=True):
+            # Taken off the list: once its layer is rebuilt nothing holds the old projections,
+            # so the model never holds more than one layer's worth of both.
+            parts = all_parts.pop(0)
             g_score = h_score.reshape(shape.kv_heads, shape.group_size).sum(dim=1)
             # topk then sort: the kept units stay in their original order
             groups = torch.topk(g_score, keep_g).indices.sort().values

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -11,6 +13,7 @@ from transformers import PreTrainedModel
 
 from workers.ml.models import build_tiny_model, count_parameters, decoder_layers, layer_parts
 from workers.ml.prune import PruneError, prune
+from workers.ml.prune import width as width_module
 
 
 @pytest.mark.parametrize("rho", [0.1, 0.3, 0.55])
@@ -101,3 +104,32 @@ def test_width_above_its_maximum_is_a_prune_error(
 ) -> None:
     with pytest.raises(PruneError, match="width pruning can remove at most"):
         prune(tiny_llama, "width", 0.95, calib_ids)
+
+
+def test_width_holds_one_layers_old_projections_at_a_time(
+    tiny_model: PreTrainedModel, calib_ids: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 8B a whole model's old projections beside the new ones would be ~19 GiB more on the
+    device that prepares the job: each layer's old projections must be gone once the next layer
+    is cut."""
+    old = [
+        weakref.ref(module)
+        for layer in decoder_layers(tiny_model)
+        for module in vars(layer_parts(layer)).values()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    per_layer = len(old) // len(decoder_layers(tiny_model))
+    alive: list[int] = []
+    cut = width_module._prune_layer
+
+    def counting(*args: object, **kwargs: object) -> None:
+        cut(*args, **kwargs)  # type: ignore[arg-type]
+        gc.collect()
+        done = len(alive) + 1
+        # The layers already cut: at most the one just cut still holds its old projections.
+        alive.append(sum(ref() is not None for ref in old[: done * per_layer]))
+
+    monkeypatch.setattr(width_module, "_prune_layer", counting)
+    prune(tiny_model, "width", 0.25, calib_ids)
+    assert len(alive) == len(decoder_layers(tiny_model))
+    assert max(alive) <= per_layer, alive
