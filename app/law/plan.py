@@ -11,6 +11,7 @@ from app.law.bootstrap import predict_interval
 from app.law.errors import LawError
 from app.law.intervals import IntervalKind, interval
 from app.law.law import FittedLaw
+from app.law.ranges import beyond_observed
 from app.law.types import Features, FloatArray
 
 DEFAULT_RHO_GRID: tuple[float, ...] = tuple(
@@ -33,7 +34,9 @@ class PlanCandidate:
 
 @dataclass(frozen=True)
 class PlanOption:
-    """One (method, ρ, D) point of the plan with its predicted loss and interval."""
+    """One (method, ρ, D) point of the plan with its predicted loss and interval, and how far
+    D lies beyond the most tokens its method's fit observed (a factor; None for a law without
+    ranges)."""
 
     method: str
     rho: float
@@ -42,6 +45,7 @@ class PlanOption:
     lower: float | None
     upper: float | None
     n_after: float
+    beyond_observed: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ def plan(
     - With `level`, `lower`/`upper` are a candidate's prediction interval when its law is
       calibrated and its kind is "prediction", else the percentile interval of its refits'
       predictions (None without either).
+    - Every option states `beyond_observed`: D over the most tokens its method's law observed
+      (`app.law.ranges.beyond_observed`; above `FAR_BEYOND` it is an extrapolation).
     - At most `max_options` options are returned (the best ones).
     """
     if not candidates:
@@ -118,6 +124,7 @@ def plan(
             lower, upper = predict_interval(
                 law.form.name, law.refits, x, level, thetas=law.refit_thetas
             )
+        ranges = law.ranges
         for i in range(rho_col.size):
             options.append(
                 PlanOption(
@@ -128,6 +135,9 @@ def plan(
                     lower=float(lower[i]) if lower is not None else None,
                     upper=float(upper[i]) if upper is not None else None,
                     n_after=float(n0) * (1.0 - float(rho_col[i])),
+                    beyond_observed=None
+                    if ranges is None
+                    else beyond_observed(ranges, float(tok_col[i])),
                 )
             )
     options.sort(key=lambda o: (o.predicted_loss, o.tokens, -o.rho))

@@ -81,6 +81,15 @@ class PlanOptionOut(BaseModel):
     lower: float | None
     upper: float | None
     n_after: float = Field(..., description="Parameters left after pruning: n0 · (1 − ρ).")
+    beyond_observed: float | None = Field(
+        None,
+        description=(
+            "How far `tokens` lies beyond the most post-training tokens the method's fit "
+            "observed, as a factor (1 at its last observed checkpoint, below 1 inside the "
+            "data; above 10 the answer is an extrapolation and the plan warns). Null when the "
+            "fit records no tokens."
+        ),
+    )
 
 
 class PlanResponse(BaseModel):
@@ -100,6 +109,7 @@ class PlanResponse(BaseModel):
                             "lower": 2.29,
                             "upper": 2.34,
                             "n_after": 6.424e9,
+                            "beyond_observed": 1.0,
                         }
                     ],
                     "best": {
@@ -111,6 +121,7 @@ class PlanResponse(BaseModel):
                         "lower": 2.29,
                         "upper": 2.34,
                         "n_after": 6.424e9,
+                        "beyond_observed": 1.0,
                     },
                     "methods": ["depth", "width"],
                     "warnings": [],

@@ -8,8 +8,10 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from app.core.errors import Unprocessable
+from app.law.law import FittedLaw
 from app.law.plan import PlanCandidate, PlanOption
 from app.law.plan import plan as plan_options
+from app.law.ranges import FAR_BEYOND
 from app.repositories import fits as fits_repo
 from app.schemas.plan import PlanRequest
 from app.services.convert import features, finite_or_none
@@ -40,7 +42,39 @@ def _option(option: PlanOption, fit_id: str | None) -> dict[str, Any] | None:
         "lower": finite_or_none(option.lower),
         "upper": finite_or_none(option.upper),
         "n_after": float(option.n_after),
+        "beyond_observed": finite_or_none(option.beyond_observed),
     }
+
+
+def _factor(value: float) -> str:
+    """A factor as people read it: 950×, 1.2e+05×."""
+    return f"{value:,.0f}×" if value < 1e5 else f"{value:.2g}×"
+
+
+def far_beyond_warnings(options: list[dict[str, Any]], laws: dict[str, FittedLaw]) -> list[str]:
+    """One warning per method whose options lie more than FAR_BEYOND times past the most
+    tokens its fit observed (those answers are extrapolations), and one for the best."""
+    out: list[str] = []
+    for method, law in laws.items():
+        mine = [o for o in options if o["method"] == method]
+        far = [o for o in mine if (o["beyond_observed"] or 0.0) > FAR_BEYOND]
+        if not far or law.ranges is None:
+            continue
+        most = max(o["beyond_observed"] for o in far)
+        out.append(
+            f"{method}: {len(far)} of {len(mine)} options lie more than {FAR_BEYOND:g}× beyond "
+            f"the {law.ranges.tokens[1]:,.0f} tokens its fit observed (up to "
+            f"{_factor(most)}): those token counts are extrapolations"
+        )
+    best = options[0] if options else None
+    if best is not None and (best["beyond_observed"] or 0.0) > FAR_BEYOND:
+        observed = best["tokens"] / best["beyond_observed"]
+        out.append(
+            f"best: {best['tokens']:,.0f} tokens is {_factor(best['beyond_observed'])} the "
+            f"{observed:,.0f} tokens the {best['method']} fit observed: an extrapolation, "
+            "not a measured answer"
+        )
+    return out
 
 
 def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
@@ -89,6 +123,7 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
     dropped = len(result.options) - len(options)
     if dropped:
         warnings.append(f"{dropped} options left out: the law's prediction there is not finite")
+    warnings += far_beyond_warnings(options, {m: laws[m] for m in chosen})
     best = options[0] if options else None
     if best is not None:
         x = features([request.n0], [best["rho"]], [request.l0], [best["tokens"]])

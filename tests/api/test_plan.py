@@ -83,3 +83,34 @@ def test_bad_limits_are_422_saying_which(
     error = validation_error(client.post("/plan", json={**REQUEST, **extra}))
     assert error["loc"] == loc
     assert says in error["msg"]
+
+
+def test_every_option_and_the_best_state_how_far_beyond_the_observed_tokens_they_lie(
+    seeded_client: TestClient, seeded: dict[str, str]
+) -> None:
+    observed = {
+        method: seeded_client.get(f"/fits/{fit_id}").json()["ranges"]["tokens"][1]
+        for method, fit_id in seeded.items()
+    }
+    inside = seeded_client.post(
+        "/plan", json={**REQUEST, "token_budget": min(observed.values()), "max_options": 200}
+    ).json()
+    for option in inside["options"]:
+        factor = option["tokens"] / observed[option["method"]]
+        assert option["beyond_observed"] == pytest.approx(factor, rel=1e-12)
+        assert option["beyond_observed"] <= 1 + 1e-12
+    assert inside["best"] == inside["options"][0]
+    assert not any("extrapolation" in w for w in inside["warnings"])
+
+    budget = 100 * max(observed.values())
+    far = seeded_client.post("/plan", json={**REQUEST, "token_budget": budget}).json()
+    best = far["best"]
+    assert best["tokens"] == pytest.approx(budget)
+    assert best["beyond_observed"] == pytest.approx(budget / observed[best["method"]])
+    assert best["beyond_observed"] > 10
+    flagged = [w for w in far["warnings"] if "extrapolation" in w]
+    assert any(w.startswith(f"best: {budget:,.0f} tokens") for w in flagged), far["warnings"]
+    for method in far["methods"]:
+        many = sum(1 for o in far["options"] if o["method"] == method and o["beyond_observed"] > 10)
+        if many:
+            assert any(w.startswith(f"{method}: {many} of ") for w in flagged), far["warnings"]

@@ -11,6 +11,7 @@ from app.law.forms import get_form
 from app.law.law import FittedLaw
 from app.law.plan import PlanCandidate, plan
 from app.law.synthetic import SYNTHETIC_P2
+from app.law.types import Ranges
 
 
 def _p2(params: Mapping[str, float], refits: Sequence[Mapping[str, float]] = ()) -> FittedLaw:
@@ -84,3 +85,26 @@ def test_plan_without_candidates_or_room_is_a_law_error() -> None:
         plan([], n0=1e9, l0=2.5, rho_min=0.2, token_budget=1e9)
     with pytest.raises(LawError, match="rho_min"):
         plan(_candidates(), n0=1e9, l0=2.5, rho_min=0.9, token_budget=1e9, rho_grid=[0.2, 0.5])
+
+
+def test_every_option_states_how_far_beyond_its_fits_observed_tokens_it_lies() -> None:
+    seen = Ranges(
+        n0=(5e8, 8e9), rho=(0.1, 0.4), l0=(2.0, 3.0), tokens=(1e6, 8192.0 * 1e3),
+        families=("f",), methods=("depth",), protocols=(),
+    )  # fmt: skip
+    depth = FittedLaw(get_form("p2"), SYNTHETIC_P2["depth"], ranges=seen)
+    width = _p2(SYNTHETIC_P2["width"])  # an inline law: no ranges, no factor
+    result = plan(
+        [PlanCandidate("depth", depth), PlanCandidate("width", width)],
+        n0=1e9,
+        l0=2.75,
+        rho_min=0.2,
+        token_budget=1e9,
+        token_grid=[4.096e6, 8.192e6, 8.192e8],
+        rho_grid=[0.2],
+    )
+    factors = {(o.method, o.tokens): o.beyond_observed for o in result.options}
+    assert factors[("depth", 4.096e6)] == pytest.approx(0.5)
+    assert factors[("depth", 8.192e6)] == pytest.approx(1.0)
+    assert factors[("depth", 8.192e8)] == pytest.approx(100.0)
+    assert all(factors[("width", t)] is None for t in (4.096e6, 8.192e6, 8.192e8))

@@ -8,6 +8,8 @@ pages that may only talk to that server.
   subprocess, not a thread: the settings and engines of the test process are reset by every
   test, the server's must not be.
 - ``keyed_server`` (session, started on first use): the same with ``API_KEY`` set.
+- ``reference_server`` (session, started on first use): the app as a fresh install has it, an
+  empty database migrated and given the shipped reference laws (as the first `make run` does).
 - ``web``: a fresh browser context (1366×768) whose requests to any host other than
   127.0.0.1/localhost are aborted and recorded, with the page's uncaught errors and the
   fetches its content policy refused (those never reach the network, so no route sees them).
@@ -34,6 +36,7 @@ from app.db.migrate import upgrade
 from app.db.session import create_engine_for, make_sessionmaker
 from app.services.fits import create_fit
 from app.services.observations import add_observations
+from app.services.reference import load_reference
 from tests.api.conftest import FAMILY, WIDTH_LAW, synthetic_observations
 from tests.live_service import service_env, start_service
 
@@ -117,6 +120,21 @@ def keyed_server(
 ) -> Iterator[LiveServer]:
     """The app on another copy of the seeded database, with API_KEY set."""
     yield from _start(tmp_path_factory.mktemp("keyed-server"), web_database, API_KEY)
+
+
+@pytest.fixture(scope="session")
+def reference_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The app on a fresh install's database: migrated, holding only the shipped reference
+    observations and default fits (`p2law migrate` on an empty database)."""
+    folder = tmp_path_factory.mktemp("reference-db")
+    path = folder / "fresh.sqlite3"
+    url = f"sqlite:///{path}"
+    upgrade(url)
+    engine = create_engine_for(url)
+    with make_sessionmaker(engine)() as session:
+        load_reference(session, only_if_empty=True)
+    engine.dispose()
+    yield from _start(tmp_path_factory.mktemp("reference-server"), path, None)
 
 
 @pytest.fixture(scope="session")

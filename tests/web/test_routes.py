@@ -152,6 +152,93 @@ def test_planner_with_an_inline_law_and_an_unreachable_target(
     web.assert_offline()
 
 
+#: The shipped real-model reference family: its runs stop at a few thousand tokens.
+REFERENCE_FAMILY = "smollm2-135m"
+#: "≈ 7.8T tokens — extrapolated 950× beyond the 8,192 tokens observed".
+EXTRAPOLATED = re.compile(
+    r"≈ [\d.]+[kMBT]? tokens — extrapolated ([\d,.]+)× beyond the ([\d,]+) tokens observed"
+)
+
+
+def _factor_shown(beyond: float) -> str:
+    """The factor as the page writes it (2 significant digits, thousands separated)."""
+    return f"{float(f'{beyond:.2g}'):,.0f}" if beyond >= 100 else f"{float(f'{beyond:.2g}'):g}"
+
+
+def test_a_plan_far_beyond_the_reference_familys_tokens_reads_as_an_extrapolation(
+    reference_server: LiveServer, web: WebPage
+) -> None:
+    page = web.page
+    page.goto(f"{reference_server.url}/")
+    count = _wait_for_update(web, 0)
+    if page.locator("#family").input_value() != REFERENCE_FAMILY:
+        page.locator("#family").select_option(REFERENCE_FAMILY)
+        count = _wait_for_update(web, count)
+    page.locator("#token-budget").fill("1e10")
+    page.locator("#plan-button").click()
+    n0, l0 = (float(page.locator(f"#{n}-value").get_attribute("data-value") or "nan")
+              for n in ("n0", "l0"))  # fmt: skip
+    with reference_server.client() as client:
+        plan = client.post(
+            "/plan",
+            json={
+                "family": REFERENCE_FAMILY,
+                "n0": n0,
+                "l0": l0,
+                "rho_min": float(page.locator("#rho-min").input_value()),
+                "token_budget": 1e10,
+                "interval": 0.8,
+                "interval_kind": "prediction",
+                "max_options": int(page.locator("#plan-options").input_value()),
+            },
+        ).json()
+        observed = {
+            m["method"]: m["tokens"][1]
+            for f in client.get("/families").json()["families"]
+            if f["family"] == REFERENCE_FAMILY
+            for m in f["methods"]
+        }
+    best = plan["best"]
+    # The fresh install's reference runs stop far below the budget: the best plan extrapolates.
+    assert best["beyond_observed"] > 10
+    page.wait_for_function(
+        "t => Number(document.querySelector('#plan-table td.tokens')?.dataset.value) === t",
+        arg=best["tokens"],
+    )
+    rows = page.locator("#plan-table tbody tr")
+    assert rows.count() == len(plan["options"])
+    for index, option in enumerate(plan["options"]):
+        cell = rows.nth(index).locator("td.tokens")
+        text = cell.inner_text()
+        far = option["beyond_observed"] > 10
+        assert ("extrapolated" in (cell.get_attribute("class") or "")) == far, (index, text)
+        if far:
+            shown = EXTRAPOLATED.fullmatch(text)
+            assert shown, text  # not a bare number
+            assert shown[1] == _factor_shown(option["beyond_observed"]), text
+            seen = round(option["tokens"] / option["beyond_observed"])
+            assert shown[2] == f"{seen:,}", text
+            assert seen == round(observed[option["method"]]) or seen < observed[option["method"]]
+        else:
+            assert EXTRAPOLATED.search(text) is None, text
+    # The plan's warnings about it are listed first and marked, not folded away.
+    far_warnings = page.locator("#plan-warnings li.far")
+    assert far_warnings.count() >= 1
+    assert far_warnings.first.is_visible()
+    assert "extrapolation" in far_warnings.first.inner_text()
+
+    # The rules' recommendations from the same data read as extrapolations too, and their
+    # warnings are open.
+    marginal = page.locator("#rule-marginal td.tokens")
+    assert float(marginal.get_attribute("data-value") or "nan") > 10 * max(observed.values())
+    assert "extrapolated" in (marginal.get_attribute("class") or "")
+    assert EXTRAPOLATED.fullmatch(marginal.inner_text()), marginal.inner_text()
+    assert page.locator("#view-planner details.warnings-box").get_attribute("open") is not None
+    assert page.locator("#planner-warnings li.far").first.is_visible()
+    web.screenshot("planner-extrapolation")
+    web.assert_offline()
+
+
 def test_page_and_its_files_have_cache_headers_and_ship_as_package_data(sqlite_url: str) -> None:
     with TestClient(create_app()) as client:
         index = client.get("/")

@@ -52,3 +52,25 @@ export function h(tag, attrs = {}, ...children) {
   }
   return node;
 }
+
+/** Beyond this many times the most tokens a fit observed, a token answer is an extrapolation
+ * (the API's `app.law.ranges.FAR_BEYOND`). */
+export const FAR_BEYOND = 10;
+
+/**
+ * How a token answer reads given `beyond` (the API's `beyond_observed`: tokens over the most
+ * tokens the fit observed). Within FAR_BEYOND, or with no factor, the count itself; beyond it,
+ * "≈ 7.8T tokens — extrapolated 950× beyond the 8,192 tokens observed", never a bare number;
+ * `short` is the same for a chart label.
+ */
+export function tokensAnswer(tokens, beyond) {
+  const far = Number.isFinite(tokens) && Number.isFinite(beyond) && beyond > FAR_BEYOND;
+  if (!far) return { extrapolated: false, text: count(tokens), short: `${count(tokens)} tokens` };
+  const observed = Math.round(tokens / beyond).toLocaleString("en-US");
+  const factor = Number(beyond.toPrecision(2)).toLocaleString("en-US");
+  return {
+    extrapolated: true,
+    text: `≈ ${count(tokens)} tokens — extrapolated ${factor}× beyond the ${observed} tokens observed`,
+    short: `≈ ${count(tokens)} tokens (${factor}× the data)`,
+  };
+}

@@ -4,7 +4,7 @@
 import { allPages, api, showError } from "./api.js";
 import { drawChart } from "./chart.js";
 import { families as loadFamilies } from "./families.js";
-import { count, h, interval, loss as fmtLoss, num } from "./format.js";
+import { count, h, interval, loss as fmtLoss, num, tokensAnswer } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -220,6 +220,31 @@ function logGrid(lo, hi, n) {
   return Array.from({ length: n }, (_, i) => Number((10 ** (a + ((b - a) * i) / (n - 1))).toPrecision(6)));
 }
 
+/**
+ * How far a recommendation lies beyond the tokens its fit observed: the answer's
+ * `beyond_observed` where the API gives it; from a service that does not yet, the tokens over
+ * the most tokens observed for the chosen family and method (GET /families); null for an
+ * inline law, which has no data.
+ */
+function beyondOf(answer) {
+  if (answer.beyond_observed !== undefined) return answer.beyond_observed;
+  const most = lawSource() === "family" ? methodEntry()?.tokens?.[1] : undefined;
+  return most > 0 ? answer.tokens / most : null;
+}
+
+/** A table cell for a token answer: the count, or the extrapolation it is (tokensAnswer). */
+function tokensCell(tokens, beyond, attrs = {}) {
+  const shown = tokensAnswer(tokens, beyond);
+  const cls = [attrs.class, shown.extrapolated ? "extrapolated" : null].filter(Boolean).join(" ");
+  return h("td", {
+    ...attrs,
+    class: cls || null,
+    "data-value": tokens,
+    "data-beyond": Number.isFinite(beyond) ? beyond : null,
+    title: `${tokens} tokens`,
+  }, shown.text);
+}
+
 function ruleSetting(rule, body) {
   if (rule === "marginal") return `−dL/dD ≤ ${num(body.threshold)} nats per B tokens`;
   if (rule === "gap") return `L − floor ≤ ${num(body.threshold)} nats`;
@@ -237,11 +262,12 @@ function renderRules(results) {
         h("td", { colspan: 5, class: "rule-error" }, error.message));
     }
     const notes = [answer.capped ? "capped at max_tokens" : null, ...answer.warnings].filter(Boolean);
+    const beyond = beyondOf(answer);
     const [lo, hi] = answer.tokens_interval || [null, null];
     return h("tr", { id: `rule-${rule}`, "data-rule": rule, "data-target": body.target_loss ?? "" },
       h("th", { scope: "row" }, rule),
       h("td", {}, setting),
-      h("td", { class: "tokens", "data-value": answer.tokens, title: `${answer.tokens} tokens` }, count(answer.tokens)),
+      tokensCell(answer.tokens, beyond, { class: "tokens" }),
       h("td", { class: "tokens-interval" }, answer.tokens_interval ? interval(lo, hi, count) : "–"),
       h("td", { class: "loss", "data-value": answer.predicted_loss }, fmtLoss(answer.predicted_loss)),
       h("td", { class: "floor", "data-value": answer.floor_loss }, fmtLoss(answer.floor_loss)),
@@ -250,12 +276,18 @@ function renderRules(results) {
   $("rules-table").tBodies[0].replaceChildren(...rows);
 }
 
-function renderWarnings(list, messages) {
-  const unique = [...new Set(messages)];
-  list.replaceChildren(...unique.map((m) => h("li", {}, m)));
+/**
+ * The API's warnings as a list; `far` (messages about answers beyond FAR_BEYOND) come first,
+ * marked, and keep a folded list open: an extrapolation's warnings are never folded away.
+ */
+function renderWarnings(list, messages, far = []) {
+  const unique = [...new Set([...far, ...messages])];
+  const marked = new Set(far);
+  list.replaceChildren(...unique.map((m) => h("li", { class: marked.has(m) ? "far" : null }, m)));
   const box = list.closest("details");
   if (box) {
     box.hidden = unique.length === 0;
+    box.open = far.length > 0;
     box.querySelector("summary").textContent = `${unique.length} warning${unique.length === 1 ? "" : "s"} from the API`;
   }
 }
@@ -332,12 +364,15 @@ async function update() {
   }
   const runs = nearest(await observedRuns(), v);
   if (seq !== state.seq) return;
-  const markers = rules.filter((r) => r.ok).map((r) => ({
-    rule: r.rule,
-    tokens: r.answer.tokens,
-    loss: r.answer.predicted_loss,
-    label: `${r.rule}: ${count(r.answer.tokens)} tokens, ${fmtLoss(r.answer.predicted_loss)}`,
-  }));
+  const markers = rules.filter((r) => r.ok).map((r) => {
+    const shown = tokensAnswer(r.answer.tokens, beyondOf(r.answer));
+    return {
+      rule: r.rule,
+      tokens: r.answer.tokens,
+      loss: r.answer.predicted_loss,
+      label: `${r.rule}: ${shown.short}, ${fmtLoss(r.answer.predicted_loss)}`,
+    };
+  });
   const summary = [
     `Loss predicted by the ${prediction.form} law from ${count(tokens[0])} to ${count(tokens[tokens.length - 1])} tokens`,
     prediction.lower ? ` with a ${Math.round(level * 100)}% ${common.interval_kind} band` : " without a band",
@@ -350,10 +385,13 @@ async function update() {
     data: ranges ? ranges.tokens : null,
     summary,
   });
+  const far = rules
+    .filter((r) => r.ok && tokensAnswer(r.answer.tokens, beyondOf(r.answer)).extrapolated)
+    .map((r) => `${r.rule}: ${tokensAnswer(r.answer.tokens, beyondOf(r.answer)).text}; the law has not been checked that far`);
   renderWarnings($("planner-warnings"), [
     ...prediction.warnings.map((w) => `curve: ${w}`),
     ...rules.filter((r) => r.ok).flatMap((r) => r.answer.warnings.map((w) => `${r.rule}: ${w}`)),
-  ]);
+  ], far);
   done();
 }
 
@@ -381,17 +419,18 @@ async function plan(event) {
     showError(box, null);
     body.replaceChildren(
       ...answer.options.map((o, i) =>
-        h("tr", { class: i === 0 ? "best" : null, "data-rank": i + 1 },
+        h("tr", { class: i === 0 ? "best" : null, "data-rank": i + 1, "data-method": o.method },
           h("td", {}, String(i + 1), i === 0 ? h("span", { class: "badge" }, "best") : null),
           h("td", {}, o.method),
           h("td", {}, num(o.rho, 3)),
-          h("td", { title: `${o.tokens} tokens` }, count(o.tokens)),
+          tokensCell(o.tokens, o.beyond_observed ?? null, { class: "tokens" }),
           h("td", {}, fmtLoss(o.predicted_loss)),
           h("td", {}, interval(o.lower, o.upper)),
           h("td", {}, count(o.n_after))),
       ),
     );
-    renderWarnings($("plan-warnings"), [`Compared: ${answer.methods.join(", ")}`, ...answer.warnings]);
+    const far = answer.warnings.filter((w) => /extrapolation/.test(w));
+    renderWarnings($("plan-warnings"), [`Compared: ${answer.methods.join(", ")}`, ...answer.warnings], far);
   } catch (error) {
     showError(box, error);
     body.replaceChildren();
