@@ -80,11 +80,11 @@ in bf16, 4 h in fp32 or under autocast) and recomputes one layer at a time in ba
 layer's backward also holds a workspace of gradients of its largest intermediates, ``(6 f + 8 h)
 x c / 2`` bytes a token for c-byte compute (a bound measured on CPU).
 
-**Preparation**, on device 0, without gradients: the dense fp32 weights (4 P0) and the largest
-of (a) a held-out forward of ``batch_size`` x ``seq_len`` tokens, before pruning and after it
-(with the kept masks): inside a layer ``3 c f + 16 h`` bytes a token (the SwiGLU's intermediates
-and the residual stream), at the head a chunk's float32 logits and log-softmax (8 bytes a logit),
-and under autocast its cache's bf16 copies of every weight; (b) calibration's forward (fp32, the
+**Preparation**, on device 0, without gradients: the dense fp32 weights (4 P0) and the largest of
+(a) a held-out forward of ``batch_size`` x ``seq_len`` tokens, before pruning and after it (with
+the kept masks): inside a layer ``3 c f + 16 h`` bytes a token (the SwiGLU's intermediates and the
+residual stream), at the head a chunk's float32 logits and log-softmax (8 bytes a logit), and under
+autocast (its cache off) the bf16 copy of the weight at hand; (b) calibration's forward (fp32, the
 layers only); (c) the pruning itself: a bool keep-mask for every projection the method scores and
 the scoring of the largest one (Wanda's fp32 score and, for 2:4, the top-2 of each group of 4, 10
 bytes a weight; for unstructured, the score and the sort order, 14 bytes a weight); width pruning
@@ -786,11 +786,11 @@ def forward_bytes(
 ) -> Held:
     """The largest moment of a forward without gradients (the held-out loss; calibration runs
     the layers only, ``head=False``): inside a layer, or at the head with the loss's float32
-    logits (see the module docstring). Under autocast, its cache keeps the bf16 copy of every
-    weight it cast until the forward ends."""
+    logits (see the module docstring). Under autocast, without its cache (the evaluation turns
+    it off), one weight's bf16 copy at a time: the largest projection's."""
     c = 2 if autocast else compute_bytes
     h, V = shape.hidden, shape.vocab
-    copies = 2 * shape.projection_weights if autocast else 0
+    copies = 2 * shape.largest_projection if autocast else 0
     layer = Held(activations=(3 * c * shape.intermediate + 16 * h) * tokens + copies)
     if not head:
         return layer

@@ -49,6 +49,24 @@ def test_eval_loss_equals_a_manual_cross_entropy_over_every_predicted_token() ->
     assert abs(loss - math.log(97)) < 0.5
 
 
+def test_the_bf16_evaluation_keeps_no_weight_copies_and_gives_the_cached_losses() -> None:
+    """Autocast's cache would hold a bf16 copy of every weight until the held-out forward ends
+    (15 GiB at 8B on the device that prepares the job): the evaluation runs without it, and the
+    values are those of the cached casts."""
+    model = tiny_llama(97, seed=1)
+    ids = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(0))
+    seen: list[bool] = []
+    hook = decoder_layers(model)[0].register_forward_hook(
+        lambda *_: seen.append(torch.is_autocast_cache_enabled())
+    )
+    loss, _ = eval_loss(model, ids, batch_size=2, autocast_dtype=torch.bfloat16)
+    hook.remove()
+    assert seen == [False, False]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the cache on, as before
+        cached = block_losses(model, ids, batch_size=4)
+    assert loss == pytest.approx(cached.mean().item(), abs=1e-6)
+
+
 def test_eval_loss_restores_training_mode_and_does_not_touch_gradients() -> None:
     model = tiny_llama(50)
     model.train()
