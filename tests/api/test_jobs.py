@@ -25,8 +25,8 @@ from app.main import create_app
 from app.repositories import jobs as jobs_repo
 from app.repositories import observations as observations_repo
 from tests.api.conftest import error_message, strict_json, validation_error
-from tests.core.test_memory import LLAMA_8B, QWEN_7B, SMOLLM2_135M
-from tests.shapes import LLAMA_31_8B
+from tests.core.test_memory import LLAMA_8B, QWEN_7B
+from tests.shapes import LLAMA_31_8B, SMOLLM2_135M
 
 API_JOB_FIELDS = {
     "id",
