@@ -12,7 +12,11 @@ with that checkpoint's tokens:
   truth beyond its lower end).
 
 The fitted run's early checkpoints are uploaded under their own run id, so the fit continues
-that run (docs/law.md §4: a run the fit has seen keeps its own level). Writes
+that run (docs/law.md §4: a run the fit has seen keeps its own level). Each fit answers twice:
+``law`` (the request without the run) and ``anchored`` (the same request with ``run_id``, the
+law's question asked of the run's own curve, docs/law.md §7). Beside them, ``floor``: a per-run
+power law (the ``curve`` form) fitted to *all* checkpoints of the run itself, asked the same
+question: the sharpness that checkpoint noise alone allows. Writes
 ``planning_quality.json`` (every answer) and ``planning_quality.md`` (the summary) into
 ``--out``:
 
@@ -36,8 +40,13 @@ from typing import Any
 
 import numpy as np
 
+from app.law.errors import LawError
+from app.law.fitting import fit as fit_law
+from app.law.recommend import solve_tokens
+from app.law.types import Dataset
+
 NUMERIC = ("n0", "rho", "l0", "tokens", "loss")
-DEFAULT_FORMS = ("p2", "p2-tpp", "p2-shift", "frantar")
+DEFAULT_FORMS = ("p2",)
 
 
 def read_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -87,6 +96,44 @@ def upload(client: Any, rows: Sequence[dict[str, Any]]) -> None:
         post(client, "/observations", {"observations": chunk}, 201)
 
 
+def floor_answer(points: Sequence[dict[str, Any]]) -> float:
+    """Tokens at which a per-run power law fitted to all of the run's checkpoints reaches its
+    last loss (inf when it never does)."""
+    data = Dataset.from_rows([{**p, "run_id": "run"} for p in points])
+    last = points[-1]
+    result = fit_law("curve", data)
+    try:
+        return solve_tokens(
+            "curve",
+            result.params,
+            n0=last["n0"],
+            rho=last["rho"],
+            l0=last["l0"],
+            rule="target",
+            value=float(last["loss"]),
+        )
+    except LawError:
+        return float("inf")
+
+
+def scored(answer: dict[str, Any], truth: float) -> dict[str, Any]:
+    """The factor error of an answer and whether its interval holds the truth."""
+    tokens = float(answer["tokens"])
+    interval = answer.get("tokens_interval")
+    covered = (
+        interval is not None
+        and interval[0] <= truth
+        and (interval[1] is None or truth <= interval[1])
+    )
+    return {
+        "tokens": tokens,
+        "tokens_interval": interval,
+        "factor": max(tokens / truth, truth / tokens),
+        "covered": bool(covered),
+        "beyond_observed": answer.get("beyond_observed"),
+    }
+
+
 def measure(
     client: Any,
     rows: Sequence[dict[str, Any]],
@@ -124,65 +171,61 @@ def measure(
                 }
                 if form == "auto":
                     request["select_by"] = "D"
+                base = {"family": family, "method": method, "run_id": run_id}
+                truth = float(last["tokens"])
                 try:
                     fit = post(client, "/fits", request, 201)
-                    answer = post(
-                        client,
-                        "/recommend",
-                        {
-                            "fit_id": fit["id"],
-                            "n0": last["n0"],
-                            "rho": last["rho"],
-                            "l0": last["l0"],
-                            "rule": "target",
-                            "target_loss": last["loss"],
-                            "interval": level,
-                        },
-                        200,
-                    )
                 except RuntimeError as exc:
-                    answers.append(
-                        {
-                            "family": family,
-                            "method": method,
-                            "run_id": run_id,
-                            "form": form,
-                            "error": str(exc),
-                        }
-                    )
+                    for mode in ("law", "anchored"):
+                        answers.append({**base, "form": f"{form} {mode}", "error": str(exc)})
                     print(f"{run_id} {form}: {exc}", flush=True)
                     continue
-                truth = float(last["tokens"])
-                tokens = float(answer["tokens"])
-                interval = answer["tokens_interval"]
-                covered = (
-                    interval is not None
-                    and interval[0] <= truth
-                    and (interval[1] is None or truth <= interval[1])
-                )
-                factor = max(tokens / truth, truth / tokens)
-                answers.append(
-                    {
-                        "family": family,
-                        "method": method,
-                        "run_id": run_id,
-                        "form": form,
+                question = {
+                    "fit_id": fit["id"],
+                    "n0": last["n0"],
+                    "rho": last["rho"],
+                    "l0": last["l0"],
+                    "rule": "target",
+                    "target_loss": last["loss"],
+                    "interval": level,
+                }
+                for mode, extra in (("law", {}), ("anchored", {"run_id": head_id})):
+                    row = {
+                        **base,
+                        "form": f"{form} {mode}",
                         "chosen_form": fit["form"],
                         "early_tokens": float(points[early - 1]["tokens"]),
                         "truth_tokens": truth,
                         "target_loss": float(last["loss"]),
-                        "tokens": tokens,
-                        "tokens_interval": interval,
-                        "factor": factor,
-                        "covered": bool(covered),
-                        "seconds": round(time.perf_counter() - started, 2),
                     }
-                )
-                print(
-                    f"{run_id} {form}: factor {factor:.2f} covered {covered} "
-                    f"({time.perf_counter() - started:.1f} s)",
-                    flush=True,
-                )
+                    try:
+                        answer = post(client, "/recommend", {**question, **extra}, 200)
+                    except RuntimeError as exc:
+                        answers.append({**row, "error": str(exc)})
+                        print(f"{run_id} {form} {mode}: {exc}", flush=True)
+                        continue
+                    row.update(scored(answer, truth))
+                    row["seconds"] = round(time.perf_counter() - started, 2)
+                    answers.append(row)
+                    print(
+                        f"{run_id} {form} {mode}: factor {row['factor']:.2f} "
+                        f"covered {row['covered']}",
+                        flush=True,
+                    )
+            floor = floor_answer(points)
+            truth = float(last["tokens"])
+            answers.append(
+                {
+                    "family": family,
+                    "method": method,
+                    "run_id": run_id,
+                    "form": "floor",
+                    "truth_tokens": truth,
+                    "tokens": floor,
+                    "factor": max(floor / truth, truth / floor) if np.isfinite(floor) else np.inf,
+                    "covered": None,
+                }
+            )
     return answers
 
 
@@ -206,7 +249,11 @@ def summarise(answers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "failed": len(items) - len(ok),
                 "median_factor": float(np.median(factors)),
                 "within_2x": float(np.mean(factors <= 2.0)),
-                "coverage": float(np.mean([a.get("covered", False) for a in items])),
+                "coverage": (
+                    None
+                    if form == "floor"
+                    else float(np.mean([bool(a.get("covered", False)) for a in items]))
+                ),
             }
         )
     return table
@@ -219,7 +266,10 @@ def write_markdown(table: Sequence[dict[str, Any]], args: argparse.Namespace, pa
         f"Fit on every other run of the family and method plus the first {args.early} "
         f"checkpoints of the run; `POST /recommend` (rule target, {args.level:.0%} prediction "
         f"interval, {args.bootstrap} bootstrap refits); truth = the tokens of the run's last "
-        "checkpoint. Written by `studies/planning_quality.py`.",
+        "checkpoint. `law`: the request as it was; `anchored`: the same request with the "
+        "run's `run_id` (docs/law.md §7); `floor`: a per-run power law fitted to all "
+        "checkpoints of the run, the sharpness its checkpoint noise allows. Written by "
+        "`studies/planning_quality.py`.",
         "",
         "| family | form | runs | median factor | within 2× | interval covers |",
         "|---|---|---|---|---|---|",
@@ -228,7 +278,8 @@ def write_markdown(table: Sequence[dict[str, Any]], args: argparse.Namespace, pa
         lines.append(
             f"| {row['family']} | {row['form']} | {row['runs']}"
             f"{' (' + str(row['failed']) + ' failed)' if row['failed'] else ''} | "
-            f"{row['median_factor']:.2f} | {row['within_2x']:.0%} | {row['coverage']:.0%} |"
+            f"{row['median_factor']:.2f} | {row['within_2x']:.0%} | "
+            f"{'—' if row['coverage'] is None else format(row['coverage'], '.0%')} |"
         )
     path.write_text("\n".join(lines) + "\n")
 

@@ -22,6 +22,7 @@ from app.law.errors import LawError, UnreachableTarget
 from app.law.forms import Form, get_form
 from app.law.intervals import IntervalKind, anchor, continued, forecast, interval
 from app.law.law import FittedLaw
+from app.law.ranges import beyond_observed
 from app.law.types import Features, FloatArray, Params, Recommendation, Rule
 
 # The search range of the numeric path: one token to 1e15 tokens (far beyond any recovery run).
@@ -178,7 +179,9 @@ def recommend(
     (docs/law.md §4); `marginal` and `gap` are properties of the mean curve and keep the
     refits' interval. When (n0, ρ, L0) is a run the fit saw, the law's gap is scaled to that
     run's level at its last checkpoints (`app.law.intervals.forecast`): every rule then asks
-    the law for the correspondingly scaled value.
+    the law for the correspondingly scaled value. ``beyond_observed`` says how far the answer
+    lies beyond the most tokens the fit observed. A run whose first checkpoints are known is
+    answered by `app.law.anchored` instead.
     """
     form, params, calibration = law.form.name, law.params, law.calibration
     asked = _rule_value(rule, threshold, target_loss)
@@ -237,6 +240,7 @@ def recommend(
         capped=capped,
         tokens_interval=tokens_interval,
         notes=notes,
+        beyond_observed=beyond_observed(law.ranges, tokens) if law.ranges is not None else None,
     )
 
 

@@ -10,6 +10,7 @@ from app.schemas.common import (
     EXAMPLE_LAW,
     L0,
     N0,
+    NO_NUL,
     IntervalKind,
     Level,
     Loss,
@@ -51,6 +52,19 @@ EXAMPLE_RECOMMEND_TARGET: dict[str, Any] = {
 }
 
 
+#: The most checkpoints of a run a request may carry inline.
+MAX_RUN_POINTS = 10_000
+
+
+class RunPoint(BaseModel):
+    """One checkpoint of the run being planned."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: Tokens
+    loss: Loss
+
+
 class RecommendRequest(LawChoice):
     """How many post-training tokens one pruned model needs, by a rule."""
 
@@ -86,9 +100,25 @@ class RecommendRequest(LawChoice):
     max_tokens: Tokens | None = Field(None, description="Cap on the answer (then capped=true).")
     interval: Level | None = Field(None, description="Interval level (needs bootstrap refits).")
     interval_kind: IntervalKind = "prediction"
+    run_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description="A stored run of this model (n0, rho, l0) whose first checkpoints anchor "
+        "the answer (docs/law.md §7, answers anchored on a run).",
+    )
+    run_points: list[RunPoint] | None = Field(
+        None,
+        min_length=2,
+        max_length=MAX_RUN_POINTS,
+        description="The run's first checkpoints inline, instead of `run_id`.",
+    )
 
     @model_validator(mode="after")
     def _rule_arguments(self) -> RecommendRequest:
+        if self.run_id is not None and self.run_points is not None:
+            raise ValueError("give at most one of `run_id` and `run_points`")
         if self.rule in ("marginal", "gap") and self.threshold is None:
             raise ValueError(f"rule {self.rule!r} needs `threshold`")
         if self.rule == "target" and self.target_loss is None:
@@ -103,6 +133,18 @@ class CurvePoint(BaseModel):
     loss: float
     lower: float | None
     upper: float | None
+
+
+class Anchor(BaseModel):
+    """What an answer anchored on the run's own checkpoints rests on."""
+
+    run_id: str | None = Field(..., description="The stored run, or null for inline points.")
+    points: int = Field(..., description="The run's checkpoints used.")
+    last_tokens: float = Field(..., description="The run's last checkpoint: the anchor.")
+    exponent: float = Field(..., description="b of L = L0 + A * D^(-b) beyond the anchor.")
+    shape_from: str = Field(..., description="Where b comes from.")
+    reference_runs: list[str] = Field(..., description="The runs whose course gave b.")
+    beyond_run: float = Field(..., description="The answer / the run's last checkpoint tokens.")
 
 
 class RecommendResponse(BaseModel):
@@ -122,6 +164,8 @@ class RecommendResponse(BaseModel):
                         {"tokens": 1.52e9, "loss": 2.6351, "lower": None, "upper": None},
                     ],
                     "warnings": [],
+                    "beyond_observed": 2.3,
+                    "anchor": None,
                 }
             ]
         }
@@ -138,3 +182,12 @@ class RecommendResponse(BaseModel):
     )
     curve: list[CurvePoint]
     warnings: list[str]
+    beyond_observed: float | None = Field(
+        None,
+        description="The answer / the most post-training tokens the fit observed (1.0 = its "
+        "last checkpoint); null for an inline law. Beyond 10 the answer is an extrapolation "
+        "(a warning says so).",
+    )
+    anchor: Anchor | None = Field(
+        None, description="Set when the answer is anchored on the run's own checkpoints."
+    )
