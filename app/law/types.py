@@ -216,3 +216,6 @@ class Recommendation:
     capped: bool
     tokens_interval: tuple[float, float] | None = None
     notes: tuple[str, ...] = ()
+    #: The answer ÷ the most tokens the fit observed (`app.law.ranges.beyond_observed`); None
+    #: for a law without ranges (an inline law).
+    beyond_observed: float | None = None
