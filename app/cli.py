@@ -37,11 +37,11 @@ from app.law.fitting import fit
 from app.law.forms import FORMS
 from app.law.intervals import IntervalKind, calibrate_and_measure, runs_only
 from app.law.law import FittedLaw
+from app.law.metrics import HOLD_OUTS
 from app.law.recommend import loss_curve, recommend
 from app.law.select import SELECT_BY, Selection, select_form
-from app.law.types import Dataset, FitResult, HoldOut, Rule
+from app.law.types import Dataset, FitResult, Rule
 
-HOLD_OUTS: tuple[HoldOut, ...] = ("D", "N0", "rho")
 RULES: tuple[Rule, ...] = ("marginal", "gap", "target")
 
 
@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--select-by",
         choices=SELECT_BY,
         help="with --form auto: what is held out to compare the forms (D: the last 20%% of "
-        "each run, N0: the largest size, rho: the highest rho, runs: whole runs; default runs)",
+        "each run, N0: the largest size, rho: the highest rho level, rho-paper: rho ~0.35 with "
+        "0.15/0.25 fitted, runs: whole runs; default runs)",
     )
     fit_p.add_argument("--family")
     fit_p.add_argument("--method")

@@ -12,7 +12,7 @@ from app.cli import main
 from app.law.forms import get_form
 from app.law.law import FittedLaw
 from app.law.recommend import recommend
-from app.law.select import P2_TIE_RTOL
+from app.law.select import FormScore, choose
 from app.law.synthetic import SYNTHETIC_P2, make_rows
 
 
@@ -124,13 +124,20 @@ def test_fit_auto_prints_the_comparison_and_saves_it(
     selection = document["selection"]
     assert document["form"] == selection["chosen"] and selection["select_by"] == "rho"
     assert {row["form"] for row in selection["table"]} >= {"p2", "frantar", "curve", "p2-tpp"}
-    chosen = next(row for row in selection["table"] if row["form"] == document["form"])
-    # The lowest mean held-out MAPE wins, except that p2 is kept within P2_TIE_RTOL of it.
-    slack = (1.0 - P2_TIE_RTOL) if chosen["form"] == "p2" else 1.0
-    assert all(
-        row["mean_mape"] is None or row["mean_mape"] >= chosen["mean_mape"] * slack
+    # The saved table, read back, gives the same choice by the rule of docs/law.md §4.
+    table = [
+        FormScore(
+            row["form"],
+            tuple(row["mape"]),
+            tuple(row["rmse"]),
+            row["mean_mape"],
+            row["mean_rmse"],
+            row["reason"],
+            tuple(row["run_mape"]),
+        )
         for row in selection["table"]
-    )
+    ]
+    assert choose(table) == document["form"]
 
 
 def test_select_by_without_auto_is_a_clear_error(

@@ -49,7 +49,7 @@ from app.law.fitting import fit as fit_law
 from app.law.fitting import optimise
 from app.law.forms import CurveForm, Form, get_form
 from app.law.law import FittedLaw
-from app.law.metrics import RHO_TOLERANCE, evaluate, split
+from app.law.metrics import RHO_TOLERANCE, evaluate, levels, split, top_level
 from app.law.types import Dataset, Features, FitResult, FloatArray, HoldOut, Params
 
 BoolArray = npt.NDArray[np.bool_]
@@ -210,20 +210,6 @@ class _Collected:
         )
 
 
-def _family_of(data: Dataset) -> npt.NDArray[np.object_]:
-    return np.array(data.family if data.family else ("",) * len(data), dtype=object)
-
-
-def _levels(values: FloatArray, *, tol: float, log: bool) -> FloatArray:
-    """Distinct levels of a variable (values within `tol` of the previous level merge)."""
-    scale = np.log(values) if log else values
-    levels: list[float] = []
-    for v in np.sort(np.unique(scale)):
-        if not levels or v - levels[-1] > tol:
-            levels.append(float(v))
-    return np.exp(levels) if log else np.asarray(levels)
-
-
 def _runs_pool(law: Form, data: Dataset, params: Params) -> _Collected:
     out = _Collected()
     runs = np.unique(data.run)
@@ -294,38 +280,30 @@ def _d_pool(law: Form, data: Dataset, params: Params) -> _Collected:
 def _extrapolation_pool(
     law: Form, data: Dataset, params: Params, variable: Literal["n0", "rho"]
 ) -> _Collected:
-    """Leave out the top 1, 2, … levels of `variable` (per family for N0), keeping ≥ 2 levels
-    (≥ 1 when there are only two), and predict them from the rest."""
+    """Leave out the top 1, 2, … levels of `variable` (per family for N0; levels as the N0 and
+    ρ protocols find them, `app.law.metrics.levels`), keeping ≥ 2 levels (≥ 1 when there are
+    only two), and predict them from the rest."""
     out = _Collected()
     values = getattr(data.x, variable)
-    families = _family_of(data)
-    if variable == "n0":
-        per_family = {
-            fam: _levels(values[families == fam], tol=1e-9, log=True) for fam in np.unique(families)
-        }
-        n_levels = max(len(v) for v in per_family.values())
-    else:
-        levels = _levels(values, tol=RHO_TOLERANCE, log=False)
-        n_levels = len(levels)
+    level = levels(data, variable)
+    groups = (
+        np.array(data.family if data.family else ("",) * len(data), dtype=object)
+        if variable == "n0"
+        else np.zeros(len(data), dtype=object)
+    )
+    n_levels = max((int(np.max(level[groups == g])) + 1 for g in np.unique(groups)), default=0)
     if n_levels < 2:
         return out
     for k in range(1, max(2, n_levels - 1)):
-        if variable == "n0":
-            test_mask = np.zeros(len(data), dtype=bool)
-            top = np.zeros(len(data))
-            for fam, lv in per_family.items():
-                if len(lv) <= k:
-                    continue
-                mine = families == fam
-                cut = lv[-k - 1]
-                test_mask |= mine & (values > cut * (1 + 1e-9))
-                top[mine] = cut
-        else:
-            cut = levels[-k - 1]
-            test_mask = values > cut + RHO_TOLERANCE
-            top = np.full(len(data), np.max(values[~test_mask]) if np.any(~test_mask) else 1.0)
+        test_mask = top_level(data, variable, k)
         if not np.any(test_mask) or np.all(test_mask):
             continue
+        # Distance from the largest value each held-out point's group kept.
+        top = np.ones(len(data))
+        for g in np.unique(groups):
+            kept = (groups == g) & ~test_mask
+            if np.any(kept):
+                top[groups == g] = np.max(values[kept])
         train, test = data.take(~test_mask), data.take(test_mask)
         try:
             refit = _refit(law, train, params, grid=EXTRAPOLATION_GRID)

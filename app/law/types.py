@@ -21,7 +21,7 @@ Params = Mapping[str, float]
 Rule = Literal["marginal", "gap", "target"]
 #: Which generalisation check holds data out (docs/law.md §6): not the evaluation-set
 #: `protocol` every observation records (docs/law.md §3).
-HoldOut = Literal["D", "N0", "rho"]
+HoldOut = Literal["D", "N0", "rho", "rho-paper"]
 
 
 @dataclass(frozen=True)

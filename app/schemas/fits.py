@@ -18,7 +18,12 @@ class Holdout(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    protocol: Literal["D", "N0", "rho"]
+    protocol: Literal["D", "N0", "rho", "rho-paper"] = Field(
+        description="`D`: the last 20% of each run's checkpoints held out; `N0`: the largest "
+        "size of each family; `rho`: the highest ρ level present (levels found by clustering "
+        "the measured ρ); `rho-paper`: the paper's fixed split (fit ρ ≈ 0.15/0.25, test "
+        "ρ ≈ 0.35, within 0.02). A protocol whose data has a single level is a 422."
+    )
 
 
 #: `select_by` only with `"form": "auto"` (`_select_by_needs_auto`), as JSON Schema.
@@ -71,11 +76,12 @@ class FitCreate(BaseModel):
         "held-out error for the use named by `select_by` (docs/law.md §4).",
         json_schema_extra=_form_or_auto,
     )
-    select_by: Literal["D", "N0", "rho", "runs"] | None = Field(
+    select_by: Literal["D", "N0", "rho", "rho-paper", "runs"] | None = Field(
         None,
         description="With form `auto` only: the use the form is chosen for. `D`: the last 20% "
-        "of each run held out; `N0`: the largest size; `rho`: the highest ρ; `runs`: whole "
-        "runs, grouped K-fold (K = min(5, runs)). Default with `auto`: `runs`.",
+        "of each run held out; `N0`: the largest size present; `rho`: the highest ρ level "
+        "present; `rho-paper`: the paper's split (ρ ≈ 0.35 held out, ρ ≈ 0.15/0.25 fit); "
+        "`runs`: whole runs, grouped K-fold (K = min(5, runs)). Default with `auto`: `runs`.",
     )
     family: str | None = Field(
         None,
@@ -204,7 +210,12 @@ EXAMPLE_FIT: dict[str, Any] = {
 class CoverageOut(BaseModel):
     """Share of one protocol's held-out points inside the intervals at `level`."""
 
-    protocol: Literal["D", "N0", "rho"]
+    protocol: Literal["D", "N0", "rho", "rho-paper"] = Field(
+        description="`D`: the last 20% of each run's checkpoints held out; `N0`: the largest "
+        "size of each family; `rho`: the highest ρ level present (levels found by clustering "
+        "the measured ρ); `rho-paper`: the paper's fixed split (fit ρ ≈ 0.15/0.25, test "
+        "ρ ≈ 0.35, within 0.02). A protocol whose data has a single level is a 422."
+    )
     level: float
     prediction: float = Field(..., description="Coverage of the prediction interval (default).")
     confidence: float | None = Field(
@@ -238,14 +249,22 @@ class SelectionRowOut(BaseModel):
     reason: str | None = Field(
         None, description="Why the form could not be fitted or could not predict a fold."
     )
+    run_mape: list[float] = Field(
+        default_factory=list,
+        description="Held-out MAPE (%) of each held-out run of each fold (fold order, then run "
+        "order): the units the one-standard-error rule pairs against p2's.",
+    )
 
 
 class SelectionOut(BaseModel):
     """How an `auto` fit chose its form (docs/law.md §4)."""
 
-    select_by: Literal["D", "N0", "rho", "runs"]
+    select_by: Literal["D", "N0", "rho", "rho-paper", "runs"]
     chosen: str
     metric: str
+    rule: str | None = Field(
+        None, description="How the form was chosen from the table (docs/law.md §4)."
+    )
     folds: list[SelectionFoldOut]
     table: list[SelectionRowOut]
 

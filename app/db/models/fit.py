@@ -42,7 +42,7 @@ class Fit(Base):
     n_observations: Mapped[int] = mapped_column(Integer)
     n_runs: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    holdout_protocol: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    holdout_protocol: Mapped[str | None] = mapped_column(String(16), nullable=True)
     holdout_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     ranges: Mapped[dict[str, Any]] = mapped_column(JSONType)
     bootstrap: Mapped[list[dict[str, float]]] = mapped_column(JSONType, default=list)
