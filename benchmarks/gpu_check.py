@@ -722,6 +722,9 @@ def check(
             state = "ok" if result["ok"] else f"FAILED: {str(result['error'])[:300]}"
             print(f"   {result['seconds']} s, {state}", flush=True)
             if name == "device" and result["ok"] and not smoke and not result["cuda_available"]:
+                (out / "device.log").unlink(missing_ok=True)  # a skip leaves nothing behind
+                if not any(out.iterdir()):
+                    out.rmdir()
                 return 2, summary
             summary["seconds"] = round(time.monotonic() - started, 1)
             summary["failed"] = [s for s in sections if s in summary and not summary[s]["ok"]]
