@@ -176,9 +176,7 @@ def split(data: Dataset, protocol: HoldOut) -> tuple[BoolArray, BoolArray]:
         test = near & (which == len(RHO_TRAIN))
         hint = "points near 0.15/0.25 and near 0.35 are needed"
     else:
-        raise LawError(
-            f"unknown hold-out protocol {protocol!r}; use one of {', '.join(HOLD_OUTS)}"
-        )
+        raise LawError(f"unknown hold-out protocol {protocol!r}; use one of {', '.join(HOLD_OUTS)}")
     if not np.any(train) or not np.any(test):
         side = "held-out" if not np.any(test) else "fit"
         raise NotEnoughData(
