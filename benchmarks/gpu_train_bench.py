@@ -31,7 +31,7 @@ attention scores and their product with the values, forward and backward, L laye
 x head_dim, s = sequence length, over the whole s x s matrix (causal attention needs half of it;
 like PaLM and most published MFU figures, the convention counts it whole). Recomputation is not
 counted (this loop does none). The peak is looked up from the device name
-(:data:`PEAK_BF16_DENSE_TFLOPS`) or given with ``--peak-tflops``.
+(``app.core.flops.PEAK_BF16_DENSE_TFLOPS``) or given with ``--peak-tflops``.
 
 The peak memory the allocator saw (``torch.cuda.max_memory_allocated``) is reported beside the
 memory model's training peak for the same setup (``app.core.memory``, a one-device job).
@@ -53,7 +53,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -67,6 +66,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 # Runnable as a script from anywhere: the repository root holds `workers` and `benchmarks`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from app.core.flops import flops_per_token, peak_bf16_tflops
 from app.core.memory import GIB, ModelShape, job_setup, training_peak
 from app.schemas.jobs import JobRequest
 from benchmarks.memory_model import SHAPES
@@ -80,21 +80,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gpu" / "gpu_train_bench.json"
 SKIPPED = "no CUDA device: skipped"
 
-#: Peak dense (no sparsity) bf16 tensor-core TFLOP/s by device name, from NVIDIA's datasheets;
-#: the first pattern that matches ``torch.cuda.get_device_name()`` wins, so the more specific
-#: names come first.
-PEAK_BF16_DENSE_TFLOPS: tuple[tuple[str, float], ...] = (
-    (r"\bH100\b.*\bPCIe\b", 756.0),
-    (r"\bH1[02]0\b.*\bNVL\b", 835.0),
-    (r"\bGH200\b", 989.0),
-    (r"\bH200\b", 989.0),
-    (r"\bH100\b", 989.0),  # SXM
-    (r"\bA100\b", 312.0),
-    (r"\bL40S\b", 362.0),
-    (r"\bL4\b", 121.0),
-    (r"\bA10\b", 125.0),
-)
-
 #: The tiny model of --dry-run.
 TINY = ModelShape("tiny", 64, 2, 4, 2, 128, 512, tied=True)
 
@@ -105,37 +90,6 @@ DEFAULT_BATCH = {"smollm2-135m": 8, "llama-3.2-1b": 4, "tiny": 2}
 #: traced and run as captured graphs, no code generated) for a dry run on CPU, where inductor's
 #: C++ build would cost more than the whole check.
 CompileBackend = Literal["inductor", "eager"]
-
-
-def peak_bf16_tflops(device_name: str) -> float | None:
-    """Peak dense bf16 TFLOP/s of a device by its name, or None when it is not in the table."""
-    for pattern, tflops in PEAK_BF16_DENSE_TFLOPS:
-        if re.search(pattern, device_name, re.IGNORECASE):
-            return tflops
-    return None
-
-
-def flops_per_token(shape: ModelShape, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N (N: matmul parameters) + 12·L·d·s (attention)."""
-    return 6.0 * shape.matmul_params + 12.0 * shape.layers * shape.q_dim * seq_len
-
-
-def shape_from_config(name: str, config: dict[str, Any]) -> ModelShape:
-    """A :class:`ModelShape` from a Hugging Face ``config.json`` mapping."""
-    heads = int(config["num_attention_heads"])
-    return ModelShape(
-        name,
-        hidden=int(config["hidden_size"]),
-        layers=int(config["num_hidden_layers"]),
-        heads=heads,
-        kv_heads=int(config.get("num_key_value_heads") or heads),
-        intermediate=int(config["intermediate_size"]),
-        vocab=int(config["vocab_size"]),
-        tied=bool(config.get("tie_word_embeddings", False)),
-        qkv_bias=config.get("model_type") == "qwen2",
-        head_dim_=config.get("head_dim"),
-        model_type=str(config.get("model_type", "llama")),
-    )
 
 
 def hf_config(shape: ModelShape, *, seq_len: int) -> dict[str, Any]:
@@ -239,7 +193,7 @@ def model_config(
         local = model_root / "smollm2-135m"
         if (local / "config.json").is_file():
             config = json.loads((local / "config.json").read_text())
-            shape = shape_from_config("SmolLM2-135M", config)
+            shape = ModelShape.from_config(config, "SmolLM2-135M")
             return config, shape, local, f"weights from {local}"
         shape = SHAPES["SmolLM2-135M"]
         return hf_config(shape, seq_len=seq_len), shape, None, "random (published shape)"

@@ -9,59 +9,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from app.core.flops import flops_per_token
 from benchmarks import gpu_train_bench as bench
 from benchmarks.memory_model import SHAPES, ModelShape
 from workers.ml.models import count_parameters
 from workers.ml.pipeline import train_config
 from workers.ml.strategy import OneDevice
-
-
-def test_flops_per_token_is_six_n_plus_the_attention_term() -> None:
-    shape = SHAPES["Llama-3.2-1B"]
-    # Tied: the shared embedding is the head's matmul, counted once.
-    assert shape.matmul_params == shape.n_params
-    expected = 6 * 1_235_814_400 + 12 * 16 * 2048 * 2048
-    assert bench.flops_per_token(shape, 2048) == expected
-    # The attention term grows with the sequence, the parameter term does not.
-    assert bench.flops_per_token(shape, 4096) - bench.flops_per_token(shape, 2048) == (
-        12 * 16 * 2048 * 2048
-    )
-
-
-def test_an_untied_input_embedding_is_a_lookup_not_a_matmul() -> None:
-    shape = SHAPES["Llama-3.1-8B"]
-    assert shape.matmul_params == shape.n_params - 128256 * 4096
-    assert bench.flops_per_token(shape, 1) == 6 * shape.matmul_params + 12 * 32 * 4096
-
-
-@pytest.mark.parametrize(
-    ("name", "tflops"),
-    [
-        ("NVIDIA H200", 989.0),
-        ("NVIDIA H100 80GB HBM3", 989.0),
-        ("NVIDIA H100 PCIe", 756.0),
-        ("NVIDIA H100 NVL", 835.0),
-        ("NVIDIA GH200 480GB", 989.0),
-        ("NVIDIA A100-SXM4-80GB", 312.0),
-        ("NVIDIA A100 80GB PCIe", 312.0),
-        ("NVIDIA L40S", 362.0),
-        ("NVIDIA L4", 121.0),
-        ("NVIDIA A10", 125.0),
-        ("NVIDIA A10G", None),
-        ("NVIDIA GeForce RTX 4090", None),
-    ],
-)
-def test_peak_is_looked_up_by_device_name(name: str, tflops: float | None) -> None:
-    assert bench.peak_bf16_tflops(name) == tflops
-
-
-def test_shape_from_a_config_counts_what_the_model_holds() -> None:
-    shape = bench.shape_from_config("x", {**SHAPES["SmolLM2-135M"].hf_config()})
-    assert shape.n_params == SHAPES["SmolLM2-135M"].n_params
-    model, shape, _ = bench.build(
-        "tiny", model_root=Path("none"), seq_len=32, device=torch.device("cpu")
-    )
-    assert shape == bench.TINY and count_parameters(model) == bench.TINY.n_params
 
 
 def test_without_cuda_it_skips_with_a_clear_message(
@@ -88,7 +41,7 @@ def test_dry_run_trains_the_tiny_model_on_cpu(
     for entry in (eager, compiled):
         assert entry["model"] == "tiny" and entry["steps"] == 2 and entry["seq_len"] == 32
         assert entry["tokens_per_s"] > 0 and entry["mfu"] is not None and entry["mfu"] > 0
-        assert entry["flops_per_token"] == bench.flops_per_token(bench.TINY, 32)
+        assert entry["flops_per_token"] == flops_per_token(bench.TINY, 32)
         assert torch.isfinite(torch.tensor(entry["train_loss"]))
         assert entry["dtype"] == "float32"  # a CPU job's dtype: no autocast
     assert "tiny (eager):" in capsys.readouterr().out

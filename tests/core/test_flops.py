@@ -11,6 +11,7 @@ from app.core.flops import (
     peak_bf16_tflops,
 )
 from app.core.memory import ModelShape
+from benchmarks.memory_model import SHAPES
 from tests.shapes import LLAMA_31_8B
 
 
@@ -47,15 +48,38 @@ def test_throughput_is_mfu_times_peak_over_flops_and_scales_with_devices() -> No
         expected_throughput(shape, seq_len=2048, devices=1, mfu=1.5, peak_tflops=989.0)
 
 
+def test_flops_per_token_is_six_n_plus_the_attention_term() -> None:
+    shape = SHAPES["Llama-3.2-1B"]
+    # Tied: the shared embedding is the head's matmul, counted once.
+    assert shape.matmul_params == shape.n_params
+    expected = 6 * 1_235_814_400 + 12 * 16 * 2048 * 2048
+    assert flops_per_token(shape, 2048) == expected
+    # The attention term grows with the sequence, the parameter term does not.
+    assert flops_per_token(shape, 4096) - flops_per_token(shape, 2048) == (12 * 16 * 2048 * 2048)
+
+
+def test_an_untied_input_embedding_is_a_lookup_not_a_matmul() -> None:
+    shape = SHAPES["Llama-3.1-8B"]
+    assert shape.matmul_params == shape.n_params - 128256 * 4096
+    assert flops_per_token(shape, 1) == 6 * shape.matmul_params + 12 * 32 * 4096
+
+
 @pytest.mark.parametrize(
-    ("name", "peak"),
+    ("name", "tflops"),
     [
+        ("NVIDIA H200", 989.0),
         ("NVIDIA H100 80GB HBM3", 989.0),
         ("NVIDIA H100 PCIe", 756.0),
-        ("NVIDIA H200", 989.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA GH200 480GB", 989.0),
         ("NVIDIA A100-SXM4-80GB", 312.0),
-        ("Some Other GPU", None),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA A10", 125.0),
+        ("NVIDIA A10G", None),
+        ("NVIDIA GeForce RTX 4090", None),
     ],
 )
-def test_peaks_by_device_name(name: str, peak: float | None) -> None:
-    assert peak_bf16_tflops(name) == peak
+def test_peak_is_looked_up_by_device_name(name: str, tflops: float | None) -> None:
+    assert peak_bf16_tflops(name) == tflops
