@@ -43,7 +43,7 @@ from app.law import Dataset, LawError
 from app.law.fitting import fit
 from app.law.metrics import evaluate, split
 from app.law.select import Selection, select_form
-from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, make_rows
+from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, SYNTHETIC_TPP, make_rows
 from studies.planning_quality import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,23 +55,13 @@ STUDY = {
 REFERENCE = ROOT / "app" / "reference" / "observations.csv"
 #: `auto` may be this much worse than P² in a cell (issue 16).
 WORSE_TOLERANCE = 0.05
-#: Constants of a p2-tpp law for the synthetic source (tokens per parameter, no N0 factor).
-TPP_LAW = {
-    "N_C": 0.0,
-    "D_C": 0.08,
-    "E": 0.02,
-    "alpha": 0.3,
-    "beta": 0.45,
-    "gamma": -0.9,
-    "T_s": 0.3,
-}
 
 
 def synthetic_groups() -> list[tuple[str, list[dict[str, Any]]]]:
     """Two synthetic (family, method) groups: one from P², one from p2-tpp, four sizes × three
     ρ × 12 checkpoints of 1e7–5e10 tokens, 0.5% noise."""
     out = []
-    for form, params in (("p2", SYNTHETIC_P2["depth"]), ("p2-tpp", TPP_LAW)):
+    for form, params in (("p2", SYNTHETIC_P2["depth"]), ("p2-tpp", SYNTHETIC_TPP)):
         rows = make_rows(
             params_by_method={"depth": params},
             sizes=SYNTHETIC_SIZES,

@@ -44,6 +44,19 @@ SYNTHETIC_SIZES: tuple[tuple[float, float], ...] = (
 )
 SYNTHETIC_RHOS: tuple[float, ...] = (0.15, 0.25, 0.35)
 
+#: Constants of a p2-tpp law for synthetic data (tokens per parameter, no N0 factor): the shift
+#: T_s (0.3 tokens per parameter) is wide enough that a power law in D alone cannot follow the
+#: flat start.
+SYNTHETIC_TPP: dict[str, float] = {
+    "N_C": 0.0,
+    "D_C": 0.08,
+    "E": 0.02,
+    "alpha": 0.3,
+    "beta": 0.45,
+    "gamma": -0.9,
+    "T_s": 0.3,
+}
+
 
 @dataclass(frozen=True)
 class SyntheticRow:

@@ -15,22 +15,11 @@ from app.law.fitting import fit
 from app.law.forms import get_form
 from app.law.law import FittedLaw
 from app.law.recommend import numeric_tokens, recommend
-from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, make_rows
+from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, SYNTHETIC_TPP, make_rows
 from app.law.types import Dataset, Features, HoldOut
 
 VECTORS = Path(__file__).with_name("form_vectors.json")
 NEW_FORMS = ("p2-tpp", "p2-shift")
-#: Constants of a p2-tpp law for synthetic data: the shift T_s (0.3 tokens per parameter) is
-#: wide enough that a power law in D alone cannot follow the flat start.
-TPP_LAW = {
-    "N_C": 0.0,
-    "D_C": 0.08,
-    "E": 0.02,
-    "alpha": 0.3,
-    "beta": 0.45,
-    "gamma": -0.9,
-    "T_s": 0.3,
-}
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +50,9 @@ def shift_rows(*, seed: int, noise: float = 0.0005) -> list[Any]:
 
 
 def tpp_rows(*, seed: int, noise: float = 0.001) -> list[Any]:
-    """Four sizes × three ρ × 12 checkpoints of 1e7–5e10 tokens from TPP_LAW (synthetic)."""
+    """Four sizes × three ρ × 12 checkpoints of 1e7–5e10 tokens from SYNTHETIC_TPP (synthetic)."""
     return make_rows(
-        params_by_method={"depth": TPP_LAW},
+        params_by_method={"depth": SYNTHETIC_TPP},
         sizes=SYNTHETIC_SIZES,
         n_checkpoints=12,
         max_tokens=5e10,
@@ -95,7 +84,7 @@ def test_the_floor_is_the_large_token_limit(form_vectors: dict[str, Any], form: 
 @pytest.mark.parametrize(
     ("form", "shifted", "unshifted"),
     [
-        ("p2-tpp", TPP_LAW, {**TPP_LAW, "T_s": 0.0}),
+        ("p2-tpp", SYNTHETIC_TPP, {**SYNTHETIC_TPP, "T_s": 0.0}),
         ("p2-shift", SHIFT_LAW, {**SHIFT_LAW, "D_s": 0.0}),
     ],
 )
