@@ -3,6 +3,9 @@
     .venv/bin/python -m studies.p2_wide --out studies/results/wide              # collect + analyse
     .venv/bin/python -m studies.p2_wide --out studies/results/wide --analyse-only
     .venv/bin/python -m studies.p2_wide --out /tmp/wide-quick --quick           # smoke (minutes)
+    .venv/bin/python -m studies.p2_wide --families smollm2 --smollm2-tokens 65536 \
+        --smollm2-checkpoints 12 --var var/study-smollm2-long \
+        --out studies/results/smollm2-long                                     # SmolLM2, 8x longer
 
 It reuses the main pass (`studies/p2_small_models.py`: pretraining, `run_pipeline` runs, dense
 controls, caches, resumption) with three families, each with its own cache under `--var`
@@ -379,6 +382,13 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of llama, qwen2, smollm2",
     )
     p.add_argument("--bootstrap", type=int, help="bootstrap refits per fit")
+    p.add_argument(
+        "--smollm2-tokens",
+        type=int,
+        help="post-training tokens of each SmolLM2 run (default 8,192; a longer pass: 65,536 "
+        "with its own --var)",
+    )
+    p.add_argument("--smollm2-checkpoints", type=int, help="checkpoints of each SmolLM2 run")
     p.add_argument("--no-probe", action="store_true", help="skip the throughput probes")
     p.add_argument("--analyse-only", action="store_true", help="fit the cached runs only")
     p.add_argument("--no-analyse", action="store_true", help="collect only")
@@ -402,6 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     configs = {k: configs_all[k] for k in chosen}
     if a.bootstrap is not None:
         configs = {k: replace(c, bootstrap=a.bootstrap) for k, c in configs.items()}
+    if "smollm2" in configs:
+        longer = {
+            "post_tokens": a.smollm2_tokens,
+            "checkpoints": a.smollm2_checkpoints,
+        }
+        configs["smollm2"] = replace(
+            configs["smollm2"], **{k: v for k, v in longer.items() if v is not None}
+        )
     var_root = a.var or ROOT / ("var/study-wide-quick" if a.quick else "var/study-wide")
     var_root.mkdir(parents=True, exist_ok=True)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS"):
