@@ -150,6 +150,10 @@ class Calibration:
     tokens_range: tuple[float, float]
     coverage: tuple[Coverage, ...] = ()
     notes: tuple[str, ...] = ()
+    #: The law refitted without each group of whole runs (the ``runs`` pool's folds): how far
+    #: their predictions at an extrapolated point spread is the uncertainty of the fitted
+    #: dependence on N0 and ρ, which grows with the distance (docs/law.md §4).
+    folds: tuple[dict[str, float], ...] = ()
 
     @cached_property
     def run_table(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
@@ -181,6 +185,7 @@ class Calibration:
             "tokens_range": list(self.tokens_range),
             "coverage": [c.as_dict() for c in self.coverage],
             "notes": list(self.notes),
+            "folds": [dict(f) for f in self.folds],
         }
 
     @classmethod
@@ -217,6 +222,7 @@ class Calibration:
                 for c in raw.get("coverage", [])
             ),
             notes=tuple(str(n) for n in raw.get("notes", [])),
+            folds=tuple({str(k): float(v) for k, v in f.items()} for f in raw.get("folds", [])),
         )
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
@@ -210,12 +211,16 @@ class _Collected:
         )
 
 
-def _runs_pool(law: Form, data: Dataset, params: Params) -> _Collected:
+def _runs_pool(
+    law: Form, data: Dataset, params: Params
+) -> tuple[_Collected, tuple[dict[str, float], ...]]:
+    """Whole runs held out in K folds: their residuals, and the K refits (`Calibration.folds`)."""
     out = _Collected()
+    refits: list[dict[str, float]] = []
     runs = np.unique(data.run)
     k = min(RUN_FOLDS, runs.size)
     if k < 2:
-        return out
+        return out, ()
     order = np.random.default_rng(0).permutation(runs)
     for fold in range(k):
         held = order[fold::k]
@@ -225,8 +230,9 @@ def _runs_pool(law: Form, data: Dataset, params: Params) -> _Collected:
             refit = _refit(law, train, params, grid=False)
         except LawError:
             continue
+        refits.append(dict(refit))
         out.add(_log_residual(law, refit, test), test, np.zeros(len(test)))
-    return out
+    return out, tuple(refits)
 
 
 def _cut_runs(data: Dataset, held: FloatArray, share: float) -> tuple[BoolArray, FloatArray]:
@@ -362,16 +368,20 @@ def calibrate(form: str, data: Dataset, result: FitResult) -> Calibration:
     seen.add(_log_residual(law, params, data, own_shift), data, np.zeros(len(data)))
     pools: dict[str, list[Bin]] = {"seen": seen.bins(), "D": _d_pool(law, data, params).bins()}
     notes: list[str] = []
+    folds: tuple[dict[str, float], ...] = ()
     if isinstance(law, CurveForm):
         notes.append("the curve form has one law per run: intervals only for fitted runs")
     else:
-        pools["runs"] = _runs_pool(law, data, params).bins()
+        runs_pool, folds = _runs_pool(law, data, params)
+        pools["runs"] = runs_pool.bins()
         pools["N0"] = _extrapolation_pool(law, data, params, "n0").bins()
         pools["rho"] = _extrapolation_pool(law, data, params, "rho").bins()
     for kind in ("runs", "D", "N0", "rho"):
         if kind in pools and not pools[kind]:
             notes.append(f"no {kind} pool: the data allow no such hold-out")
-    return replace(base, pools={k: v for k, v in pools.items() if v}, notes=tuple(notes))
+    return replace(
+        base, pools={k: v for k, v in pools.items() if v}, notes=tuple(notes), folds=folds
+    )
 
 
 # --------------------------------------------------------------------------- intervals
@@ -477,6 +487,20 @@ def _beyond(value: FloatArray, lo: float, hi: float) -> FloatArray:
     return np.asarray(np.maximum(above, below), dtype=np.float64)
 
 
+def fold_spread(law: FittedLaw, x: Features) -> FloatArray:
+    """The delete-a-group jackknife standard deviation of the log prediction at `x` over the
+    calibration's whole-run refits, √((K − 1)/K · Σ (log p_k − mean)²): how much the fitted
+    law's answer there rests on which runs it saw. Zero without at least two refits."""
+    folds = law.calibration.folds if law.calibration is not None else ()
+    if len(folds) < 2:
+        return np.zeros(len(x))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        logs = np.log(np.array([law.form.predict(p, x) for p in folds]))
+    k = logs.shape[0]
+    spread = np.sqrt((k - 1) / k * np.sum((logs - np.mean(logs, axis=0)) ** 2, axis=0))
+    return np.asarray(np.nan_to_num(spread, nan=0.0), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class Band:
     """A prediction band and which pool set each point's width (for reports and warnings)."""
@@ -568,6 +592,17 @@ def prediction_band(
         upper[mask] = np.maximum(upper[mask], hi)
         idx = np.flatnonzero(mask)[wider]
         used[idx] = kind
+    # A point beyond the fitted N0 or ρ also rests on the fitted dependence on them, which the
+    # nested pools (measured one level further in, from one level fewer) understate: its
+    # interval is at least the fit's own spread there, from the whole-run refits.
+    far = ~matched & ((d_n0 > 0) | (d_rho > 0))
+    if np.any(far) and len(calibration.folds) >= 2:
+        half = NormalDist().inv_cdf((1 + level) / 2) * fold_spread(law, x.take(far))
+        lo, hi = log_c[far] - half, log_c[far] + half
+        wider = (lo < lower[far]) | (hi > upper[far])
+        lower[far] = np.minimum(lower[far], lo)
+        upper[far] = np.maximum(upper[far], hi)
+        used[np.flatnonzero(far)[wider]] = "refits"
     if np.any(~np.isfinite(lower)):
         raise LawError("no residual pool describes some points: the fit has no calibration")
     return Band(

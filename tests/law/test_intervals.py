@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,7 @@ from app.law.calibration import MIN_RUNS_PER_BIN, Bin, Calibration, make_bins
 from app.law.intervals import (
     calibrate,
     continuation_note,
+    fold_spread,
     forecast,
     interval,
     measure_coverage,
@@ -152,7 +154,7 @@ def test_each_point_takes_the_pool_of_its_question() -> None:
     band = interval(_law(result.params, refits, cal), x, level=0.8)
     # A fitted run inside and beyond its tokens, a new run inside the ranges, beyond N0, beyond ρ.
     assert band.pools[:3] == ("seen", "D", "runs")
-    assert band.pools[3] in ("N0", "runs") and band.pools[4] in ("rho", "runs")
+    assert band.pools[3] in ("N0", "runs", "refits") and band.pools[4] in ("rho", "runs", "refits")
     width = np.log(band.upper / band.lower)
     assert width[3] >= width[2] - 1e-12 and width[4] >= width[2] - 1e-12
 
@@ -243,3 +245,25 @@ def test_a_point_further_out_than_any_hold_out_reached_is_warned_about() -> None
     assert [n for n in band.notes if "sizes (N0)" in n and n.startswith("1 point")]
     inside = interval(_law(result.params, refits, cal), x.take(np.array([0])), level=0.8)
     assert not [n for n in inside.notes if "sizes (N0)" in n]
+
+
+def test_a_point_beyond_the_fitted_sizes_is_at_least_as_uncertain_as_the_refits_there() -> None:
+    result, refits, cal = fitted(make_runs(np.random.default_rng(13), _grid(SIZES[:2]), "r"))
+    assert len(cal.folds) >= 2
+    assert Calibration.from_dict(cal.as_dict()).folds == cal.folds
+    law = _law(result.params, refits, cal)
+    top = SIZES[1][0]
+    sizes = np.array([top * 1.5, top * 4.0, top * 16.0])
+    x = Features(sizes, np.full(3, 0.25), np.full(3, 2.3), np.full(3, 1e9))
+    spread = fold_spread(law, x)
+    # The fitted dependence on N0 is less certain the further the answer reaches.
+    assert 0 < spread[0] < spread[1] < spread[2]
+    band = interval(law, x, level=0.8)
+    center = np.log(forecast(law, x))
+    half = 1.2815515655446004 * spread
+    assert np.all(np.log(band.upper) - center >= half - 1e-12)
+    assert np.all(center - np.log(band.lower) >= half - 1e-12)
+    # Without the refits the band is the pools' alone, and narrower at the far end.
+    bare = interval(_law(result.params, refits, replace(cal, folds=())), x, level=0.8)
+    assert "refits" not in bare.pools
+    assert np.log(bare.upper[2] / bare.lower[2]) < np.log(band.upper[2] / band.lower[2])
