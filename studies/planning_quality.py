@@ -197,6 +197,7 @@ def measure(
                         "early_tokens": float(points[early - 1]["tokens"]),
                         "truth_tokens": truth,
                         "target_loss": float(last["loss"]),
+                        "target_below_l0": bool(last["loss"] <= last["l0"]),
                     }
                     try:
                         answer = post(client, "/recommend", {**question, **extra}, 200)
@@ -224,17 +225,24 @@ def measure(
                     "tokens": floor,
                     "factor": max(floor / truth, truth / floor) if np.isfinite(floor) else np.inf,
                     "covered": None,
+                    "target_below_l0": bool(last["loss"] <= last["l0"]),
                 }
             )
     return answers
 
 
 def summarise(answers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median factor, share within 2× and interval coverage per (family, form) and overall."""
+    """Median factor, share within 2× and interval coverage per (family, form), overall, and
+    overall split by whether the run's target lies above L0."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for a in answers:
         groups[(a["family"], a["form"])].append(a)
         groups[("all", a["form"])].append(a)
+        # Every run counts above; these rows split the runs whose target lies at or below L0
+        # (a dense model not converged on the run's data: L0 is not its floor, law.md §7).
+        if "target_below_l0" in a:
+            side = "≤ L0" if a["target_below_l0"] else "> L0"
+            groups[(f"all, target {side}", a["form"])].append(a)
     table = []
     for (family, form), items in sorted(groups.items()):
         ok = [a for a in items if "factor" in a]
@@ -268,8 +276,10 @@ def write_markdown(table: Sequence[dict[str, Any]], args: argparse.Namespace, pa
         f"interval, {args.bootstrap} bootstrap refits); truth = the tokens of the run's last "
         "checkpoint. `law`: the request as it was; `anchored`: the same request with the "
         "run's `run_id` (docs/law.md §7); `floor`: a per-run power law fitted to all "
-        "checkpoints of the run, the sharpness its checkpoint noise allows. Written by "
-        "`studies/planning_quality.py`.",
+        "checkpoints of the run, the sharpness its checkpoint noise allows. `all, target ≤ L0`: "
+        "the runs whose last loss lies at or below L0 (their dense model was not converged on "
+        "this data), answered on the run's own descent; `all, target > L0`: the others. "
+        "Written by `studies/planning_quality.py`.",
         "",
         "| family | form | runs | median factor | within 2× | interval covers |",
         "|---|---|---|---|---|---|",

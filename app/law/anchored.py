@@ -14,12 +14,19 @@ last of them on is taken as
   fitted law's own slope over one decade from there;
 - ``A``, the level: the run's own gap at its last checkpoint(s) (`ANCHOR_POINTS`).
 
+Where L0 is not the run's floor (its loss has reached L0, or a target lies at or below it: a
+dense model not converged on this data, docs/law.md §3) no gap above L0 is left to anchor, and
+the course is the run's own descent instead: L(D) = L_e − k · log(D / D_e), k the slope of its
+loss on log D over its last checkpoints (`DESCENT_POINTS`), the b → 0 limit of a power law whose
+floor lies far below. It never flattens, so it is no answer for a run that has reached its floor.
+
 Every rule then has a closed form. Its interval comes from the same question asked of every
-reference run (cut where this run stops, shaped by the others, its later checkpoints as truth):
-the errors in log tokens per unit of log distance beyond the cut, scaled to this answer's
-distance. The assumption: this run's gap keeps falling as the other runs' gaps fell over the
-same tokens, and a gap above L0 is what remains to recover (a run whose loss falls below L0, a
-dense model not converged, breaks it: docs/law.md §3).
+reference run of the method (cut where this run stops, its course found in the same way from
+the others, its later checkpoints as truths): from each run the error in log tokens, per unit
+of log distance beyond the cut, of its checkpoint nearest this answer's distance; their
+conformal quantiles over the runs, scaled to this answer's distance. The assumption: this run's
+gap keeps falling as the other runs' gaps fell over the same tokens, and a gap above L0 is what
+remains to recover.
 """
 
 from __future__ import annotations
@@ -40,8 +47,11 @@ ANCHOR_POINTS = 1
 MIN_RUN_POINTS = 2
 #: A reference run gives a shape from at least this many of its checkpoints beyond the cut.
 MIN_SHAPE_POINTS = 2
-#: The errors of the reference runs' own answers, at least this many, make an interval.
+#: The reference runs that can be asked the run's question, at least this many, make an interval.
 MIN_POOL = 4
+#: Where L0 is not the run's floor, its own descent is the slope of its loss on log D over this
+#: many last checkpoints (fewer lag behind its noise, more behind its flattening; docs/study.md).
+DESCENT_POINTS = 4
 # Relative tolerance when matching N0 between runs (the same size).
 _SAME_RTOL = 1e-6
 
@@ -133,6 +143,8 @@ class Shape:
     exponent: float
     source: str
     run_ids: tuple[str, ...]
+    #: Where L0 is not the run's floor: its own fall in nats per e-fold of tokens (exponent 0).
+    descent: float | None = None
 
 
 def shape(run: RunCurve, references: Sequence[RunCurve], law: FittedLaw | None = None) -> Shape:
@@ -193,31 +205,139 @@ def loss_at(tokens: FloatArray, *, l0: float, log_a: float, exponent: float) -> 
     return np.asarray(l0 + np.exp(log_a - exponent * np.log(tokens)), dtype=np.float64)
 
 
-def error_pool(
-    run: RunCurve, references: Sequence[RunCurve], law: FittedLaw | None = None
-) -> FloatArray:
-    """log(answer / truth) ÷ log(truth / cut) for every later checkpoint of every reference run
-    cut where `run` stops and answered by this module from the other references (the run
-    itself left out): the errors of the target rule per unit of log distance."""
+def descent(run: RunCurve) -> float:
+    """The run's own fall in loss per e-fold of tokens over its last DESCENT_POINTS checkpoints
+    (the slope of L on log D, negated); LawError when the loss is not falling there."""
+    x = np.log(run.tokens[-DESCENT_POINTS:])
+    y = run.loss[-DESCENT_POINTS:]
+    k = -float(np.polyfit(x, y, 1)[0]) if x.size >= MIN_RUN_POINTS else np.nan
+    if not (np.isfinite(k) and k > 0):
+        raise LawError(
+            "the run's loss is not falling over its last checkpoints: its own descent cannot be "
+            "continued"
+        )
+    return k
+
+
+def l0_is_the_floor(run: RunCurve, rule: Rule, value: float) -> bool:
+    """Whether the answer may take L0 as the run's floor: its last checkpoint lies above L0 and
+    a target lies above it too. Otherwise the run shows that L0 is not its floor (a dense model
+    not converged on this data, docs/law.md §3) and its own descent is continued instead."""
+    above = bool(run.loss[-1] > run.l0)
+    return above and not (rule == "target" and value <= run.l0)
+
+
+@dataclass(frozen=True)
+class Course:
+    """The run's course beyond its last checkpoint: L0 + A · D^(−b) (`descent` None), or, where
+    L0 is not its floor, its own descent L_e − k · log(D / D_e) (`descent` = k)."""
+
+    l0: float
+    log_a: float
+    exponent: float
+    anchor_tokens: float
+    anchor_loss: float
+    descent: float | None = None
+
+    def solve(self, rule: Rule, value: float) -> float:
+        """Tokens at which the course meets the rule (raw tokens)."""
+        if self.descent is None:
+            return solve(rule, value, l0=self.l0, log_a=self.log_a, exponent=self.exponent)
+        k = self.descent
+        if rule == "marginal":
+            # −dL/dD per billion tokens = k · 1e9 / D ≤ τ.
+            return float(k * 1e9 / value)
+        target = value if rule == "target" else self.l0 + value
+        return float(self.anchor_tokens * np.exp((self.anchor_loss - target) / k))
+
+    def loss_at(self, tokens: FloatArray) -> FloatArray:
+        """The course's loss at `tokens`."""
+        if self.descent is None:
+            return loss_at(tokens, l0=self.l0, log_a=self.log_a, exponent=self.exponent)
+        at = np.log(np.asarray(tokens, dtype=np.float64) / self.anchor_tokens)
+        return np.asarray(self.anchor_loss - self.descent * at, dtype=np.float64)
+
+
+def course(
+    run: RunCurve,
+    references: Sequence[RunCurve],
+    law: FittedLaw | None = None,
+    *,
+    floor: bool = True,
+) -> tuple[Course, Shape]:
+    """The run's course (module docstring): on L0 as its floor, or (`floor` False) its own
+    descent."""
+    tokens, loss = float(run.tokens[-1]), float(run.loss[-1])
+    if not floor:
+        k = descent(run)
+        found = Shape(0.0, "the run's own descent (L0 is not its floor)", (), descent=k)
+        return Course(run.l0, np.nan, 0.0, tokens, loss, descent=k), found
+    found = shape(run, references, law)
+    log_a = log_level(run, found.exponent)
+    return Course(run.l0, log_a, found.exponent, tokens, loss), found
+
+
+def reference_errors(
+    run: RunCurve,
+    references: Sequence[RunCurve],
+    law: FittedLaw | None = None,
+    *,
+    floor: bool = True,
+) -> list[tuple[FloatArray, FloatArray]]:
+    """The target rule's errors when every reference run is asked this run's question: cut
+    where `run` stops, its course found from the other references (the run itself left out),
+    each later checkpoint's loss as a target. Per reference run: the log distances
+    log(truth / cut) and the log errors log(answer / truth)."""
     cut_at = float(run.tokens[-1])
     others = [r for r in references if r.run_id != run.run_id]
-    errors: list[float] = []
+    out: list[tuple[FloatArray, FloatArray]] = []
     for ref in others:
         head = ref.cut(cut_at)
         if head.tokens.size < MIN_RUN_POINTS:
             continue
         try:
-            rest = shape(head, [r for r in others if r.run_id != ref.run_id], law)
-            log_a = log_level(head, rest.exponent)
+            if floor and head.loss[-1] <= head.l0:
+                continue
+            found, _ = course(head, [r for r in others if r.run_id != ref.run_id], law, floor=floor)
         except LawError:
             continue
         last = float(head.tokens[-1])
-        for t, v in zip(ref.tokens, ref.loss, strict=True):
-            if t <= last * (1 + 1e-9) or v <= ref.l0:
-                continue
-            answer = solve("target", float(v), l0=ref.l0, log_a=log_a, exponent=rest.exponent)
-            errors.append(float(np.log(answer / t) / np.log(t / last)))
-    return np.asarray(errors, dtype=np.float64)
+        later = ref.tokens > last * (1 + 1e-9)
+        if floor:
+            later &= ref.loss > ref.l0
+        if not later.any():
+            continue
+        truth = ref.tokens[later]
+        answers = np.array([found.solve("target", float(v)) for v in ref.loss[later]])
+        out.append((np.log(truth / last), np.log(answers / truth)))
+    return out
+
+
+def error_interval(
+    tokens: float,
+    cut: float,
+    errors: Sequence[tuple[FloatArray, FloatArray]],
+    level: float,
+) -> tuple[float, float]:
+    """The interval of an answer `tokens` given at log distance d = log(tokens / cut) beyond
+    the run: from each reference run, the error of its answer at the checkpoint nearest that
+    distance, per unit of log distance; their conformal quantiles (ranks ⌊(n+1)·(1−level)/2⌋
+    and ⌈(n+1)·(1+level)/2⌉ of n, the extremes where n is too small for the rank), scaled to
+    d. One error per run: a run's checkpoints share its departures, they are not n more
+    draws."""
+    distance = max(float(np.log(max(tokens, cut) / cut)), 0.0)
+    per_run = []
+    for d, e in errors:
+        i = int(np.argmin(np.abs(d - distance)))
+        per_run.append(float(e[i] / d[i]))
+    pool = np.sort(np.asarray(per_run, dtype=np.float64))
+    n = pool.size
+    # (the ranks are whole numbers up to rounding: 20 · 0.1 is 1.9999999999999996 in floats)
+    low_rank = min(max(int(np.floor((n + 1) * (1 - level) / 2 + 1e-9)), 1), n)
+    high_rank = min(max(int(np.ceil((n + 1) * (1 + level) / 2 - 1e-9)), 1), n)
+    lo_q, hi_q = float(pool[low_rank - 1]), float(pool[high_rank - 1])
+    # truth = answer · exp(−error · distance): the highest error gives the lowest truth.
+    return float(tokens * np.exp(-hi_q * distance)), float(tokens * np.exp(-lo_q * distance))
 
 
 @dataclass(frozen=True)
@@ -244,16 +364,23 @@ def recommend_anchored(
     max_tokens: float | None = None,
     level: float | None = None,
 ) -> AnchoredAnswer:
-    """The rule's answer on the run's own curve (module docstring), capped at `max_tokens`,
+    """The rule's answer on the run's own course (module docstring), capped at `max_tokens`,
     with the reference runs' interval at `level` for the target rule."""
-    found = shape(run, references, law)
-    log_a = log_level(run, found.exponent)
-    tokens = solve(rule, value, l0=run.l0, log_a=log_a, exponent=found.exponent)
+    floor = l0_is_the_floor(run, rule, value)
+    found, found_shape = course(run, references, law, floor=floor)
+    tokens = found.solve(rule, value)
     capped = max_tokens is not None and tokens > max_tokens
     if capped:
         assert max_tokens is not None
         tokens = float(max_tokens)
     notes: list[str] = []
+    if not floor:
+        notes.append(
+            f"the run's loss reaches L0={run.l0:.6g} or the target lies at or below it: L0 is "
+            "not this run's floor (a dense model not converged on this data?), so the answer "
+            f"continues the run's own descent ({found.descent:.3g} nats per e-fold of tokens "
+            "over its last checkpoints), which never flattens"
+        )
     cut = float(run.tokens[-1])
     interval: tuple[float, float] | None = None
     if level is not None:
@@ -263,29 +390,21 @@ def recommend_anchored(
                 "only: none is given for this rule"
             )
         else:
-            pool = error_pool(run, references, law)
-            if pool.size < MIN_POOL:
+            errors = reference_errors(run, references, law, floor=floor)
+            if len(errors) < MIN_POOL:
                 notes.append(
-                    f"only {pool.size} checkpoint(s) of the reference runs lie beyond this "
-                    f"run's last tokens (at least {MIN_POOL} make an interval): no interval"
+                    f"only {len(errors)} reference run(s) can be asked this run's question "
+                    f"beyond its last tokens (at least {MIN_POOL} make an interval): no interval"
                 )
             else:
-                lo_q, hi_q = np.quantile(pool, [(1 - level) / 2, (1 + level) / 2])
-                distance = max(float(np.log(max(tokens, cut) / cut)), 0.0)
-                # truth = answer · exp(−error · distance): the highest error gives the lowest
-                # truth.
-                interval = (
-                    float(tokens * np.exp(-hi_q * distance)),
-                    float(tokens * np.exp(-lo_q * distance)),
-                )
-    at = np.array([tokens])
+                interval = error_interval(tokens, cut, errors, level)
     return AnchoredAnswer(
         tokens=float(tokens),
-        predicted_loss=float(loss_at(at, l0=run.l0, log_a=log_a, exponent=found.exponent)[0]),
+        predicted_loss=float(found.loss_at(np.array([tokens]))[0]),
         floor_loss=run.l0,
         capped=bool(capped),
         tokens_interval=interval,
-        shape=found,
+        shape=found_shape,
         anchor_tokens=cut,
         notes=tuple(notes),
     )
@@ -296,9 +415,12 @@ def anchored_loss(
     references: Sequence[RunCurve],
     tokens: FloatArray,
     law: FittedLaw | None = None,
+    *,
+    rule: Rule = "target",
+    value: float | None = None,
 ) -> FloatArray:
-    """The run's anchored curve at `tokens` (for the response's curve)."""
-    found = shape(run, references, law)
-    log_a = log_level(run, found.exponent)
-    at = np.asarray(tokens, dtype=np.float64)
-    return loss_at(at, l0=run.l0, log_a=log_a, exponent=found.exponent)
+    """The run's course at `tokens` (for the response's curve), the one the rule's answer is
+    taken on (`value` None: a target above L0)."""
+    floor = l0_is_the_floor(run, rule, np.inf if value is None else value)
+    found, _ = course(run, references, law, floor=floor)
+    return found.loss_at(np.asarray(tokens, dtype=np.float64))

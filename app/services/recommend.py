@@ -112,7 +112,7 @@ def _anchored(
     tokens = finite_float(answer.tokens, "token count")
     grid = curve_tokens(tokens)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        loss = anchored_loss(run, references, grid, law)
+        loss = anchored_loss(run, references, grid, law, rule=request.rule, value=float(value))
     curve = [
         {"tokens": float(t), "loss": v, "lower": None, "upper": None}
         for t, v in zip(grid.tolist(), finite_list(loss, "loss on the curve"), strict=True)

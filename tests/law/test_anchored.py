@@ -6,7 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.law.anchored import RunCurve, recommend_anchored, run_curve, shape
+from app.law.anchored import (
+    RunCurve,
+    anchored_loss,
+    error_interval,
+    recommend_anchored,
+    run_curve,
+    shape,
+    solve,
+)
 from app.law.errors import LawError, UnreachableTarget
 from app.law.forms import get_form
 from app.law.law import FittedLaw
@@ -105,12 +113,89 @@ def test_bad_runs_are_refused_clearly() -> None:
         run_curve([1e7], [3.0], n0=N0, rho=0.25, l0=L0, run_id="one")
     with pytest.raises(LawError, match="same tokens"):
         run_curve([1e7, 1e7], [3.0, 2.9], n0=N0, rho=0.25, l0=L0, run_id="twice")
-    below = run_curve([1e7, 2e7], [2.6, 2.4], n0=N0, rho=0.25, l0=L0, run_id="below")
-    with pytest.raises(LawError, match="not above L0"):
-        recommend_anchored(below, REFERENCES, rule="target", value=2.55)
-    run = curve("new", 0.25, 1.0).cut(float(TOKENS[3]))
+    rising = run_curve([1e7, 2e7, 4e7], [2.40, 2.41, 2.42], n0=N0, rho=0.25, l0=L0, run_id="up")
+    with pytest.raises(LawError, match="not falling"):
+        recommend_anchored(rising, REFERENCES, rule="target", value=2.3)
     with pytest.raises(UnreachableTarget):
-        recommend_anchored(run, REFERENCES, rule="target", value=L0)
+        solve("target", L0, l0=L0, log_a=0.0, exponent=0.5)
+
+
+def descending(run_id: str, k: float, start: float, tokens: np.ndarray = TOKENS) -> RunCurve:
+    """A run of a dense model not converged on its data: L = start − k · log(D / D_first),
+    through L0 and on below it."""
+    return RunCurve(run_id, N0, 0.25, L0, tokens, start - k * np.log(tokens / tokens[0]))
+
+
+def test_where_l0_is_not_the_floor_the_run_continues_its_own_descent() -> None:
+    # Its loss is still above L0 at its last early checkpoint, the target lies below L0: the
+    # L0-anchored course never reaches it; the run's own descent does, on the truth.
+    run = descending("new", 0.02, L0 + 0.08)
+    head = run.cut(float(TOKENS[5]))
+    target, truth = float(run.loss[-1]), float(TOKENS[-1])
+    assert head.loss[-1] > L0 > target
+    answer = recommend_anchored(head, REFERENCES, rule="target", value=target, level=0.8)
+    assert answer.tokens == pytest.approx(truth, rel=1e-6)
+    assert answer.predicted_loss == pytest.approx(target, rel=1e-9)
+    assert answer.shape.descent == pytest.approx(0.02, rel=1e-6)
+    assert answer.shape.exponent == 0.0 and "not this run's floor" in answer.notes[0]
+    # Already below L0 at its last checkpoint: every rule follows the descent.
+    below = run.cut(float(TOKENS[8]))
+    assert below.loss[-1] < L0
+    gap = recommend_anchored(below, REFERENCES, rule="gap", value=0.01)
+    assert gap.predicted_loss == pytest.approx(L0 + 0.01, rel=1e-9) and gap.tokens < TOKENS[8]
+    marginal = recommend_anchored(below, REFERENCES, rule="marginal", value=0.01)
+    assert 0.02 * 1e9 / marginal.tokens == pytest.approx(0.01, rel=1e-9)
+    grid = np.geomspace(TOKENS[8], TOKENS[-1], 5)
+    assert np.allclose(
+        anchored_loss(head, REFERENCES, grid, rule="target", value=target),
+        L0 + 0.08 - 0.02 * np.log(grid / TOKENS[0]),
+    )
+    # A target above L0 on a run still above it keeps L0 as the floor.
+    above = recommend_anchored(head, REFERENCES, rule="target", value=L0 + 0.01)
+    assert above.shape.descent is None and above.shape.exponent > 0
+
+
+def test_the_interval_takes_one_error_per_run_at_conformal_ranks() -> None:
+    cut = 1e7
+    # Per run, two checkpoints: the one nearest the answer's distance (log 10) counts; the
+    # other (a wild error near the cut) is not another draw.
+    errors = [
+        (np.array([0.1, np.log(10.0)]), np.array([50.0, e * np.log(10.0)]))
+        for e in np.linspace(-0.4, 0.4, 9)
+    ]
+    low, high = error_interval(1e8, cut, errors, 0.8)
+    # n = 9 at 80%: ranks ⌊10 · 0.1⌋ = 1 and ⌈10 · 0.9⌉ = 9, the extremes.
+    assert low == pytest.approx(1e8 * np.exp(-0.4 * np.log(10.0)))
+    assert high == pytest.approx(1e8 * np.exp(0.4 * np.log(10.0)))
+    more = [(np.array([np.log(10.0)]), np.array([e * np.log(10.0)])) for e in range(19)]
+    low, high = error_interval(1e8, cut, more, 0.8)
+    # n = 19: ranks 2 and 18 (errors 1 and 17; the highest error gives the lowest tokens).
+    assert low == pytest.approx(1e8 * 10.0**-17) and high == pytest.approx(1e8 * 10.0**-1)
+
+
+def test_hidden_runs_are_covered_near_the_level() -> None:
+    # Twelve runs of one method with levels and noise of their own: each hidden in turn (its
+    # first 5 checkpoints, the others as references), asked for its last loss.
+    rng = np.random.default_rng(3)
+    runs = [
+        curve(f"r{i}", rho, float(level), noise=0.003, seed=i)
+        for i, (rho, level) in enumerate(
+            zip(np.tile([0.15, 0.25, 0.35], 4), rng.uniform(0.6, 1.6, 12), strict=True)
+        )
+    ]
+    covered, factors = [], []
+    for run in runs:
+        others = [r for r in runs if r.run_id != run.run_id]
+        head = run.cut(float(TOKENS[4]))
+        answer = recommend_anchored(
+            head, others, rule="target", value=float(run.loss[-1]), level=0.8
+        )
+        assert answer.tokens_interval is not None
+        low, high = answer.tokens_interval
+        covered.append(low <= TOKENS[-1] <= high)
+        factors.append(max(answer.tokens / TOKENS[-1], TOKENS[-1] / answer.tokens))
+    assert 0.7 <= np.mean(covered) <= 1.0
+    assert np.median(factors) < 1.5
 
 
 def test_the_law_path_states_how_far_beyond_the_data_it_answers() -> None:
