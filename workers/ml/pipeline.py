@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.ml import checkpoint, faults, models
+from workers.ml import checkpoint, faults, host_memory, models
 from workers.ml import data as data_mod
 from workers.ml.checkpoint import Collective, StateRecord
 from workers.ml.job import (
@@ -296,7 +296,21 @@ def post_train(
     state = checkpoint.latest_complete_state(workdir)
     if state is None:
         raise PipelineError("the preparation left no complete state to start from")
-    job = restore(spec, state, strategy)
+    # Each rank's peak host memory over the load, in the work directory: a sharded load peaks
+    # near its shard, never near the whole model. Only a rank's process, the job's own, resets
+    # its high-water mark for it (workers.ml.host_memory).
+    with host_memory.watch(reset=strategy.world > 1) as load:
+        job = restore(spec, state, strategy)
+    host_memory.write_load_report(
+        workdir,
+        load,
+        rank=strategy.rank,
+        world=strategy.world,
+        step=job.record.step,
+        model=job.model,
+        optimizer=job.trainer.optimizer,
+        masks=job.masks,
+    )
     trainer, measured = job.trainer, job.record.measured
     points = list(job.record.points)
     if hooks is not None and resumed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.workers.ml.pipeline_helpers import write_model_and_corpus
 from workers.ml import data
 from workers.ml.checkpoint import COMPLETE, latest_complete_state
 from workers.ml.evaluate import eval_loss
+from workers.ml.host_memory import REPORT_PREFIX
 from workers.ml.job import (
     CheckpointPoint,
     Decision,
@@ -149,9 +151,12 @@ def test_job_end_to_end(assets: tuple[Path, Path], tmp_path: Path, method: str) 
             if n.endswith("proj.weight") and (w.view(w.shape[0], -1, 4) != 0).sum(-1).max() <= 2
         ]
         assert sparse
-    # Only the latest complete state is kept.
-    states = [p for p in (tmp_path / "work").iterdir()]
+    # Only the latest complete state is kept, beside the report of the load's host memory.
+    report = tmp_path / "work" / f"{REPORT_PREFIX}0.json"
+    states = [p for p in (tmp_path / "work").iterdir() if p != report]
     assert len(states) == 1 and (states[0] / COMPLETE).is_file()
+    # the process is not the job's own: its lifetime peak (ru_maxrss) is left as it is
+    assert json.loads(report.read_text())["peak_since"] == "process start"
 
 
 def test_crash_after_a_checkpoint_resumes_there_and_matches_an_uninterrupted_run(
