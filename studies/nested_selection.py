@@ -9,7 +9,9 @@ train side is all a user would have uploaded:
   protocol as `select_by`, whole-run folds when the train side cannot be split that way again),
   fitted on the train side, judged on the held-out side;
 - ``lowest``: the form with the lowest mean fold MAPE in the same comparison, the choice
-  without the one-standard-error rule, judged the same way.
+  without the rule, judged the same way;
+- ``held_out_mape``: every form scored in the comparison, judged the same way (what any other
+  rule on the same table would have given).
 
 Sources: the study's two passes of observations (studies/results/observations.csv,
 studies/results/wide/observations.csv), the reference families not in them
@@ -128,17 +130,26 @@ def cells(job: tuple[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         except LawError:
             selection = select_form(train, "runs")
         lowest = _lowest(selection)
+        # Every scored form's held-out MAPE: what any other rule on the same table would give.
+        every = {row.form for row in selection.table if row.mean_mape is not None}
         mapes = {f: _held_out_mape(f, train, test) for f in {"p2", selection.chosen, lowest}}
+        for form in sorted(every - set(mapes)):
+            try:
+                mapes[form] = _held_out_mape(form, train, test)
+            except LawError:
+                continue
         cell |= {
             "select_by": selection.select_by,
             "folds": [f.name for f in selection.folds],
             "chosen": selection.chosen,
+            "why": selection.why,
             "lowest": lowest,
             "p2_mape": mapes["p2"],
             "auto_mape": mapes[selection.chosen],
             "lowest_mape": mapes[lowest],
             "test_points": int(mask_test.sum()),
             "test_runs": int(np.unique(test.run).size),
+            "held_out_mape": mapes,
             "seconds": round(time.perf_counter() - started, 1),
             "selection": selection.as_dict(),
         }
@@ -180,6 +191,15 @@ def summary(all_cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _evidence(cell: dict[str, Any]) -> str:
+    """The folds `auto` chose on: their number and held-out runs, or why they are none."""
+    folds = cell["selection"]["folds"]
+    if not any(f.get("evidence", True) for f in folds):
+        return "none (1 level)"
+    runs = "+".join(str(f["test_runs"]) for f in folds)
+    return f"{cell['select_by']}: {len(folds)} fold{'s' * (len(folds) > 1)}, {runs} runs"
+
+
 def write_markdown(document: dict[str, Any], path: Path) -> None:
     s = document["summary"]
     lines = [
@@ -187,19 +207,22 @@ def write_markdown(document: dict[str, Any], path: Path) -> None:
         "",
         "Held-out MAPE (%) on each protocol's held-out side, every form fitted on its train side;",
         "`auto` chose on the train side only (`select_by` = the protocol, nested folds; `runs`",
-        "where the train side has a single level). `lowest`: the lowest mean fold MAPE of the",
-        "same comparison, without the one-standard-error rule. ratio = auto / P².",
+        "where the train side cannot be split again). evidence: the folds `auto` chose on and",
+        "their held-out runs, or none where every fold's fit side holds a single level (P² kept).",
+        "`lowest`: the lowest mean fold MAPE of the same comparison, without the rule.",
+        "ratio = auto / P².",
         "",
-        "| source | family | method | protocol | P² | auto (form) | ratio | lowest (form) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| source | family | method | protocol | evidence | P² | auto (form) | ratio | "
+        "lowest (form) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in document["cells"]:
         head = f"| {c['source']} | {c['family']} | {c['method']} | {c['protocol']} |"
         if "error" in c:
-            lines.append(f"{head} — | no split: {c['error'][:80]} | | |")
+            lines.append(f"{head} | — | no split: {c['error'][:80]} | | |")
             continue
         lines.append(
-            f"{head} {c['p2_mape']:.2f} | {c['auto_mape']:.2f} ({c['chosen']}) | "
+            f"{head} {_evidence(c)} | {c['p2_mape']:.2f} | {c['auto_mape']:.2f} ({c['chosen']}) | "
             f"{c['auto_mape'] / c['p2_mape']:.2f} | {c['lowest_mape']:.2f} ({c['lowest']}) |"
         )
     lines += [

@@ -10,23 +10,43 @@ held-out side. The folds follow the use the caller names (``select_by``):
 - ``runs``: grouped K-fold over whole runs, K = min(5, runs), runs dealt to folds in the order
   of their sorted ids (deterministic).
 
+A nested fold is added only while its fit side still holds ≥ 2 levels of the variable the use
+extrapolates in and more points than P² has parameters (P², the reference every other form is
+weighed against, must be scorable on every fold). A form is scored on a fold only where its fit
+side holds more points than the form has parameters: with as many, the fit passes through them
+whatever the law, and the held-out error does not test the form; it is compared with P² on
+the folds that do test it (the per-run ``curve`` on short runs).
+
 The error of a form is its held-out MAPE (RMSE is kept beside it), averaged over the folds, and
 each held-out run of each fold is a unit of comparison. The choice pays for its noise: ``p2``,
-the paper's form, is kept unless another form's mean MAPE is lower by more than P2_MARGIN (10%)
-of P²'s *and* its per-unit errors beat P²'s by more than one standard error of their paired
-difference (a one-standard-error rule); among the forms that do, the lowest mean MAPE wins,
-exact ties going to the registry's order. A form that cannot be fitted on a fold, or cannot
-predict one (``curve`` for runs it has not seen), is listed with its reason and never chosen.
+the paper's form, is kept
+
+- when no fold is evidence: the fit side of every fold holds a single size (``N0``) or ρ level
+  (``rho``), so the exponent of that variable is free and every form's held-out error is
+  noise (the ``rho`` use on data with two ρ levels);
+- unless another form's mean MAPE is lower by more than P2_MARGIN (10%) of P²'s *and* its
+  per-unit errors beat P²'s by more than one standard error of their paired difference (a
+  one-standard-error rule);
+- and, for a form that contains P² as a special case (NESTS_P2: ``p2-shift`` is P² at
+  D_s = 0), unless its extra parameters pay on the selected points themselves: an F test of
+  the log residuals of both forms fitted there, at level NESTED_ALPHA. Such a form fits any
+  data at least as well as P² and can win a fold by fitting its noise.
+
+Each form is weighed against P² on the folds both were tested on; among the forms that are
+left, the lowest ratio of their mean MAPE to P²'s there wins, exact ties going to the
+registry's order. A form that cannot be fitted on a fold, or cannot predict one (``curve``
+for runs it has not seen), is listed with its reason and never chosen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
+from scipy.stats import f as f_distribution
 
 from app.law.errors import LawError, NotEnoughData
 from app.law.fitting import fit
@@ -48,6 +68,12 @@ MAX_PROTOCOL_FOLDS = 3
 # generated, tests/api/test_fits.py), and on unseen curves a choice by the lowest mean of one
 # fold lost to P² in 7 of 12 method × protocol cells (docs/study.md).
 P2_MARGIN = 0.10
+# Forms that contain P² as a special case, with how many parameters they add: p2-shift is P² at
+# D_s = 0. On data P² made, p2-shift beat P² by 43% on the one N0 fold of the nested study
+# (studies/results/issue16) at the same held-out error: such a form must also pay for its
+# extra parameters on the selected points (an F test at NESTED_ALPHA).
+NESTS_P2: dict[str, int] = {"p2-shift": 1}
+NESTED_ALPHA = 0.01
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,9 @@ class Fold:
     n_test: int
     train_runs: int
     test_runs: int
+    # Whether the fit side holds ≥ 2 levels of the variable the use extrapolates in (always
+    # for D and runs): a fold without them is no evidence for or against P² (`choose`).
+    evidence: bool = True
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -69,14 +98,17 @@ class Fold:
             "n_test": self.n_test,
             "train_runs": self.train_runs,
             "test_runs": self.test_runs,
+            "evidence": self.evidence,
         }
 
 
 @dataclass(frozen=True)
 class FormScore:
-    """One form's held-out error on each fold (None where it was not computed) and its mean.
+    """One form's held-out error on each fold (None where it was not computed) and its mean
+    over the folds it was tested on.
 
-    ``reason`` says why a form could not be scored; such a form has no mean and is not chosen.
+    ``reason`` says why a form could not be scored (such a form has no mean and is not chosen),
+    or on which folds it was not tested (too few points for its parameters there).
     """
 
     form: str
@@ -88,6 +120,8 @@ class FormScore:
     # Held-out MAPE of each held-out run of each fold (fold order, then run order): the units
     # the one-standard-error rule pairs against P²'s.
     units: tuple[float, ...] = ()
+    # The fold (index into the folds) of each unit; empty when not recorded.
+    unit_folds: tuple[int, ...] = ()
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -98,6 +132,7 @@ class FormScore:
             "mean_rmse": self.mean_rmse,
             "reason": self.reason,
             "run_mape": list(self.units),
+            "run_fold": list(self.unit_folds),
         }
 
 
@@ -109,25 +144,34 @@ class Selection:
     folds: tuple[Fold, ...]
     table: tuple[FormScore, ...]
     chosen: str
+    # Why `chosen` was kept, in words.
+    why: str = ""
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready: ``select_by``, ``chosen``, ``metric`` (what was minimised), ``folds`` and
-        ``table`` (one row per form, fold errors in the order of ``folds``)."""
+        """JSON-ready: ``select_by``, ``chosen``, ``why``, ``metric`` (what was minimised),
+        ``rule``, ``folds`` and ``table`` (one row per form, fold errors in the order of
+        ``folds``)."""
         return {
             "select_by": self.select_by,
             "chosen": self.chosen,
+            "why": self.why,
             "metric": "mean held-out MAPE (percent) over the folds",
             "rule": (
-                f"p2 kept unless another form's mean MAPE is lower by more than "
-                f"{P2_MARGIN:.0%} of p2's and by more than one standard error of the paired "
-                "per-run difference; then the lowest mean MAPE"
+                "p2 kept when no fold's fit side spans 2 levels of the variable held out, "
+                f"else unless another form's mean MAPE is lower by more than {P2_MARGIN:.0%} "
+                "of p2's and by more than one standard error of the paired per-run difference "
+                "(a form containing p2 must also pass an F test of its extra parameters at "
+                f"{NESTED_ALPHA:.0%}), each compared with p2 on the folds both were tested "
+                "on; then the lowest ratio to p2's mean MAPE there"
             ),
             "folds": [f.as_dict() for f in self.folds],
             "table": [row.as_dict() for row in self.table],
         }
 
 
-def _fold(name: str, data: Dataset, train: BoolArray, test: BoolArray) -> Fold:
+def _fold(
+    name: str, data: Dataset, train: BoolArray, test: BoolArray, evidence: bool = True
+) -> Fold:
     return Fold(
         name=name,
         train=train,
@@ -136,6 +180,7 @@ def _fold(name: str, data: Dataset, train: BoolArray, test: BoolArray) -> Fold:
         n_test=int(np.count_nonzero(test)),
         train_runs=int(np.unique(data.run[train]).size),
         test_runs=int(np.unique(data.run[test]).size),
+        evidence=evidence,
     )
 
 
@@ -174,12 +219,17 @@ def folds_for(data: Dataset, select_by: str) -> tuple[Fold, ...]:
         test = np.zeros(len(data), dtype=bool)
         train[where[train_in]] = True
         test[where[test_in]] = True
-        if depth > 0 and not _spans_levels(data.take(train), select_by):
+        spans = _spans_levels(data.take(train), select_by)
+        if depth > 0 and not spans:
             # Extrapolating from a single size or ρ leaves the exponent of that variable free:
-            # every form's error there is noise, so such a nested fold is not added.
+            # every form's error there is noise, so such a nested fold is not added (the first
+            # fold is kept, marked as no evidence, so that the table still shows the forms).
+            break
+        if depth > 0 and np.count_nonzero(train) <= get_form(DEFAULT_FORM).n_parameters(data):
+            # P² cannot be tested there (`_score`): the fold would weigh nothing against it.
             break
         name = select_by if depth == 0 else f"{select_by} inside fold {depth}"
-        folds.append(_fold(name, data, train, test))
+        folds.append(_fold(name, data, train, test, evidence=spans))
         inside = train
     return tuple(folds)
 
@@ -208,10 +258,19 @@ def _score(form: str, data: Dataset, folds: Sequence[Fold]) -> FormScore:
     mape: list[float | None] = [None] * len(folds)
     rmse: list[float | None] = [None] * len(folds)
     units: list[float] = []
+    unit_folds: list[int] = []
+    untested: list[str] = []
     law = get_form(form)
     for i, fold in enumerate(folds):
+        train = data.take(fold.train)
+        p = law.n_parameters(train)
+        if fold.n_train <= p:
+            # As many parameters as points: the fit passes through them whatever the law, so
+            # the fold does not test the form (the per-run curve on 3 points of each run).
+            untested.append(f"{fold.name} ({p} parameters, {fold.n_train} points)")
+            continue
         try:
-            result = fit(form, data.take(fold.train))
+            result = fit(form, train)
             test = data.take(fold.test)
             held = evaluate(form, result.params, test)
         except (LawError, FloatingPointError) as exc:
@@ -220,47 +279,144 @@ def _score(form: str, data: Dataset, folds: Sequence[Fold]) -> FormScore:
             reason = f"{fold.name}: the held-out prediction is not finite"
             return FormScore(form, tuple(mape), tuple(rmse), None, None, reason)
         mape[i], rmse[i] = float(held.mape), float(held.rmse)
-        units += _per_run_mape(test.loss, law.predict_data(result.params, test), test.run)
+        per_run = _per_run_mape(test.loss, law.predict_data(result.params, test), test.run)
+        units += per_run
+        unit_folds += [i] * len(per_run)
+    note = f"not tested on {', '.join(untested)}: none left to test it" if untested else None
+    if len(untested) == len(folds):
+        return FormScore(form, tuple(mape), tuple(rmse), None, None, note)
     return FormScore(
         form,
         tuple(mape),
         tuple(rmse),
-        float(np.mean(np.array(mape, dtype=np.float64))),
-        float(np.mean(np.array(rmse, dtype=np.float64))),
+        float(np.mean([m for m in mape if m is not None])),
+        float(np.mean([r for r in rmse if r is not None])),
+        note,
         units=tuple(units),
+        unit_folds=tuple(unit_folds),
     )
 
 
+def _against_p2(row: FormScore, p2: FormScore) -> tuple[float, float, FloatArray | None] | None:
+    """`row`'s and P²'s mean MAPE over the folds both were tested on, and the paired per-run
+    gains (P²'s error less `row`'s) there where both recorded them; None without such a fold."""
+    common = [
+        i
+        for i, (a, b) in enumerate(zip(row.mape, p2.mape, strict=False))
+        if a is not None and b is not None
+    ]
+    if not common:
+        return None
+    row_mean = float(np.mean([row.mape[i] for i in common]))
+    p2_mean = float(np.mean([p2.mape[i] for i in common]))
+    if row.unit_folds and p2.unit_folds:
+        mine = [u for u, f in zip(row.units, row.unit_folds, strict=True) if f in common]
+        ref = [u for u, f in zip(p2.units, p2.unit_folds, strict=True) if f in common]
+    else:
+        mine, ref = list(row.units), list(p2.units)
+    if len(mine) != len(ref) or len(mine) < 2:
+        return row_mean, p2_mean, None
+    return row_mean, p2_mean, np.asarray(ref) - np.asarray(mine)
+
+
 def clearly_better(row: FormScore, p2: FormScore) -> bool:
-    """Whether `row` beats P² by more than P2_MARGIN of P²'s mean MAPE and, where both were
-    scored on the same ≥ 2 held-out runs, by more than one standard error of the paired
-    per-run difference."""
+    """Whether `row` beats P², on the folds both were tested on, by more than P2_MARGIN of P²'s
+    mean MAPE and, where both were scored on the same ≥ 2 held-out runs, by more than one
+    standard error of the paired per-run difference."""
     if row.mean_mape is None or p2.mean_mape is None:
         return False
-    if row.mean_mape >= p2.mean_mape * (1.0 - P2_MARGIN):
+    compared = _against_p2(row, p2)
+    if compared is None:
         return False
-    if len(row.units) != len(p2.units) or len(row.units) < 2:
+    row_mean, p2_mean, gain = compared
+    if row_mean >= p2_mean * (1.0 - P2_MARGIN):
+        return False
+    if gain is None:
         return True
-    gain = np.asarray(p2.units) - np.asarray(row.units)
     se = float(np.std(gain, ddof=1) / np.sqrt(gain.size))
     return float(np.mean(gain)) > se
 
 
-def choose(table: Sequence[FormScore]) -> str:
-    """The form `auto` keeps (see the module docstring): p2 unless another form is
-    `clearly_better`, then the lowest mean MAPE among those that are; without a scored p2, the
-    lowest mean MAPE. Exact ties go to the order of `table`. NotEnoughData, with every form's
-    reason, when no form was scored."""
+def _ratio_to_p2(row: FormScore, p2: FormScore) -> float:
+    compared = _against_p2(row, p2)
+    return float("inf") if compared is None else compared[0] / max(compared[1], 1e-300)
+
+
+def choose(
+    table: Sequence[FormScore],
+    *,
+    evidence: bool = True,
+    pays: Callable[[str], bool] | None = None,
+) -> str:
+    """The form `auto` keeps (see the module docstring): p2 when the folds are no `evidence`
+    or unless another form is `clearly_better` (and, for a form in NESTS_P2, its extra
+    parameters `pays`), then the lowest ratio to P²'s mean MAPE (on the folds both were
+    tested on) among those that are; without a scored p2, the lowest mean MAPE. Exact ties
+    go to the order of `table`. NotEnoughData, with every form's reason, when no form was
+    scored."""
+    return _choose(table, evidence=evidence, pays=pays)[0]
+
+
+def _choose(
+    table: Sequence[FormScore],
+    *,
+    evidence: bool,
+    pays: Callable[[str], bool] | None,
+) -> tuple[str, str]:
     scored = [row for row in table if row.mean_mape is not None]
     if not scored:
         reasons = "; ".join(f"{row.form}: {row.reason}" for row in table)
         raise NotEnoughData(f"no form could be fitted and evaluated on every fold ({reasons})")
     p2 = next((row for row in scored if row.form == DEFAULT_FORM), None)
-    if p2 is not None:
-        scored = [row for row in scored if row.form != DEFAULT_FORM and clearly_better(row, p2)]
-        if not scored:
-            return DEFAULT_FORM
-    return min(scored, key=lambda row: float(row.mean_mape or 0.0)).form
+    if p2 is None:
+        best = min(scored, key=lambda row: float(row.mean_mape or 0.0)).form
+        return best, f"{DEFAULT_FORM} could not be scored; {best} has the lowest mean MAPE"
+    if not evidence:
+        return DEFAULT_FORM, (
+            f"{DEFAULT_FORM} kept: the fit side of every fold holds a single level of the "
+            "variable held out, so no fold is evidence against it"
+        )
+    # Each form against P² on the folds both were tested on; the lowest ratio first.
+    better = sorted(
+        (row for row in scored if row.form != DEFAULT_FORM and clearly_better(row, p2)),
+        key=lambda row: _ratio_to_p2(row, p2),
+    )
+    refused = []
+    for row in better:
+        if row.form in NESTS_P2 and pays is not None and not pays(row.form):
+            refused.append(row.form)
+            continue
+        return row.form, (
+            f"{row.form}'s mean MAPE is lower than {DEFAULT_FORM}'s (on the folds both were "
+            f"tested on) by more than {P2_MARGIN:.0%} and by more than one standard error of "
+            "the paired per-run difference"
+        )
+    if refused:
+        return DEFAULT_FORM, (
+            f"{DEFAULT_FORM} kept: {', '.join(refused)} contains it and its extra parameters "
+            f"do not pay (F test at {NESTED_ALPHA:.0%}); no other form is clearly better"
+        )
+    return DEFAULT_FORM, f"{DEFAULT_FORM} kept: no other form is clearly better"
+
+
+def extra_parameters_pay(data: Dataset, form: str) -> bool:
+    """Whether `form` (in NESTS_P2) fits the points of `data` better than P² by more than its
+    extra parameters buy by chance: an F test of the sums of squared log residuals of the two
+    fits, significant at NESTED_ALPHA. False when either cannot be fitted."""
+    k = NESTS_P2[form]
+    try:
+        rss = {}
+        for name in (DEFAULT_FORM, form):
+            result = fit(name, data)
+            predicted = get_form(name).predict_data(result.params, data)
+            rss[name] = float(np.sum((np.log(predicted) - np.log(data.loss)) ** 2))
+        dof = len(data) - get_form(form).n_parameters(data)
+    except (LawError, FloatingPointError):
+        return False
+    if dof <= 0 or not all(np.isfinite(v) for v in rss.values()) or rss[form] <= 0:
+        return False
+    statistic = (rss[DEFAULT_FORM] - rss[form]) / k / (rss[form] / dof)
+    return statistic > 0 and float(f_distribution.sf(statistic, k, dof)) < NESTED_ALPHA
 
 
 def select_form(data: Dataset, select_by: str, *, forms: Sequence[str] | None = None) -> Selection:
@@ -271,9 +427,15 @@ def select_form(data: Dataset, select_by: str, *, forms: Sequence[str] | None = 
     folds = folds_for(data, select_by)
     names = list(FORMS) if forms is None else list(forms)
     table = tuple(_score(name, data, folds) for name in names)
+    chosen, why = _choose(
+        table,
+        evidence=any(fold.evidence for fold in folds),
+        pays=lambda form: extra_parameters_pay(data, form),
+    )
     return Selection(
         select_by=select_by,  # type: ignore[arg-type]
         folds=folds,
         table=table,
-        chosen=choose(table),
+        chosen=chosen,
+        why=why,
     )

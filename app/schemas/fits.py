@@ -236,6 +236,11 @@ class SelectionFoldOut(BaseModel):
     n_test: int
     train_runs: int
     test_runs: int
+    evidence: bool = Field(
+        True,
+        description="Whether the fit side holds 2 or more levels of the variable held out; a "
+        "fold without them is no evidence against p2 (docs/law.md §4).",
+    )
 
 
 class SelectionRowOut(BaseModel):
@@ -261,6 +266,7 @@ class SelectionOut(BaseModel):
 
     select_by: Literal["D", "N0", "rho", "rho-paper", "runs"]
     chosen: str
+    why: str | None = Field(None, description="Why `chosen` was kept, in words.")
     metric: str
     rule: str | None = Field(
         None, description="How the form was chosen from the table (docs/law.md §4)."

@@ -148,6 +148,7 @@ def test_auto_keeps_the_form_with_the_lowest_held_out_error(client: TestClient) 
     assert table["curve"]["mean_mape"] is None and "rho" in table["curve"]["reason"]
     assert all(len(row["mape"]) == 1 and len(row["rmse"]) == 1 for row in table.values())
     assert len(table["p2"]["run_mape"]) == 3 and "standard error" in selection["rule"]
+    assert selection["why"].startswith("p2 kept") and selection["folds"][0]["evidence"] is True
     assert set(fit["params"]) == {"N_C", "D_C", "E", "alpha", "beta", "gamma", "delta"}
     assert client.get(f"/fits/{fit['id']}").json() == fit
     plain = client.post("/fits", json={"family": FAMILY, "method": "depth"}).json()

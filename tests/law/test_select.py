@@ -10,8 +10,16 @@ import pytest
 
 from app.law.errors import LawError, NotEnoughData
 from app.law.forms import FORMS
-from app.law.select import FormScore, choose, folds_for, select_form
-from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, make_rows
+from app.law.metrics import split
+from app.law.select import (
+    FormScore,
+    choose,
+    clearly_better,
+    extra_parameters_pay,
+    folds_for,
+    select_form,
+)
+from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, SYNTHETIC_TPP, make_rows
 from app.law.types import Dataset
 from tests.law.test_new_forms import shift_rows, tpp_rows
 
@@ -46,6 +54,99 @@ def test_p2_data_selects_p2_and_the_table_covers_every_form() -> None:
     # curve has no parameters for the held-out runs: listed with the reason, never chosen.
     assert by_form["curve"].mean_mape is None
     assert by_form["curve"].reason is not None and "rho" in by_form["curve"].reason
+
+
+def _study_synthetic(form: str) -> Dataset:
+    """The nested study's synthetic family from `form` (studies/nested_selection.py): four sizes
+    × three ρ × 12 checkpoints of 1e7–5e10 tokens, 0.5% noise."""
+    params = SYNTHETIC_P2["depth"] if form == "p2" else SYNTHETIC_TPP
+    return Dataset.from_rows(
+        make_rows(
+            params_by_method={"depth": params},
+            sizes=SYNTHETIC_SIZES,
+            n_checkpoints=12,
+            max_tokens=5e10,
+            noise=0.005,
+            seed=3,
+            form=form,
+        )
+    )
+
+
+def _nested(data: Dataset, protocol: str) -> Dataset:
+    """The train side of `protocol`: all a user would have uploaded."""
+    train, _ = split(data, protocol)  # type: ignore[arg-type]
+    return data.take(train)
+
+
+@pytest.mark.parametrize("protocol", ["D", "N0", "rho"])
+def test_on_data_p2_made_auto_keeps_p2_chosen_on_the_train_side(protocol: str) -> None:
+    selection = select_form(_nested(_study_synthetic("p2"), protocol), protocol)
+    assert selection.chosen == "p2", selection.why
+    rows = {row.form: row for row in selection.table}
+    if protocol == "N0":
+        # p2-shift (P² with D_s) wins the one N0 fold by 43% by fitting noise; its extra
+        # parameter does not pay on the points themselves, so P² is kept.
+        assert clearly_better(rows["p2-shift"], rows["p2"])
+        assert "p2-shift contains it" in selection.why
+    if protocol == "rho":
+        # Two ρ levels on the train side: the fold fits on one, so it is no evidence.
+        (fold,) = selection.folds
+        assert not fold.evidence and "single level" in selection.why
+        assert clearly_better(rows["p2-shift"], rows["p2"])
+
+
+@pytest.mark.parametrize(("protocol", "kept"), [("D", "p2-tpp"), ("N0", "p2"), ("rho", "p2")])
+def test_on_data_p2_tpp_made_auto_keeps_it_where_the_folds_show_it(
+    protocol: str, kept: str
+) -> None:
+    # D: three folds of 12 held-out runs each, p2-tpp 15% below P²: kept. N0: one fold of three
+    # runs where p2-tpp is within 10% of P² (too thin to leave P²); rho: the fold fits on a
+    # single ρ level (no evidence). P² is kept in both.
+    selection = select_form(_nested(_study_synthetic("p2-tpp"), protocol), protocol)
+    assert selection.chosen == kept, selection.why
+
+
+def test_the_extra_parameter_of_p2_shift_pays_only_on_data_that_need_it() -> None:
+    assert extra_parameters_pay(Dataset.from_rows(shift_rows(seed=7)), "p2-shift")
+    assert not extra_parameters_pay(_p2_data(), "p2-shift")
+
+
+def test_a_fold_from_one_level_is_no_evidence_and_nesting_stops_where_p2_cannot_fit() -> None:
+    data = _p2_data()
+    two_rhos = data.take(data.x.rho < 0.3)
+    (fold,) = folds_for(two_rhos, "rho")
+    assert not fold.evidence and fold.as_dict()["evidence"] is False
+    assert all(f.evidence for f in folds_for(data, "D"))
+    # Three runs of five checkpoints: D's fit sides hold 12, 9 and 6 points; P² has 7
+    # parameters, so the third fold is not added.
+    short = data.take((data.run < 3) & (data.x.tokens <= np.unique(data.x.tokens)[4]))
+    assert [f.n_train for f in folds_for(short, "D")] == [12, 9]
+    # On the 9 points of the second fold the per-run curve (3 parameters a run) passes through
+    # every point: that fold does not test it, and curve is weighed on the first fold only.
+    rows = {row.form: row for row in select_form(short, "D", forms=["p2", "curve"]).table}
+    curve = rows["curve"]
+    assert curve.mape[0] is not None and curve.mape[1] is None
+    assert curve.mean_mape == curve.mape[0] and set(curve.unit_folds) == {0}
+    reason = str(curve.reason)
+    assert "D inside fold 1" in reason and "none left" in reason
+    assert None not in rows["p2"].mape and set(rows["p2"].unit_folds) == {0, 1}
+
+
+def test_a_form_is_weighed_against_p2_on_the_folds_both_were_tested_on() -> None:
+    p2 = FormScore(
+        "p2", (1.0, 3.0), (0.01, 0.01), 2.0, 0.01, None, (1.0, 1.0, 3.0, 3.0), (0, 0, 1, 1)
+    )
+    # 0.95 on the first fold only: within 10% of P²'s 1.0 there, though below P²'s mean of 2.0.
+    close = FormScore(
+        "curve", (0.95, None), (0.01, None), 0.95, 0.01, "not tested", (0.9, 1.0), (0, 0)
+    )
+    assert not clearly_better(close, p2)
+    assert choose([close, p2]) == "p2"
+    clear = FormScore(
+        "curve", (0.5, None), (0.01, None), 0.5, 0.01, "not tested", (0.5, 0.5), (0, 0)
+    )
+    assert clearly_better(clear, p2) and choose([clear, p2]) == "curve"
 
 
 def test_p2_tpp_data_selects_p2_tpp_when_extrapolating_in_n0() -> None:
@@ -135,6 +236,13 @@ def test_p2_is_kept_unless_another_form_is_clearly_better() -> None:
     assert choose([row("frantar", 0.5), row("compression", 0.5)]) == "frantar"
     assert choose([row("frantar", 0.51), row("compression", 0.5)]) == "compression"
     assert choose([row("curve", None, "rho: no run"), row("p2", 2.0)]) == "p2"
+    # Folds that are no evidence keep P² whatever the scores...
+    assert choose([row("frantar", 0.1), row("p2", 1.0)], evidence=False) == "p2"
+    # ...and a form containing P² must also pay for its extra parameters.
+    table = [row("p2-shift", 0.5), row("frantar", 0.7), row("p2", 1.0)]
+    assert choose(table, pays=lambda form: True) == "p2-shift"
+    assert choose(table, pays=lambda form: False) == "frantar"
+    assert choose(table[::2], pays=lambda form: False) == "p2"
     with pytest.raises(NotEnoughData, match="curve: rho: no run"):
         choose([row("curve", None, "rho: no run")])
 
