@@ -23,7 +23,8 @@ the paper's form, is kept
 
 - when no fold is evidence: the fit side of every fold holds a single size (``N0``) or ρ level
   (``rho``), so the exponent of that variable is free and every form's held-out error is
-  noise (the ``rho`` use on data with two ρ levels);
+  noise (the ``rho`` use on data with two ρ levels), or too few points to test P² itself
+  (while the selected points are enough to fit it);
 - unless another form's mean MAPE is lower by more than P2_MARGIN (10%) of P²'s *and* its
   per-unit errors beat P²'s by more than one standard error of their paired difference (a
   one-standard-error rule);
@@ -74,6 +75,8 @@ P2_MARGIN = 0.10
 # extra parameters on the selected points (an F test at NESTED_ALPHA).
 NESTS_P2: dict[str, int] = {"p2-shift": 1}
 NESTED_ALPHA = 0.01
+# How a score's reason begins for the folds whose fit side has too few points to test the form.
+UNTESTED = "not tested on"
 
 
 @dataclass(frozen=True)
@@ -282,7 +285,7 @@ def _score(form: str, data: Dataset, folds: Sequence[Fold]) -> FormScore:
         per_run = _per_run_mape(test.loss, law.predict_data(result.params, test), test.run)
         units += per_run
         unit_folds += [i] * len(per_run)
-    note = f"not tested on {', '.join(untested)}: none left to test it" if untested else None
+    note = f"{UNTESTED} {', '.join(untested)}: none left to test it" if untested else None
     if len(untested) == len(folds):
         return FormScore(form, tuple(mape), tuple(rmse), None, None, note)
     return FormScore(
@@ -347,14 +350,16 @@ def choose(
     *,
     evidence: bool = True,
     pays: Callable[[str], bool] | None = None,
+    p2_fits: bool = False,
 ) -> str:
     """The form `auto` keeps (see the module docstring): p2 when the folds are no `evidence`
     or unless another form is `clearly_better` (and, for a form in NESTS_P2, its extra
     parameters `pays`), then the lowest ratio to P²'s mean MAPE (on the folds both were
     tested on) among those that are; without a scored p2, the lowest mean MAPE. Exact ties
-    go to the order of `table`. NotEnoughData, with every form's reason, when no form was
-    scored."""
-    return _choose(table, evidence=evidence, pays=pays)[0]
+    go to the order of `table`. Where p2 has too few points on every fold to be tested and
+    `p2_fits` (the selected points can be fitted by it), p2 too. NotEnoughData, with every
+    form's reason, when no form was scored."""
+    return _choose(table, evidence=evidence, pays=pays, p2_fits=p2_fits)[0]
 
 
 def _choose(
@@ -362,8 +367,26 @@ def _choose(
     *,
     evidence: bool,
     pays: Callable[[str], bool] | None,
+    p2_fits: bool = False,
 ) -> tuple[str, str]:
     scored = [row for row in table if row.mean_mape is not None]
+    untested = next(
+        (
+            row
+            for row in table
+            if row.form == DEFAULT_FORM
+            and row.mean_mape is None
+            and row.unit_folds == ()
+            and (row.reason or "").startswith(UNTESTED)
+        ),
+        None,
+    )
+    if untested is not None and p2_fits:
+        # Too few points on every fold's fit side to test P²: no fold weighs against it.
+        return DEFAULT_FORM, (
+            f"{DEFAULT_FORM} kept: the fit side of every fold has too few points to test it, "
+            "so no fold is evidence against it"
+        )
     if not scored:
         reasons = "; ".join(f"{row.form}: {row.reason}" for row in table)
         raise NotEnoughData(f"no form could be fitted and evaluated on every fold ({reasons})")
@@ -431,6 +454,7 @@ def select_form(data: Dataset, select_by: str, *, forms: Sequence[str] | None = 
         table,
         evidence=any(fold.evidence for fold in folds),
         pays=lambda form: extra_parameters_pay(data, form),
+        p2_fits=len(data) > get_form(DEFAULT_FORM).n_parameters(data),
     )
     return Selection(
         select_by=select_by,  # type: ignore[arg-type]

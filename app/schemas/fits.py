@@ -247,7 +247,9 @@ class SelectionRowOut(BaseModel):
     """One form's held-out error on each fold (in the order of `folds`) and the mean."""
 
     form: str
-    mape: list[float | None] = Field(..., description="Held-out MAPE per fold, in percent.")
+    mape: list[float | None] = Field(
+        ..., description="Held-out MAPE per fold, in percent (null where not tested)."
+    )
     rmse: list[float | None] = Field(..., description="Held-out RMSE per fold, in nats.")
     mean_mape: float | None = Field(..., description="Mean over the folds; what is minimised.")
     mean_rmse: float | None
@@ -258,6 +260,10 @@ class SelectionRowOut(BaseModel):
         default_factory=list,
         description="Held-out MAPE (%) of each held-out run of each fold (fold order, then run "
         "order): the units the one-standard-error rule pairs against p2's.",
+    )
+    run_fold: list[int] = Field(
+        default_factory=list,
+        description="The fold (index into `folds`) of each entry of `run_mape`.",
     )
 
 

@@ -149,6 +149,7 @@ def test_auto_keeps_the_form_with_the_lowest_held_out_error(client: TestClient) 
     assert all(len(row["mape"]) == 1 and len(row["rmse"]) == 1 for row in table.values())
     assert len(table["p2"]["run_mape"]) == 3 and "standard error" in selection["rule"]
     assert selection["why"].startswith("p2 kept") and selection["folds"][0]["evidence"] is True
+    assert table["p2"]["run_fold"] == [0, 0, 0]
     assert set(fit["params"]) == {"N_C", "D_C", "E", "alpha", "beta", "gamma", "delta"}
     assert client.get(f"/fits/{fit['id']}").json() == fit
     plain = client.post("/fits", json={"family": FAMILY, "method": "depth"}).json()

@@ -149,6 +149,16 @@ def test_a_form_is_weighed_against_p2_on_the_folds_both_were_tested_on() -> None
     assert clearly_better(clear, p2) and choose([clear, p2]) == "curve"
 
 
+def test_two_short_runs_at_two_rho_levels_keep_p2() -> None:
+    data = _p2_data()
+    # One size, ρ 0.15 and 0.25, 8 checkpoints each: the rho fold fits P²'s 7 parameters on 8
+    # points of a single ρ level (the SmolLM2 reference runs' shape).
+    first = data.take(data.x.n0 == data.x.n0.min())
+    short = first.take((first.x.rho < 0.3) & (first.x.tokens <= np.unique(first.x.tokens)[7]))
+    selection = select_form(short, "rho")
+    assert selection.chosen == "p2" and "no fold is evidence" in selection.why
+
+
 def test_p2_tpp_data_selects_p2_tpp_when_extrapolating_in_n0() -> None:
     selection = select_form(Dataset.from_rows(tpp_rows(seed=7)), "N0")
     assert selection.chosen == "p2-tpp"
@@ -243,6 +253,11 @@ def test_p2_is_kept_unless_another_form_is_clearly_better() -> None:
     assert choose(table, pays=lambda form: True) == "p2-shift"
     assert choose(table, pays=lambda form: False) == "frantar"
     assert choose(table[::2], pays=lambda form: False) == "p2"
+    # P² with too few points on every fold to be tested: kept where the points fit it, else
+    # the lowest of the others.
+    untested = row("p2", None, "not tested on rho (7 parameters, 7 points): none left to test it")
+    assert choose([row("compression", 1.0), untested], p2_fits=True) == "p2"
+    assert choose([row("compression", 1.0), untested]) == "compression"
     with pytest.raises(NotEnoughData, match="curve: rho: no run"):
         choose([row("curve", None, "rho: no run")])
 
