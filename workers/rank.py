@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -127,5 +128,16 @@ def rank0_hooks(job_id: str, owner: str, seconds: str) -> DbHooks:
     return DbHooks(claimed, threading.Event())
 
 
+def leave(code: int) -> None:
+    """End the process without the interpreter's teardown: the job's files are written and its
+    group destroyed, but objects that outlive ``destroy_process_group`` (a device mesh holds its
+    group) would run gloo's and NCCL's destructors during interpreter shutdown, where a worker
+    thread still joinable aborts the process (SIGABRT, "terminate called without an active
+    exception")."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    leave(main())

@@ -288,7 +288,7 @@ EXAMPLE_DRY_RUN: dict[str, Any] = {
         "devices": 2,
         "phase": "training",
         "training_gib": 60.6652,
-        "preparation_gib": 48.6553,
+        "preparation_gib": 32.1065,
         "breakdown": {
             "weights": 11.2178,
             "optimizer": 22.4356,
