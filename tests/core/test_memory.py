@@ -203,6 +203,9 @@ def test_a_sharded_step_is_within_15_percent_of_its_peak_on_one_cpu_process() ->
         "from benchmarks.memory_model import measure_sharded_step, tiny_config\n"
         "config = tiny_config('llama', 'small')\n"
         "print(json.dumps([measure_sharded_step(config, checkpointing=c) for c in (0, 1)]))\n"
+        # Without the interpreter's teardown, as a job's rank ends (workers/rank.py: leave).
+        "from workers.rank import leave\n"
+        "leave(0)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port)}
     root = Path(__file__).resolve().parents[2]
