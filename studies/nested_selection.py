@@ -45,7 +45,9 @@ from app.law import Dataset, LawError
 from app.law.fitting import fit
 from app.law.metrics import evaluate, split
 from app.law.select import Selection, select_form
-from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, SYNTHETIC_TPP, make_rows
+from app.law.synthetic import (
+    selection_rows,
+)
 from studies.planning_quality import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,17 +65,8 @@ def synthetic_groups() -> list[tuple[str, list[dict[str, Any]]]]:
     """Two synthetic (family, method) groups: one from P², one from p2-tpp, four sizes × three
     ρ × 12 checkpoints of 1e7–5e10 tokens, 0.5% noise."""
     out = []
-    for form, params in (("p2", SYNTHETIC_P2["depth"]), ("p2-tpp", SYNTHETIC_TPP)):
-        rows = make_rows(
-            params_by_method={"depth": params},
-            sizes=SYNTHETIC_SIZES,
-            n_checkpoints=12,
-            max_tokens=5e10,
-            noise=0.005,
-            seed=3,
-            form=form,
-            family=f"synthetic-{form}",
-        )
+    for form in ("p2", "p2-tpp"):
+        rows = selection_rows(form, family=f"synthetic-{form}")
         out.append((f"synthetic ({form})", [vars(r) for r in rows]))
     return out
 

@@ -111,3 +111,20 @@ def make_rows(
                     for t, o, tr in zip(tokens, observed, truth, strict=True)
                 ]
     return rows
+
+
+def selection_rows(form: str, *, family: str = "synthetic-llama") -> list[SyntheticRow]:
+    """The synthetic family the nested selection is judged on: depth runs of `form` (``p2`` or
+    ``p2-tpp``, with :data:`SYNTHETIC_P2`'s or :data:`SYNTHETIC_TPP`'s constants), four sizes ×
+    three ρ × 12 checkpoints of 1e7–5e10 tokens, 0.5% noise."""
+    params = SYNTHETIC_TPP if form == "p2-tpp" else SYNTHETIC_P2["depth"]
+    return make_rows(
+        params_by_method={"depth": params},
+        sizes=SYNTHETIC_SIZES,
+        n_checkpoints=12,
+        max_tokens=5e10,
+        noise=0.005,
+        seed=3,
+        form=form,
+        family=family,
+    )

@@ -19,7 +19,12 @@ from app.law.select import (
     folds_for,
     select_form,
 )
-from app.law.synthetic import SYNTHETIC_P2, SYNTHETIC_SIZES, SYNTHETIC_TPP, make_rows
+from app.law.synthetic import (
+    SYNTHETIC_P2,
+    SYNTHETIC_SIZES,
+    make_rows,
+    selection_rows,
+)
 from app.law.types import Dataset
 from tests.law.test_new_forms import shift_rows, tpp_rows
 
@@ -59,18 +64,7 @@ def test_p2_data_selects_p2_and_the_table_covers_every_form() -> None:
 def _study_synthetic(form: str) -> Dataset:
     """The nested study's synthetic family from `form` (studies/nested_selection.py): four sizes
     × three ρ × 12 checkpoints of 1e7–5e10 tokens, 0.5% noise."""
-    params = SYNTHETIC_P2["depth"] if form == "p2" else SYNTHETIC_TPP
-    return Dataset.from_rows(
-        make_rows(
-            params_by_method={"depth": params},
-            sizes=SYNTHETIC_SIZES,
-            n_checkpoints=12,
-            max_tokens=5e10,
-            noise=0.005,
-            seed=3,
-            form=form,
-        )
-    )
+    return Dataset.from_rows(selection_rows(form))
 
 
 def _nested(data: Dataset, protocol: str) -> Dataset:
