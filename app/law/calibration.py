@@ -18,6 +18,9 @@ from app.law.types import FloatArray, HoldOut
 
 #: A distance bin holds residuals worth at least this many runs (or the whole pool).
 MIN_RUNS_PER_BIN = 3.0
+#: A bin of one draw per held-out run (`make_bins` with `draws`) holds at least this many:
+#: the fewest n whose conformal 80% interval lies inside the draws' range, (n − 1)/(n + 1) ≥ 0.8.
+MIN_DRAWS_PER_BIN = 9.0
 #: A run seen over less than a doubling of its tokens counts as seen over a doubling, when its
 #: extrapolation distance is measured in units of the log span it was seen over.
 MIN_LOG_SPAN = float(np.log(2.0))
@@ -30,9 +33,25 @@ class Bin:
     distance: float
     residuals: FloatArray
     weights: FloatArray
+    #: One draw per held-out run, read at conformal ranks (`quantiles`).
+    conformal: bool = False
 
     def quantiles(self, probs: Sequence[float]) -> FloatArray:
-        """Weighted quantiles (midpoint rule, linear between residuals)."""
+        """Weighted quantiles (midpoint rule, linear between residuals); for a conformal bin of
+        n draws, the median and, for p ≠ ½, the draw of rank ⌊(n+1)·p⌋ (p < ½) or ⌈(n+1)·p⌉
+        (p > ½), the extremes where n is too small for the rank: a new run's residual is one
+        more draw, so n draws cover it between ranks i and j with probability (j − i)/(n + 1)."""
+        if self.conformal:
+            n = self.residuals.size
+            out = []
+            for p in probs:
+                if p == 0.5:
+                    out.append(float(np.median(self.residuals)))
+                    continue
+                # (ranks are whole numbers up to rounding: 10 · 0.1 is not exactly 1 in floats)
+                rank = np.floor((n + 1) * p + 1e-9) if p < 0.5 else np.ceil((n + 1) * p - 1e-9)
+                out.append(float(self.residuals[min(max(int(rank), 1), n) - 1]))
+            return np.asarray(out, dtype=np.float64)
         total = float(np.sum(self.weights))
         positions = (np.cumsum(self.weights) - self.weights / 2.0) / total
         return np.interp(np.asarray(probs, dtype=np.float64), positions, self.residuals)
@@ -42,6 +61,7 @@ class Bin:
             "distance": self.distance,
             "residuals": [float(v) for v in self.residuals],
             "weights": [float(v) for v in self.weights],
+            "conformal": self.conformal,
         }
 
     @classmethod
@@ -50,38 +70,82 @@ class Bin:
             distance=float(raw["distance"]),
             residuals=np.asarray(raw["residuals"], dtype=np.float64),
             weights=np.asarray(raw["weights"], dtype=np.float64),
+            conformal=bool(raw.get("conformal", False)),
         )
 
 
-def make_bins(residuals: FloatArray, weights: FloatArray, distances: FloatArray) -> list[Bin]:
+def make_bins(
+    residuals: FloatArray,
+    weights: FloatArray,
+    distances: FloatArray,
+    draws: npt.NDArray[np.int64] | None = None,
+) -> list[Bin]:
     """Residuals grouped by distance into bins worth ≥ MIN_RUNS_PER_BIN runs each.
 
     Weights count runs (a run's points sum to one); a bin closes once it holds the threshold
     and what remains holds it too, so the last bin is never lighter than the threshold.
+
+    With `draws` (which held-out run each residual belongs to), a bin holds
+    MIN_DRAWS_PER_BIN draws and keeps one residual per draw, the one nearest the bin's
+    distance: a run's checkpoints share its departure and are not more draws, so the bin is
+    read at conformal ranks (`Bin.quantiles`).
     """
     keep = np.isfinite(residuals) & np.isfinite(distances) & (weights > 0)
     residuals, weights, distances = residuals[keep], weights[keep], distances[keep]
+    if draws is not None:
+        draws = draws[keep]
+    threshold = MIN_RUNS_PER_BIN if draws is None else MIN_DRAWS_PER_BIN
     if residuals.size == 0:
         return []
     order = np.argsort(distances, kind="stable")
+    # With draws: the draws among the residuals from each position on (for the last bin).
+    draws_after = np.zeros(order.size)
+    if draws is not None:
+        found: set[int] = set()
+        for i in range(order.size - 1, -1, -1):
+            found.add(int(draws[order[i]]))
+            draws_after[i] = len(found)
     groups: list[npt.NDArray[np.intp]] = []
     start = 0
     acc = 0.0
+    in_bin: set[int] = set()
     for i, j in enumerate(order):
-        acc += float(weights[j])
+        if draws is None:
+            acc += float(weights[j])
+        else:
+            in_bin.add(int(draws[j]))
+            acc = float(len(in_bin))
         same_as_next = i + 1 < order.size and distances[order[i + 1]] == distances[j]
-        if acc >= MIN_RUNS_PER_BIN and residuals.size - (i + 1) > 0 and not same_as_next:
-            rest = float(np.sum(weights[order[i + 1 :]]))
-            if rest >= MIN_RUNS_PER_BIN:
+        if acc >= threshold and residuals.size - (i + 1) > 0 and not same_as_next:
+            rest = (
+                float(np.sum(weights[order[i + 1 :]]))
+                if draws is None
+                else float(draws_after[i + 1])
+            )
+            if rest >= threshold:
                 groups.append(order[start : i + 1])
                 start, acc = i + 1, 0.0
+                in_bin = set()
     groups.append(order[start:])
     out = []
     for idx in groups:
         r, w, d = residuals[idx], weights[idx], distances[idx]
-        by_value = np.argsort(r, kind="stable")
         center = float(np.average(d, weights=w))
-        out.append(Bin(distance=center, residuals=r[by_value], weights=w[by_value]))
+        if draws is not None:
+            picked = []
+            for g in np.unique(draws[idx]):
+                mine = np.flatnonzero(draws[idx] == g)
+                picked.append(mine[np.argmin(np.abs(d[mine] - center))])
+            r, w = r[picked], np.ones(len(picked))
+        by_value = np.argsort(r, kind="stable")
+        out.append(
+            Bin(
+                distance=center,
+                residuals=r[by_value],
+                weights=w[by_value],
+                conformal=draws is not None,
+            )
+        )
     return out
 
 

@@ -192,14 +192,24 @@ def _shifts(
 
 @dataclass
 class _Collected:
+    """Held-out residuals, their weights and distances; with `per_draw`, binned one draw per
+    held-out run of each hold-out (`make_bins` with draws) and read at conformal ranks."""
+
+    per_draw: bool = False
     residuals: list[FloatArray] = field(default_factory=list)
     weights: list[FloatArray] = field(default_factory=list)
     distances: list[FloatArray] = field(default_factory=list)
+    draws: list[npt.NDArray[np.int64]] = field(default_factory=list)
+    _next_draw: int = 0
 
     def add(self, residual: FloatArray, test: Dataset, distance: FloatArray) -> None:
         self.residuals.append(residual)
         self.weights.append(_run_weights(test))
         self.distances.append(distance)
+        _, inverse = np.unique(test.run, return_inverse=True)
+        ids = np.asarray(inverse, dtype=np.int64).reshape(-1) + self._next_draw
+        self.draws.append(ids)
+        self._next_draw = int(np.max(ids)) + 1 if ids.size else self._next_draw
 
     def bins(self) -> list[Bin]:
         if not self.residuals:
@@ -208,6 +218,7 @@ class _Collected:
             np.concatenate(self.residuals),
             np.concatenate(self.weights),
             np.concatenate(self.distances),
+            np.concatenate(self.draws) if self.per_draw else None,
         )
 
 
@@ -257,7 +268,11 @@ def _cut_runs(data: Dataset, held: FloatArray, share: float) -> tuple[BoolArray,
 
 
 def _d_pool(law: Form, data: Dataset, params: Params) -> _Collected:
-    out = _Collected()
+    """Runs cut in groups at each of D_CUTS and their later checkpoints predicted by the law
+    refitted on the rest, anchored as a continued run is (`forecast`). Each cut run is one
+    draw: its checkpoints share its departure from the law, so a bin keeps one residual per
+    cut run and is read at conformal ranks (`make_bins`)."""
+    out = _Collected(per_draw=True)
     runs = np.unique(data.run)
     groups = min(D_GROUPS, runs.size)
     order = np.random.default_rng(1).permutation(runs)

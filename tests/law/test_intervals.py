@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from app.law import Dataset, LawError, fit, get_form, predict_interval, refit_runs
-from app.law.calibration import MIN_RUNS_PER_BIN, Bin, Calibration, make_bins
+from app.law.calibration import MIN_DRAWS_PER_BIN, MIN_RUNS_PER_BIN, Bin, Calibration, make_bins
 from app.law.intervals import (
     calibrate,
     continuation_note,
@@ -267,3 +267,30 @@ def test_a_point_beyond_the_fitted_sizes_is_at_least_as_uncertain_as_the_refits_
     bare = interval(_law(result.params, refits, replace(cal, folds=())), x, level=0.8)
     assert "refits" not in bare.pools
     assert np.log(bare.upper[2] / bare.lower[2]) < np.log(band.upper[2] / band.lower[2])
+
+
+def test_a_conformal_bin_reads_one_draw_per_run_at_n_plus_one_ranks() -> None:
+    # Three runs of many near-identical checkpoints and six of one each: nine draws, not 33
+    # points. With 9 draws the 80% interval is their range: a new draw falls inside it with
+    # probability (9 − 1)/(9 + 1) = 80%.
+    residuals = np.concatenate([np.full(9, -0.03), np.full(9, 0.0), np.full(9, 0.03)])
+    residuals = np.concatenate([residuals, np.linspace(-0.02, 0.02, 6)])
+    draws = np.concatenate([np.repeat([0, 1, 2], 9), np.arange(3, 9)]).astype(np.int64)
+    weights = np.concatenate([np.full(27, 1 / 9), np.ones(6)])
+    (bin_,) = make_bins(residuals, weights, np.full(33, 0.5), draws)
+    assert bin_.conformal and bin_.residuals.size == 9 and np.all(bin_.weights == 1.0)
+    median, lo, hi = bin_.quantiles([0.5, 0.1, 0.9])
+    assert (lo, hi) == (-0.03, 0.03) and median == pytest.approx(0.0)
+    # 19 draws: ranks ⌊20 · 0.1⌋ = 2 and ⌈20 · 0.9⌉ = 18.
+    many = Bin(0.5, np.arange(19.0), np.ones(19), conformal=True)
+    assert list(many.quantiles([0.1, 0.9])) == [1.0, 17.0]
+    assert Bin.from_dict(many.as_dict()).conformal
+
+
+def test_continued_runs_are_calibrated_one_draw_per_cut_run() -> None:
+    *_, cal = fitted(make_runs(np.random.default_rng(14), _grid(SIZES[:3]), "r"), refits=0)
+    assert cal.pools["D"]
+    for b in cal.pools["D"]:
+        assert b.conformal and b.residuals.size >= MIN_DRAWS_PER_BIN
+    again = Calibration.from_dict(cal.as_dict())
+    assert all(b.conformal for b in again.pools["D"])
