@@ -52,18 +52,12 @@ BILLION = 1e9
 def job(name: str, method: str, checkpointing: bool) -> JobRun:
     """The job of one row: ``method`` at ρ = :data:`RHO` on the shape ``name``."""
     config = SHAPES[name].hf_config()
-    dense = ModelShape.from_config(config, name)
-    plan = plan_pruning(config, method, RHO)
-    masked, largest = dense.masked_by(plan)
-    return JobRun(
-        dense=dense,
-        pruned=dense.pruned(plan),
-        method=method,
+    return JobRun.planned(
+        ModelShape.from_config(config, name),
+        plan_pruning(config, method, RHO),
         seq_len=SEQ_LEN,
         batch_size=BATCH_SIZE,
         checkpointing=checkpointing,
-        masked=masked,
-        largest_masked=largest,
     )
 
 

@@ -411,17 +411,12 @@ def measure_job(
 
     peaks = measured_peaks(run, ("preparation", "training"))
     dense = ModelShape.from_config(config)
-    plan = plan_pruning(config, method, rho)
-    masked, largest = dense.masked_by(plan)
-    job = JobRun(
-        dense=dense,
-        pruned=dense.pruned(plan),
-        method=method,
+    job = JobRun.planned(
+        dense,
+        plan_pruning(config, method, rho),
         seq_len=seq_len,
         batch_size=batch_size,
         checkpointing=checkpointing,
-        masked=masked,
-        largest_masked=largest,
         device="cpu",
         dtype="bfloat16" if dtype == "bfloat16" else "float32",
     )

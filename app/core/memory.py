@@ -902,6 +902,20 @@ class JobRun:
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     attention: Attention = "sdpa"
 
+    @classmethod
+    def planned(cls, dense: ModelShape, plan: PrunePlan, **training: Any) -> JobRun:
+        """The job that prunes ``dense`` by ``plan`` and trains as ``training`` says (the fields
+        from ``seq_len`` on): the pruned shape and the masked weights follow from the plan."""
+        masked, largest = dense.masked_by(plan)
+        return cls(
+            dense=dense,
+            pruned=dense.pruned(plan),
+            method=plan.method,
+            masked=masked,
+            largest_masked=largest,
+            **training,
+        )
+
     def setup(self, devices: int) -> Setup:
         """The training step on ``devices`` devices: the Trainer on one, FSDP on more."""
         return job_setup(

@@ -67,17 +67,13 @@ def job_run(request: JobRequest, dense: memory.ModelShape, plan: PrunePlan) -> m
         dtype = "bfloat16" if device == "cuda" else "float32"
     else:
         dtype = request.dtype
-    masked, largest = dense.masked_by(plan)
-    return memory.JobRun(
-        dense=dense,
-        pruned=dense.pruned(plan),
-        method=plan.method,
+    return memory.JobRun.planned(
+        dense,
+        plan,
         seq_len=request.seq_len,
         batch_size=request.batch_size,
         grad_accum=request.grad_accum,
         checkpointing=request.activation_checkpointing,
-        masked=masked,
-        largest_masked=largest,
         device=device,
         dtype=dtype,
     )

@@ -28,17 +28,9 @@ DEVICE_80 = 80 * GIB
 
 
 def run_of(config: dict[str, Any], method: str = "width", rho: float = 0.25, **kw: Any) -> JobRun:
-    dense = ModelShape.from_config(config)
-    plan = plan_pruning(config, method, rho)
-    masked, largest = dense.masked_by(plan)
     settings: dict[str, Any] = {"seq_len": 2048, "batch_size": 4, **kw}
-    return JobRun(
-        dense=dense,
-        pruned=dense.pruned(plan),
-        method=method,
-        masked=masked,
-        largest_masked=largest,
-        **settings,
+    return JobRun.planned(
+        ModelShape.from_config(config), plan_pruning(config, method, rho), **settings
     )
 
 
