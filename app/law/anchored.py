@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.law.calibration import conformal
 from app.law.errors import LawError, UnreachableTarget
 from app.law.law import FittedLaw
 from app.law.types import Dataset, Features, FloatArray, Rule
@@ -331,11 +332,7 @@ def error_interval(
         i = int(np.argmin(np.abs(d - distance)))
         per_run.append(float(e[i] / d[i]))
     pool = np.sort(np.asarray(per_run, dtype=np.float64))
-    n = pool.size
-    # (the ranks are whole numbers up to rounding: 20 · 0.1 is 1.9999999999999996 in floats)
-    low_rank = min(max(int(np.floor((n + 1) * (1 - level) / 2 + 1e-9)), 1), n)
-    high_rank = min(max(int(np.ceil((n + 1) * (1 + level) / 2 - 1e-9)), 1), n)
-    lo_q, hi_q = float(pool[low_rank - 1]), float(pool[high_rank - 1])
+    lo_q, hi_q = conformal(pool, (1 - level) / 2), conformal(pool, (1 + level) / 2)
     # truth = answer · exp(−error · distance): the highest error gives the lowest truth.
     return float(tokens * np.exp(-hi_q * distance)), float(tokens * np.exp(-lo_q * distance))
 

@@ -26,6 +26,17 @@ MIN_DRAWS_PER_BIN = 9.0
 MIN_LOG_SPAN = float(np.log(2.0))
 
 
+def conformal(draws: FloatArray, p: float) -> float:
+    """The conformal quantile ``p`` (≠ ½) of ``draws`` sorted ascending: the draw of rank
+    ⌊(n+1)·p⌋ for p < ½, ⌈(n+1)·p⌉ for p > ½, the extremes where n is too small for the rank.
+    A new draw lies between ranks i and j of n exchangeable ones with probability
+    (j − i)/(n + 1)."""
+    n = draws.size
+    # (ranks are whole numbers up to rounding: 10 · 0.1 is not exactly 1 in floats)
+    rank = np.floor((n + 1) * p + 1e-9) if p < 0.5 else np.ceil((n + 1) * p - 1e-9)
+    return float(draws[min(max(int(rank), 1), n) - 1])
+
+
 @dataclass(frozen=True)
 class Bin:
     """Residuals at about one distance: sorted, with weights, and the bin's typical distance."""
@@ -42,16 +53,13 @@ class Bin:
         (p > ½), the extremes where n is too small for the rank: a new run's residual is one
         more draw, so n draws cover it between ranks i and j with probability (j − i)/(n + 1)."""
         if self.conformal:
-            n = self.residuals.size
-            out = []
-            for p in probs:
-                if p == 0.5:
-                    out.append(float(np.median(self.residuals)))
-                    continue
-                # (ranks are whole numbers up to rounding: 10 · 0.1 is not exactly 1 in floats)
-                rank = np.floor((n + 1) * p + 1e-9) if p < 0.5 else np.ceil((n + 1) * p - 1e-9)
-                out.append(float(self.residuals[min(max(int(rank), 1), n) - 1]))
-            return np.asarray(out, dtype=np.float64)
+            return np.asarray(
+                [
+                    float(np.median(self.residuals)) if p == 0.5 else conformal(self.residuals, p)
+                    for p in probs
+                ],
+                dtype=np.float64,
+            )
         total = float(np.sum(self.weights))
         positions = (np.cumsum(self.weights) - self.weights / 2.0) / total
         return np.interp(np.asarray(probs, dtype=np.float64), positions, self.residuals)
