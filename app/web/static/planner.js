@@ -222,14 +222,10 @@ function logGrid(lo, hi, n) {
 
 /**
  * How far a recommendation lies beyond the tokens its fit observed: the answer's
- * `beyond_observed` where the API gives it; from a service that does not yet, the tokens over
- * the most tokens observed for the chosen family and method (GET /families); null for an
- * inline law, which has no data.
+ * `beyond_observed` (null for an inline law, which has no data).
  */
 function beyondOf(answer) {
-  if (answer.beyond_observed !== undefined) return answer.beyond_observed;
-  const most = lawSource() === "family" ? methodEntry()?.tokens?.[1] : undefined;
-  return most > 0 ? answer.tokens / most : null;
+  return answer.beyond_observed ?? null;
 }
 
 /** A table cell for a token answer: the count, or the extrapolation it is (tokensAnswer). */
