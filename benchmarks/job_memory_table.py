@@ -46,6 +46,8 @@ DEVICE_COUNTS = (1, 2, 4, 8)
 #: project's own GPU check measures once a device has run it (docs/scaling.md).
 MFU = 0.35
 DEVICE_NAME = "H100 SXM"
+#: Its peak dense bf16 TFLOP/s (app.core.flops' table).
+PEAK_TFLOPS = peak_bf16_tflops(DEVICE_NAME) or 0.0
 BILLION = 1e9
 
 
@@ -91,13 +93,11 @@ def table() -> list[str]:
 def hours_per_billion(run: JobRun, devices: int) -> float | None:
     """Hours for 1e9 tokens of ``run`` (without checkpointing) on ``devices`` 80-GB devices,
     recomputing activations when only that fits; None when neither fits."""
-    peak = peak_bf16_tflops(DEVICE_NAME)
-    assert peak is not None
     for ckpt in (False, True):
         candidate = job(run.dense.name, run.method, ckpt)
         if job_memory(candidate, devices, DEVICES[0].bytes).fits:
             speed = expected_throughput(
-                candidate.pruned, seq_len=SEQ_LEN, devices=devices, mfu=MFU, peak_tflops=peak
+                candidate.pruned, seq_len=SEQ_LEN, devices=devices, mfu=MFU, peak_tflops=PEAK_TFLOPS
             )
             slowdown = (
                 hardware_flops_per_token(candidate.pruned, SEQ_LEN, checkpointing=ckpt)
@@ -110,8 +110,6 @@ def hours_per_billion(run: JobRun, devices: int) -> float | None:
 def speed_table() -> list[str]:
     """One row per model and method: FLOPs a token, tokens a second a device, and hours per
     billion tokens on 1, 2, 4 and 8 devices of 80 GB."""
-    peak = peak_bf16_tflops(DEVICE_NAME)
-    assert peak is not None
     head = (
         "| model | method | trained parameters | GFLOP a token | tokens/s a device | "
         + " | ".join(f"hours per 1B tokens, {n}" for n in DEVICE_COUNTS)
@@ -122,7 +120,7 @@ def speed_table() -> list[str]:
         for method in METHODS:
             run = job(name, method, False)
             speed = expected_throughput(
-                run.pruned, seq_len=SEQ_LEN, devices=1, mfu=MFU, peak_tflops=peak
+                run.pruned, seq_len=SEQ_LEN, devices=1, mfu=MFU, peak_tflops=PEAK_TFLOPS
             )
             cells = []
             for n in DEVICE_COUNTS:
