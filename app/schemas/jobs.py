@@ -11,10 +11,11 @@ paths inside their roots) are checked by the service at submission, still before
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.core.recipes import LORA_TARGETS
 from app.schemas.common import Page
 from app.schemas.observations import ObservationPage
 
@@ -91,6 +92,71 @@ class StopRuleIn(BaseModel):
     min_checkpoints: int = Field(4, ge=3, le=64, description="Checkpoints before the rule acts.")
 
 
+class FullRecipe(BaseModel):
+    """Full post-training: every weight of the pruned model trains (the default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["full"] = "full"
+
+
+class LoraRecipe(BaseModel):
+    """Low-rank adapters on the pruned model's projections, its weights frozen; the artifact has
+    them merged (a plain model of the pruned size, every pruned zero kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["lora"]
+    rank: int = Field(16, ge=1, le=4096, description="Rank r of each adapter (B·A).")
+    alpha: float | None = Field(
+        None,
+        gt=0,
+        le=1e6,
+        allow_inf_nan=False,
+        description="Scale numerator: the update is (alpha / rank)·B·A; null: 2 × rank.",
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False, description="Adapter dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(LORA_TARGETS),
+        min_length=1,
+        max_length=64,
+        description=(
+            "Linear modules that get adapters, by name (checked against the model's "
+            "config.json at submission); default: every attention and MLP projection."
+        ),
+    )
+
+    @property
+    def scale_alpha(self) -> float:
+        """The adapters' alpha (2 × rank when not given)."""
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+
+    @model_validator(mode="after")
+    def _targets_named(self) -> LoraRecipe:
+        bad = [m for m in self.target_modules if not m or len(m) > 128 or "\x00" in m]
+        if bad or len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError("target_modules must be distinct, non-empty module names")
+        return self
+
+
+class DistillRecipe(BaseModel):
+    """Logit distillation from the job's own dense model before pruning (frozen): the loss is
+    alpha · T² · KL(teacher ‖ student at T) + (1 − alpha) · LM loss."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["distill"]
+    temperature: float = Field(
+        1.0, gt=0, le=100, allow_inf_nan=False, description="Softmax temperature T of both."
+    )
+    alpha: float = Field(
+        1.0, ge=0, le=1, allow_inf_nan=False, description="Weight of the KL term (0: LM only)."
+    )
+
+
+Recipe = Annotated[FullRecipe | LoraRecipe | DistillRecipe, Field(discriminator="kind")]
+
+
 class JobRequest(BaseModel):
     """A prune → post-train job (docs/api.md). ``rho`` is the target; the measured ρ is reported."""
 
@@ -104,6 +170,13 @@ class JobRequest(BaseModel):
     method: Method
     rho: float = Field(
         ..., gt=0, lt=1, allow_inf_nan=False, description="Target pruning rate (fraction of N0)."
+    )
+    recipe: Recipe = Field(
+        default_factory=FullRecipe,
+        description=(
+            "How the pruned model recovers (docs/jobs.md, Recipes): full post-training "
+            "(default), LoRA adapters merged at the end, or distillation from the dense model."
+        ),
     )
     tokens: float = Field(
         ..., gt=0, le=1e13, allow_inf_nan=False, description="Post-training tokens (raw count)."

@@ -93,6 +93,10 @@ class JobSpec(BaseModel):
         key: dict[str, Any] = self.model_dump(
             mode="json", exclude={"device": True, "dtype": True, "request": set(_NOT_RESULTS)}
         )
+        if key["request"]["recipe"] == {"kind": "full"}:
+            # The default recipe leaves the key as it was before recipes existed, so a state
+            # saved by that version still resumes.
+            del key["request"]["recipe"]
         return key
 
 
