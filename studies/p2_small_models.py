@@ -108,6 +108,18 @@ class StudyConfig:
     post_tpp_by_size: dict[str, float] = field(default_factory=dict)  # post_tpp per size
     eval_tokens: int | None = None  # held-out set size (None: the job default, 128 sequences)
     calib_samples: int | None = None  # pruning calibration sequences (None: the job default)
+    # The job's recovery recipe (JobRequest.recipe; None: full post-training). A run of another
+    # recipe than full has its name in its run id and result files (studies/recipes.py).
+    recipe: dict[str, Any] | None = None
+
+    @property
+    def recipe_kind(self) -> str:
+        return str((self.recipe or {}).get("kind", "full"))
+
+    @property
+    def recipe_suffix(self) -> str:
+        """'' for full post-training, '-<kind>' otherwise (run ids and file names)."""
+        return "" if self.recipe_kind == "full" else f"-{self.recipe_kind}"
 
     @property
     def post_lr(self) -> float:
@@ -157,9 +169,9 @@ def method_slug(method: str) -> str:
     return method.replace(":", "of")
 
 
-def run_id(size: str, method: str, rho: float, family: str = FAMILY) -> str:
-    """The observation run id of one pruned run."""
-    return f"{family}-{size}-{method}-{rho:.2f}"
+def run_id(size: str, method: str, rho: float, family: str = FAMILY, recipe: str = "") -> str:
+    """The observation run id of one pruned run (``recipe``: StudyConfig.recipe_suffix)."""
+    return f"{family}-{size}-{method}-{rho:.2f}{recipe}"
 
 
 # --------------------------------------------------------------------------- workers
@@ -346,7 +358,11 @@ def job_spec(
     dataset: dict[str, Any] = {"path": str(corpus)}
     if cfg.eval_tokens is not None:
         dataset["eval_tokens"] = cfg.eval_tokens
-    optional = {} if cfg.calib_samples is None else {"calib_samples": cfg.calib_samples}
+    optional: dict[str, Any] = {}
+    if cfg.calib_samples is not None:
+        optional["calib_samples"] = cfg.calib_samples
+    if cfg.recipe is not None:
+        optional["recipe"] = cfg.recipe
     request = JobRequest.model_validate(
         {
             **optional,
@@ -398,8 +414,8 @@ def run_pruned(
     """One prune -> post-train run through the job's pipeline; cached as JSON when finished."""
     from workers.ml.prune import PruneError
 
-    rid = run_id(size, method, rho, cfg.family)
-    slug = f"{size}-{method_slug(method)}-{rho:.2f}"
+    rid = run_id(size, method, rho, cfg.family, cfg.recipe_suffix)
+    slug = f"{size}-{method_slug(method)}-{rho:.2f}{cfg.recipe_suffix}"
     result_path = var / "runs" / f"{slug}.json"
     if result_path.is_file():
         log(f"{rid}: cached")
@@ -412,6 +428,7 @@ def run_pruned(
         "size": size,
         "method": method,
         "target_rho": rho,
+        "recipe": cfg.recipe_kind,
         "spec": spec.model_dump(mode="json"),
     }
     try:
@@ -437,20 +454,22 @@ def run_pruned(
 def run_control(size: str, *, n0: int, cfg: StudyConfig, corpus: Path, var: Path) -> dict[str, Any]:
     """The dense model given the pruned runs' post-training, evaluated at the same checkpoints:
     the same job as theirs with the pruning step left out (``JobSpec.prune``)."""
-    result_path = var / "runs" / f"{size}-control.json"
+    result_path = var / "runs" / f"{size}-control{cfg.recipe_suffix}.json"
     if result_path.is_file():
         log(f"control {size}: cached")
         return dict(json.loads(result_path.read_text()), cached=True)
     spec = job_spec(size, "depth", 0.25, n0=n0, cfg=cfg, corpus=corpus, var=var)
     spec = spec.model_copy(update={"prune": False})
     started = time.monotonic()
-    outcome = run_job(spec, var / "work" / f"{size}-control", f"control {size}")
+    label = f"{size}-control{cfg.recipe_suffix}"
+    outcome = run_job(spec, var / "work" / label, f"control {label}")
     measured = outcome.measured
     return write_result(
         result_path,
         {
-            "run_id": f"{cfg.family}-{size}-dense-control",
+            "run_id": f"{cfg.family}-{size}-dense-control{cfg.recipe_suffix}",
             "family": cfg.family,
+            "recipe": cfg.recipe_kind,
             "size": size,
             "n0": measured.n0,
             "l0": measured.l0,
@@ -533,11 +552,12 @@ def observation_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "tokens": int(p["tokens"]),
                     "loss": float(p["loss"]),
                     "protocol": m["protocol"],
+                    "recipe": res.get("recipe", "full"),
                     "source": SOURCE,
                     "_below_l0": bool(p["below_l0"]),
                 }
             )
-    rows.sort(key=lambda r: (r["method"], r["n0"], r["rho"], r["tokens"]))
+    rows.sort(key=lambda r: (r["method"], r["recipe"], r["n0"], r["rho"], r["tokens"]))
     return rows
 
 
