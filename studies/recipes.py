@@ -27,7 +27,8 @@ Work runs in `--workers` one-thread processes (pretraining first, then each mode
 soon as it exists); everything is cached under `--var` as in the other passes: a rerun skips
 finished models and runs and resumes an interrupted run from its last checkpoint.
 
-The analysis writes to `--out`: observations.csv (POST /observations' columns with `recipe`),
+The analysis writes to `--out`: observations.csv (this pass's runs in POST /observations' columns,
+with `recipe`),
 fits.json (P² fitted per family, recipe and method on every protocol the data allow, with
 held-out MAPE and the 80% calibrated interval's coverage), comparison.json (per pruned model:
 the tokens and training FLOPs each recipe needed to reach the loss all three reached) and
@@ -333,11 +334,11 @@ def analyse(fams: dict[str, Family], var_root: Path, out: Path, workers: int) ->
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     results = load_results(fams, var_root)
-    rows = base.observation_rows(results)
-    if "smollm2" in fams:
-        rows += smollm2_full_rows()
-    rows.sort(key=lambda r: (r["family"], r["method"], r["recipe"], r["n0"], r["rho"], r["tokens"]))
-    base.write_observations_csv(rows, out / "observations.csv")
+    own = base.observation_rows(results)
+    own.sort(key=lambda r: (r["family"], r["method"], r["recipe"], r["n0"], r["rho"], r["tokens"]))
+    # This pass's runs only: SmolLM2's full runs ship from the wide pass's own file.
+    base.write_observations_csv(own, out / "observations.csv")
+    rows = own + (smollm2_full_rows() if "smollm2" in fams else [])
     controls = [
         {k: r[k] for k in ("run_id", "family", "recipe", "size", "n0", "l0", "points")}
         for r in results
