@@ -302,6 +302,13 @@ def save_state(
     return final
 
 
+def save_tensors(directory: Path, tensors: dict[str, Any], *, no_dist: bool) -> None:
+    """Write a DCP tree into ``directory / "dcp"`` (every process of a group its shards; one
+    process alone with ``no_dist``), to be read back by :func:`load_tensors`."""
+    with _alone_is_meant(no_dist):
+        dcp_save(tensors, checkpoint_id=str(directory / "dcp"), no_dist=no_dist)
+
+
 def load_tensors(state: Path, template: dict[str, Any], *, no_dist: bool) -> dict[str, Any]:
     """Fill ``template`` (a :func:`tensor_state` tree of this process's layout) from ``state``.
 

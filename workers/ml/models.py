@@ -121,7 +121,16 @@ class LayerParts:
 
 
 def _linear_children(module: nn.Module) -> dict[str, nn.Linear]:
-    return {name: child for name, child in module.named_children() if isinstance(child, nn.Linear)}
+    """The linear children of ``module`` by name; a LoRA wrapper (peft's ``lora.Linear``, which
+    keeps the name and holds the layer as ``base_layer``) counts as the layer it wraps."""
+    found: dict[str, nn.Linear] = {}
+    for name, child in module.named_children():
+        base = getattr(child, "base_layer", None)
+        if isinstance(child, nn.Linear):
+            found[name] = child
+        elif isinstance(base, nn.Linear):
+            found[name] = base
+    return found
 
 
 def _match_roles(module: nn.Module, roles: tuple[str, ...]) -> dict[str, nn.Linear] | None:

@@ -23,9 +23,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from workers.ml import checkpoint, faults, host_memory, models
+from workers.ml import checkpoint, faults, host_memory, models, recipes
 from workers.ml import data as data_mod
 from workers.ml.checkpoint import Collective, StateRecord
 from workers.ml.job import (
@@ -44,7 +46,7 @@ from workers.ml.prune import apply_masks, prune
 from workers.ml.strategy import OneDevice
 from workers.ml.tokens.read import JobSplits
 from workers.ml.tokens.read import job_splits as read_splits
-from workers.ml.train import TrainConfig, Trainer, describe_schedule
+from workers.ml.train import LossFn, TrainConfig, Trainer, describe_schedule, lm_loss
 
 
 def train_config(spec: JobSpec) -> TrainConfig:
@@ -113,6 +115,9 @@ def prepare(spec: JobSpec, workdir: Path, hooks: JobHooks | None, device: torch.
     r = spec.request
     batch = max(1, r.batch_size)
     l0, eval_noise = alone.held_out_loss(model, splits.eval, batch)
+    if r.recipe.kind == "distill":
+        # The teacher is the model L0 was just measured on, saved before pruning changes it.
+        recipes.save_teacher(model, workdir)
     masks: dict[str, torch.Tensor] = {}
     if spec.prune:
         calib = data_mod.calibration_ids(splits.train, r.calib_samples, seed=r.seed)
@@ -123,6 +128,12 @@ def prepare(spec: JobSpec, workdir: Path, hooks: JobHooks | None, device: torch.
     else:  # a dense control: the same job without its pruning step
         n0 = n_after = models.count_parameters(model)
         rho, details, loss_after = 0.0, {}, l0
+    if r.recipe.kind == "lora":
+        # Adapters from the job's seed (B = 0: the loss after pruning is the adapted model's
+        # too), saved in the state of step 0 that every attempt starts from.
+        torch.manual_seed(r.seed)
+        recipes.inject_lora(model, r.recipe)
+        masks = recipes.adapted_masks(model, masks)
     measured = Measured(
         n0=int(n0),
         n_after=int(n_after),
@@ -184,11 +195,18 @@ def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
     splits = job_splits(spec, tokenizer)
     if record.measured.protocol != splits.protocol:
         raise PipelineError("the evaluation set changed since the saved state was written")
+    recipe = spec.request.recipe
     with models.parameters_on_meta():
         model = models.model_from_config(state / "model")
+        if recipe.kind == "lora":  # the adapters are made as in prepare; the state fills them in
+            recipes.inject_lora(model, recipe)
     if spec.request.activation_checkpointing:
-        enable_activation_checkpointing(model)
+        enable_activation_checkpointing(model)  # the student's only
     strategy.parallelize(model)
+    loss_fn: LossFn = lm_loss
+    if recipe.kind == "distill":
+        teacher = recipes.load_teacher(state.parent, strategy)
+        loss_fn = recipes.Distillation(teacher, temperature=recipe.temperature, alpha=recipe.alpha)
     params = dict(model.named_parameters())
     # Laid out like their parameters (DTensors when sharded); the state fills them in.
     masks = {name: torch.ones_like(params[name], dtype=torch.bool) for name in record.mask_names}
@@ -204,6 +222,7 @@ def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
         masks=masks,
         apply_masks=apply_masks,
         shard=strategy.data_shard,
+        loss_fn=loss_fn,
     )
     started = record.step > 0
     template = checkpoint.tensor_state(
@@ -219,6 +238,22 @@ def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
         trainer.stream.load_state_dict(record.stream)
         checkpoint.restore_rng(loaded["rng"], record.rng_python, strategy.device)
     return Restored(model, tokenizer, splits, trainer, masks, record)
+
+
+def export(spec: JobSpec, job: Restored, strategy: OneDevice) -> nn.Module | None:
+    """The model to save as the job's artifact, whole, on the main process (None elsewhere);
+    collective. A LoRA job's is a plain model of the pruned size with its adapters merged, each
+    delta multiplied by its weight's keep-mask (the masks gathered whole on every rank)."""
+    recipe = spec.request.recipe
+    config = job.model.config
+    if recipe.kind != "lora":
+        return strategy.exported(job.model, lambda: models.model_from_config(config))
+    masks = {
+        name: (mask.full_tensor() if isinstance(mask, DTensor) else mask).cpu()
+        for name, mask in job.masks.items()
+    }
+    whole = strategy.exported(job.model, lambda: recipes.adapted_model(config, recipe))
+    return None if whole is None else recipes.merge_lora(whole, masks)
 
 
 def save(
@@ -336,7 +371,7 @@ def post_train(
         if status in ("succeeded", "stopped_early"):
             # Gathering is collective; the main process then writes alone, outside any
             # collective: the others are done.
-            whole = strategy.exported(job.model, lambda: models.model_from_config(job.model.config))
+            whole = export(spec, job, strategy)
             if whole is not None:
                 artifact = models.save_pretrained(whole, job.tokenizer, artifact_dir)  # type: ignore[arg-type]
         return JobOutcome(status, measured, points, artifact, reason)

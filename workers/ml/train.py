@@ -31,6 +31,14 @@ from workers.ml.data import BatchStream, BlockSource
 from workers.ml.evaluate import LMParts, autocast_context, causal_lm_loss
 
 MaskFn = Callable[[nn.Module, dict[str, torch.Tensor]], None]
+#: A training loss of a batch: ``(model, input_ids, parts) -> scalar``, run inside the job's
+#: autocast; the LM loss by default, the recipe's (``workers.ml.recipes.Distillation``) otherwise.
+LossFn = Callable[[nn.Module, torch.Tensor, LMParts], torch.Tensor]
+
+
+def lm_loss(model: nn.Module, input_ids: torch.Tensor, parts: LMParts) -> torch.Tensor:
+    """The default training loss: the chunked next-token cross-entropy."""
+    return causal_lm_loss(model, input_ids, parts=parts)
 
 
 class TensorBlocks:
@@ -276,6 +284,7 @@ class Trainer:
         masks: dict[str, torch.Tensor] | None = None,
         apply_masks: MaskFn | None = None,
         shard: DataShard = DataShard(),
+        loss_fn: LossFn = lm_loss,
     ) -> None:
         if masks and apply_masks is None:
             raise ValueError("masks given without the function that applies them")
@@ -288,6 +297,7 @@ class Trainer:
         self.masks = masks or None
         self._apply_masks = apply_masks
         self.shard = shard
+        self.loss_fn = loss_fn
         self.blocks: BlockSource = (
             TensorBlocks(train_ids, self.device)
             if isinstance(train_ids, torch.Tensor)
@@ -347,7 +357,7 @@ class Trainer:
                 assert pending is not None
                 batch = loader.ready(pending)
                 with autocast_context(dev, self.autocast_dtype):
-                    loss = causal_lm_loss(model, batch, parts=parts)
+                    loss = self.loss_fn(model, batch, parts)
                 if accum > 1:
                     loss = loss / accum
                 loss.backward()  # type: ignore[no-untyped-call]

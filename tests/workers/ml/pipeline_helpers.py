@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from workers.ml.corpus import default_documents, write_corpus
-from workers.ml.job import Measured
+from workers.ml.job import CheckpointPoint, Decision, Measured
 from workers.ml.make_model import train_tokenizer
 
 #: What a job measured before post-training, for tests of what comes after.
@@ -63,3 +63,44 @@ def write_model_and_corpus(root: Path) -> tuple[Path, Path]:
     tok.save_pretrained(model_dir)
     corpus = write_corpus(root / "corpus.txt", docs=docs)
     return model_dir, corpus
+
+
+class CrashError(RuntimeError):
+    """Stands for a worker killed after a checkpoint was saved."""
+
+
+class Recorder:
+    """JobHooks that records every call; can crash, stop or cancel at a given checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        crash_at: int | None = None,
+        decide_at: int | None = None,
+        decision: Decision = Decision.CONTINUE,
+    ) -> None:
+        self.crash_at, self.decide_at, self.decision = crash_at, decide_at, decision
+        self.measured: list[Measured] = []
+        self.resumed: list[tuple[int, list[CheckpointPoint]]] = []
+        self.progress: list[tuple[int, int]] = []
+        self.points: list[CheckpointPoint] = []
+
+    def on_measured(self, measured: Measured) -> None:
+        self.measured.append(measured)
+
+    def on_resume(self, tokens_done: int, points: list[CheckpointPoint]) -> None:
+        self.resumed.append((tokens_done, points))
+
+    def on_progress(self, tokens_done: int, tokens_total: int) -> None:
+        self.progress.append((tokens_done, tokens_total))
+
+    def on_checkpoint(
+        self, point: CheckpointPoint, points: list[CheckpointPoint]
+    ) -> tuple[Decision, str | None]:
+        self.points.append(point)
+        assert points[-1] == point
+        if self.crash_at is not None and len(points) == self.crash_at:
+            raise CrashError(f"killed after checkpoint {self.crash_at}")
+        if self.decide_at is not None and len(points) == self.decide_at:
+            return self.decision, f"{self.decision.value} by test"
+        return Decision.CONTINUE, None

@@ -13,65 +13,18 @@ from transformers import AutoModelForCausalLM
 
 from app.core.paths import JobPaths
 from app.schemas.jobs import JobRequest
-from tests.workers.ml.pipeline_helpers import write_model_and_corpus
+from tests.workers.ml.pipeline_helpers import CrashError, Recorder, write_model_and_corpus
 from workers.ml import data
 from workers.ml.checkpoint import COMPLETE, latest_complete_state
 from workers.ml.evaluate import eval_loss
 from workers.ml.host_memory import REPORT_PREFIX
-from workers.ml.job import (
-    CheckpointPoint,
-    Decision,
-    JobSpec,
-    Measured,
-    PipelineError,
-)
+from workers.ml.job import Decision, JobSpec, PipelineError
 from workers.ml.pipeline import prune_and_post_train
 
 torch.set_num_threads(1)
 
 SEQ, BATCH = 32, 4
 TOKENS_PER_STEP = SEQ * BATCH
-
-
-class CrashError(RuntimeError):
-    """Stands for a worker killed after a checkpoint was saved."""
-
-
-class Recorder:
-    """JobHooks that records every call; can crash, stop or cancel at a given checkpoint."""
-
-    def __init__(
-        self,
-        *,
-        crash_at: int | None = None,
-        decide_at: int | None = None,
-        decision: Decision = Decision.CONTINUE,
-    ) -> None:
-        self.crash_at, self.decide_at, self.decision = crash_at, decide_at, decision
-        self.measured: list[Measured] = []
-        self.resumed: list[tuple[int, list[CheckpointPoint]]] = []
-        self.progress: list[tuple[int, int]] = []
-        self.points: list[CheckpointPoint] = []
-
-    def on_measured(self, measured: Measured) -> None:
-        self.measured.append(measured)
-
-    def on_resume(self, tokens_done: int, points: list[CheckpointPoint]) -> None:
-        self.resumed.append((tokens_done, points))
-
-    def on_progress(self, tokens_done: int, tokens_total: int) -> None:
-        self.progress.append((tokens_done, tokens_total))
-
-    def on_checkpoint(
-        self, point: CheckpointPoint, points: list[CheckpointPoint]
-    ) -> tuple[Decision, str | None]:
-        self.points.append(point)
-        assert points[-1] == point
-        if self.crash_at is not None and len(points) == self.crash_at:
-            raise CrashError(f"killed after checkpoint {self.crash_at}")
-        if self.decide_at is not None and len(points) == self.decide_at:
-            return self.decision, f"{self.decision.value} by test"
-        return Decision.CONTINUE, None
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,307 @@
+"""The recovery recipes on the torch side (docs/jobs.md, "Recipes"; the names: app.core.recipes).
+
+- LoRA: :func:`inject_lora` puts peft's adapters on the target projections of a model (on the
+  meta device or not; the model keeps its class and module names, a target's weight becomes
+  ``….q_proj.base_layer.weight``), every other weight frozen; :func:`adapted_masks` renames the
+  pruning masks after the base weights; :func:`merge_lora` folds the adapters into a plain model,
+  ``W' = W + scale · (B @ A) ⊙ mask``, so every pruned zero stays zero.
+- Distillation: :func:`save_teacher` writes the dense model, before pruning, as a DCP state of
+  its own in the work directory; :func:`load_teacher` builds it on the meta device, places it by
+  the job's strategy (each rank its shard) and loads it, frozen; :class:`Distillation` is the
+  Trainer's loss, ``alpha · T² · KL(teacher ‖ student at T) + (1 − alpha) · LM loss``, chunked
+  over tokens as the LM loss is (:func:`linear_distill_loss`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import Linear as LoraLinear
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+from torch.distributed.tensor import DTensor
+from torch.nn import functional
+from transformers import PreTrainedModel
+
+from app.core import atomic
+from app.schemas.jobs import LoraRecipe
+from workers.ml import checkpoint, models
+from workers.ml.evaluate import (
+    IGNORE,
+    LMParts,
+    compute_dtype,
+    final_hidden_states,
+    loss_chunk_tokens,
+    next_token_labels,
+)
+
+if TYPE_CHECKING:
+    from workers.ml.strategy import OneDevice
+
+#: The one adapter a job's model carries (peft's default name; part of its parameter names).
+ADAPTER = "default"
+#: The teacher's DCP state in a distillation job's work directory (kept across attempts).
+TEACHER_DIR = "teacher"
+TEACHER_COMPLETE = "COMPLETE"
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def lora_config(recipe: LoraRecipe) -> LoraConfig:
+    return LoraConfig(
+        r=recipe.rank,
+        lora_alpha=recipe.scale_alpha,  # type: ignore[arg-type]  # a float scale works
+        lora_dropout=recipe.dropout,
+        target_modules=list(recipe.target_modules),
+        bias="none",
+    )
+
+
+def inject_lora(model: nn.Module, recipe: LoraRecipe) -> None:
+    """Put adapters on ``recipe.target_modules`` of ``model`` in place and freeze every other
+    weight. peft initialises A by torch's RNG (Kaiming-uniform) and B to zero, so the model's
+    function is unchanged; seed torch first for a reproducible start. Under
+    ``models.parameters_on_meta`` the adapters are made on the meta device like the model."""
+    inject_adapter_in_model(lora_config(recipe), model, adapter_name=ADAPTER)
+    for name, param in model.named_parameters():
+        param.requires_grad_(".lora_" in name)
+
+
+def adapted_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keep-masks keyed by the adapted model's names: a target's ``….weight`` is now
+    ``….base_layer.weight``."""
+    names = {name for name, _ in model.named_parameters()}
+    out: dict[str, torch.Tensor] = {}
+    for name, mask in masks.items():
+        if name in names:
+            out[name] = mask
+            continue
+        owner, _, leaf = name.rpartition(".")
+        renamed = f"{owner}.base_layer.{leaf}"
+        if renamed not in names:
+            raise KeyError(f"mask for unknown parameter {name!r}")
+        out[renamed] = mask
+    return out
+
+
+def adapted_model(config: Any, recipe: LoraRecipe) -> PreTrainedModel:
+    """An empty model of ``config`` with the recipe's adapters, on the CPU (a gathered state
+    dict of the trained model fills it in)."""
+    model = models.model_from_config(config)
+    inject_lora(model, recipe)
+    return model
+
+
+def merge_lora(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Fold every adapter of ``model`` into its base weight and put the base layer back in its
+    place: a plain model of the same class and names. The delta ``scale · B @ A`` is multiplied
+    by the base weight's keep-mask (``masks``, keyed by the adapted names), so every weight that
+    pruning zeroed stays zero (a plain merge would fill the pattern in)."""
+    wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLinear)]
+    with torch.no_grad():
+        for name, module in wrapped:
+            base = module.base_layer
+            assert isinstance(base, nn.Linear)
+            delta = module.get_delta_weight(ADAPTER).to(base.weight.dtype)
+            mask = masks.get(f"{name}.base_layer.weight")
+            if mask is not None:
+                delta = delta * mask.to(delta.device)
+            base.weight.add_(delta)
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, attr, base)
+    for param in model.parameters():
+        param.requires_grad_(True)
+    return model
+
+
+# --------------------------------------------------------------------------- the teacher
+
+
+def teacher_dir(workdir: Path) -> Path:
+    return workdir / TEACHER_DIR
+
+
+def save_teacher(model: PreTrainedModel, workdir: Path) -> Path:
+    """Write ``model`` (the dense model, before pruning) as the teacher's DCP state with its
+    config, atomically: built under a temporary name, then renamed into place with its COMPLETE
+    marker. One process, no collective. Every attempt after reads it (:func:`load_tensors`)."""
+    final = teacher_dir(workdir)
+    with atomic.building_dir(final) as tmp:
+        checkpoint.save_tensors(tmp, {"model": get_model_state_dict(model)}, no_dist=True)
+        model.config.save_pretrained(tmp / "model")
+        (tmp / TEACHER_COMPLETE).write_text("teacher\n")
+    return final
+
+
+def load_teacher(workdir: Path, strategy: OneDevice) -> PreTrainedModel:
+    """The teacher saved by :func:`save_teacher`, built on the meta device, placed by
+    ``strategy`` (sharded like the student: each rank materialises and reads only its shards),
+    frozen and in eval mode."""
+    source = teacher_dir(workdir)
+    if not (source / TEACHER_COMPLETE).is_file():
+        raise FileNotFoundError(f"{source}: the distillation teacher was not saved")
+    with models.parameters_on_meta():
+        teacher = models.model_from_config(source / "model")
+    teacher.requires_grad_(False)
+    strategy.parallelize(teacher)
+    template = {"model": get_model_state_dict(teacher)}
+    loaded = checkpoint.load_tensors(source, template, no_dist=strategy.world == 1)
+    set_model_state_dict(teacher, loaded["model"])
+    nn.Module.eval(teacher)
+    return teacher
+
+
+# --------------------------------------------------------------------------- the distillation loss
+
+
+def _full(weight: torch.Tensor) -> torch.Tensor:
+    """A head weight usable in a plain matmul (a sharded one gathered, on every rank)."""
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight
+
+
+class _LinearDistill(torch.autograd.Function):
+    """``alpha · T² · KL(p_t ‖ q_s) + (1 − alpha) · CE`` per token, its mean over the labelled
+    positions, from the student's and the teacher's final hidden states chunk by chunk.
+
+    As ``workers.ml.evaluate``'s linear cross-entropy: each chunk's float32 logits of both
+    models are made, their losses and the gradients of the student's hidden states and head
+    taken at once, then dropped; the backward only scales them. The gradient of the logits is
+    ``(1 − alpha)(softmax(s) − onehot) + alpha · T · (softmax(s/T) − softmax(t/T))``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]  # noqa: PLR0917
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        t_hidden: torch.Tensor,
+        t_weight: torch.Tensor,
+        t_bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        chunk: int,
+        dtype: torch.dtype,
+        temperature: float,
+        alpha: float,
+    ) -> torch.Tensor:
+        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        temp = float(temperature)
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(dtype)
+            b = bias.to(dtype) if bias is not None else None
+            tw = t_weight.to(dtype)
+            tb = t_bias.to(dtype) if t_bias is not None else None
+            valid = labels != IGNORE
+            scale = valid.sum().clamp(min=1).to(torch.float32).reciprocal()
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_h = torch.zeros_like(hidden) if want_h else None
+            grad_w = torch.zeros_like(weight) if want_w else None
+            grad_b = torch.zeros_like(bias) if want_b and bias is not None else None
+            for start in range(0, hidden.shape[0], chunk):
+                stop = start + chunk
+                h = hidden[start:stop].to(dtype)
+                target = labels[start:stop].clamp(min=0)
+                keep = valid[start:stop].to(torch.float32)
+                logits = functional.linear(h, w, b).float()
+                teacher = functional.linear(t_hidden[start:stop].to(dtype), tw, tb).float()
+                log_p = torch.log_softmax(teacher.div_(temp), dim=-1)
+                del teacher
+                log_q = torch.log_softmax(logits / temp, dim=-1)
+                p = log_p.exp()
+                kl = (p * (log_p - log_q)).sum(-1)
+                del log_p
+                lse = torch.logsumexp(logits, dim=-1)
+                ce = lse - logits.gather(1, target[:, None]).squeeze(1)
+                total += ((alpha * temp * temp * kl + (1.0 - alpha) * ce) * keep).sum()
+                if grad_h is None and grad_w is None and grad_b is None:
+                    continue
+                grad = logits.sub_(lse[:, None]).exp_().mul_(1.0 - alpha)
+                grad.scatter_add_(1, target[:, None], torch.full_like(lse, alpha - 1.0)[:, None])
+                grad.add_(log_q.exp_().sub_(p).mul_(alpha * temp))
+                grad.mul_((keep * scale)[:, None])
+                grad_c = grad.to(dtype)
+                if grad_h is not None:
+                    grad_h[start:stop] = grad_c @ w
+                if grad_w is not None:
+                    grad_w += grad_c.t() @ h
+                if grad_b is not None:
+                    grad_b += grad_c.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        return total * scale
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        out = [g.mul_(grad_loss) if g is not None else None for g in (grad_h, grad_w, grad_b)]
+        return out[0], out[1], out[2], *([None] * 8)
+
+
+def linear_distill_loss(
+    hidden: torch.Tensor,
+    head: nn.Linear,
+    teacher_hidden: torch.Tensor,
+    teacher_head: nn.Linear,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """The distillation loss (module docstring) of ``[tokens, hidden]`` states against
+    ``labels``, mean over positions whose label is not ``IGNORE``; differentiable in the
+    student's hidden states and head, the teacher's taken as constants. Half the LM loss's chunk
+    by default: a chunk holds about five float32 logit tensors here instead of two."""
+    chunk = chunk or max(1, loss_chunk_tokens(head.out_features) // 2)
+    dtype = compute_dtype(hidden.device.type, head.weight)
+    loss: torch.Tensor = _LinearDistill.apply(  # type: ignore[no-untyped-call]
+        hidden,
+        head.weight,
+        head.bias,
+        teacher_hidden.detach(),
+        _full(teacher_head.weight).detach(),
+        None if teacher_head.bias is None else _full(teacher_head.bias).detach(),
+        labels,
+        chunk,
+        dtype,
+        temperature,
+        alpha,
+    )
+    return loss
+
+
+class Distillation:
+    """The Trainer's loss for a distillation job: the frozen teacher's forward under
+    ``torch.no_grad()`` (in the autocast the Trainer runs the loss in), then
+    :func:`linear_distill_loss` against the student's final hidden states."""
+
+    def __init__(self, teacher: nn.Module, *, temperature: float, alpha: float) -> None:
+        self.teacher = teacher
+        self.teacher_parts = LMParts(teacher)
+        self.temperature, self.alpha = float(temperature), float(alpha)
+
+    def __call__(self, model: nn.Module, input_ids: torch.Tensor, parts: LMParts) -> torch.Tensor:
+        with torch.no_grad():
+            t_hidden, _ = final_hidden_states(self.teacher, input_ids, self.teacher_parts)
+        hidden, no_logits = final_hidden_states(model, input_ids, parts)
+        labels = next_token_labels(input_ids).reshape(-1)
+        width = hidden.shape[-1]
+        loss = linear_distill_loss(
+            hidden.reshape(-1, width),
+            parts.head,
+            t_hidden.reshape(-1, t_hidden.shape[-1]),
+            self.teacher_parts.head,
+            labels,
+            temperature=self.temperature,
+            alpha=self.alpha,
+        )
+        reshard = getattr(self.teacher, "reshard", None)
+        if callable(reshard):  # FSDP2 keeps a root's weights gathered after a forward
+            reshard()
+        if no_logits.requires_grad:  # FSDP2's hooks on the root's outputs (evaluate.py)
+            loss = loss + no_logits.sum() * 0.0
+        return loss
