@@ -85,6 +85,35 @@ def test_the_artifact_of_a_sharded_job_keeps_its_2_4_masks(job_roots: dict[str, 
         assert int((groups == 0).sum(dim=1).min()) >= 2
 
 
+@pytest.mark.parametrize(
+    "recipe",
+    [{"kind": "lora", "rank": 4}, {"kind": "distill", "temperature": 2.0, "alpha": 0.5}],
+    ids=lambda r: str(r["kind"]),
+)
+def test_each_recipe_on_two_processes_matches_one_and_keeps_the_2_4_zeros(
+    job_roots: dict[str, Path], recipe: dict[str, Any]
+) -> None:
+    """FSDP2 shards frozen and trained weights in one group (LoRA) and a frozen teacher beside
+    the student (distillation), under activation checkpointing."""
+    from transformers import AutoModelForCausalLM
+
+    common = {"recipe": recipe, "tokens": 8 * 8 * SEQ, "checkpoints": 2}
+    one = submit(devices=1, batch_size=8, **common)
+    two = submit(devices=2, batch_size=4, activation_checkpointing=True, **common)
+    assert attempt_job(one) == "succeeded", job_row(one).error
+    assert attempt_job(two) == "succeeded", job_row(two).error
+    single, sharded = checkpoints(one), checkpoints(two)
+    assert [t for t, _ in sharded] == [t for t, _ in single] and len(single) == 2
+    for (_, expected), (_, loss) in zip(single, sharded, strict=True):
+        assert loss == pytest.approx(expected, rel=0.01)
+    job = job_row(two)
+    weights = dict(AutoModelForCausalLM.from_pretrained(job.artifact).named_parameters())
+    assert not any("lora" in name for name in weights)
+    for name in job.measured["details"]["sparsified_layers"]:
+        groups = weights[f"{name}.weight"].detach().reshape(-1, 4)
+        assert int((groups == 0).sum(dim=1).min()) >= 2
+
+
 def test_a_job_asking_for_more_devices_than_the_worker_has_fails_with_the_reason(
     job_roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
