@@ -4,7 +4,8 @@ gradient clipping, gradient accumulation.
 The loop is what a bare PyTorch loop does (forward, backward, clip, AdamW step, zero_grad) plus
 only what a job needs: the learning-rate value for the step (a float assignment), the data
 cursor, and re-applying pruning masks after each optimizer step. The loss is the chunked
-cross-entropy of ``workers.ml.evaluate`` (no float32 logits of a whole batch), and on CUDA the
+cross-entropy of ``workers.ml.evaluate`` (no float32 logits of a whole batch), or the recipe's
+(``loss_fn``: distillation's, ``workers.ml.recipes``) in the same loop, and on CUDA the
 next micro-batch is already on its way to the device while one trains (:class:`BatchLoader`).
 It never reads a value back from the device inside a step: the running loss and the gradient
 norm stay device tensors and are read only when a caller asks (at checkpoints), so a GPU never
