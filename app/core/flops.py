@@ -23,9 +23,21 @@ Torch-free, like :mod:`app.core.memory`: the API host answers from ``config.json
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from app.core.memory import ModelShape
+
+#: The seven projections of a decoder layer, in the order of :attr:`ModelShape.projections`.
+PROJECTION_NAMES: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
 
 #: Peak dense (no sparsity) bf16 tensor-core TFLOP/s by device name, from NVIDIA's datasheets;
 #: the first pattern that matches the device's name wins, so the more specific names come
@@ -92,3 +104,77 @@ def expected_throughput(
         raise ValueError("mfu must be in (0, 1], peak_tflops > 0 and devices >= 1")
     per_token = flops_per_token(shape, seq_len)
     return Throughput(per_token, mfu * peak_tflops * 1e12 / per_token, devices)
+
+
+# --------------------------------------------------------------------------- recovery recipes
+#
+# FLOPs per post-training token by recovery recipe (app.core.recipes; docs/law.md §7), counted
+# as above: N the pruned model's matmul parameters, L its layers, d its query width, s the
+# sequence length; N0, L0, d0 the dense model's.
+#
+#   full     6·N + 12·L·d·s                       every weight trains
+#   lora     2·N + 2·N + 12·L·d·s + 6·N_adapters  forward 2·N; backward through the activations
+#                                                 only (2·N: no weight gradients of frozen
+#                                                 weights); attention has no weights, so its
+#                                                 forward and backward stay; the adapters train
+#   distill  6·N + 12·L·d·s + 2·N0 + 4·L0·d0·s    the student's full training, plus the frozen
+#                                                 teacher's forward (its attention included)
+#
+# Where only parameter counts are known (``POST /plan``), the attention terms and the adapters
+# are left out: full 6·N, lora 4·N, distill 6·N + 2·N0.
+
+
+def lora_adapter_params(shape: ModelShape, rank: int, targets: Iterable[str]) -> int:
+    """Parameters of LoRA adapters of rank ``rank`` on the named projections of every layer:
+    r·(in + out) each (A is r × in, B is out × r)."""
+    if rank < 1:
+        raise ValueError("rank must be >= 1")
+    sizes = dict(zip(PROJECTION_NAMES, shape.projections, strict=True))
+    unknown = [name for name in targets if name not in sizes]
+    if unknown:
+        raise ValueError(f"no projection named {', '.join(unknown)}")
+    per_layer = sum(rank * (sizes[name][0] + sizes[name][1]) for name in dict.fromkeys(targets))
+    return shape.layers * per_layer
+
+
+def _attention(shape: ModelShape, seq_len: int) -> float:
+    """Forward FLOPs of attention per token: scores and their product with the values."""
+    return 4.0 * shape.layers * shape.q_dim * seq_len
+
+
+def recipe_flops_per_token(
+    recipe: str,
+    shape: ModelShape,
+    seq_len: int,
+    *,
+    teacher: ModelShape | None = None,
+    adapter_params: int = 0,
+) -> float:
+    """Model FLOPs of post-training one token of the pruned ``shape`` by ``recipe`` (the table
+    above): ``teacher`` is the dense model (distill), ``adapter_params`` the adapters' (lora)."""
+    if seq_len < 1:
+        raise ValueError("seq_len must be >= 1")
+    n = float(shape.matmul_params)
+    attention = 3.0 * _attention(shape, seq_len)  # forward + backward (2×) = 12·L·d·s
+    if recipe == "full":
+        return 6.0 * n + attention
+    if recipe == "lora":
+        return 4.0 * n + attention + 6.0 * adapter_params
+    if recipe == "distill":
+        if teacher is None:
+            raise ValueError("distill needs the teacher's (the dense model's) shape")
+        return 6.0 * n + attention + 2.0 * teacher.matmul_params + _attention(teacher, seq_len)
+    raise ValueError(f"unknown recipe {recipe!r}")
+
+
+def recipe_flops_per_token_of_params(recipe: str, n_trained: float, n0: float) -> float:
+    """FLOPs per token by ``recipe`` from parameter counts alone: ``n_trained`` the pruned
+    model's (those its matrix products use), ``n0`` the dense teacher's. Attention and the
+    adapters need the model's shape and are left out: full 6·N, lora 4·N, distill 6·N + 2·N0."""
+    if recipe == "full":
+        return 6.0 * n_trained
+    if recipe == "lora":
+        return 4.0 * n_trained
+    if recipe == "distill":
+        return 6.0 * n_trained + 2.0 * n0
+    raise ValueError(f"unknown recipe {recipe!r}")

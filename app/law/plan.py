@@ -30,13 +30,16 @@ class PlanCandidate:
     method: str
     law: FittedLaw
     kind: IntervalKind = "prediction"
+    #: The recovery recipe the law was fitted on (a label: candidates of one method may differ
+    #: by recipe alone).
+    recipe: str = "full"
 
 
 @dataclass(frozen=True)
 class PlanOption:
-    """One (method, ρ, D) point of the plan with its predicted loss and interval, and how far
-    D lies beyond the most tokens its method's fit observed (a factor; None for a law without
-    ranges)."""
+    """One (method, recipe, ρ, D) point of the plan with its predicted loss and interval, and
+    how far D lies beyond the most tokens its method's fit observed (a factor; None for a law
+    without ranges)."""
 
     method: str
     rho: float
@@ -46,6 +49,7 @@ class PlanOption:
     upper: float | None
     n_after: float
     beyond_observed: float | None = None
+    recipe: str = "full"
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,7 @@ def plan(
                     beyond_observed=None
                     if ranges is None
                     else beyond_observed(ranges, float(tok_col[i])),
+                    recipe=cand.recipe,
                 )
             )
     options.sort(key=lambda o: (o.predicted_loss, o.tokens, -o.rho))

@@ -31,6 +31,7 @@ _DEFAULT_ID = (
     .where(
         Fit.family == bindparam("family"),
         Fit.method == bindparam("method"),
+        Fit.recipe == bindparam("recipe"),
         Fit.is_default.is_(True),
     )
     .order_by(Fit.created_at.desc())
@@ -57,11 +58,13 @@ def exists_nowait(fit_id: str) -> bool | None:
     return (found is not None) if answered else None
 
 
-def _same_group(family: str | None, method: str | None) -> list[Any]:
+def _same_group(family: str | None, method: str | None, recipe: str) -> list[Any]:
     # NULL means "any family" / "any method" fit; it forms its own group, matched with IS NULL.
+    # A recipe is never "any": a fit is made of one recipe's observations.
     return [
         Fit.family.is_(None) if family is None else Fit.family == family,
         Fit.method.is_(None) if method is None else Fit.method == method,
+        Fit.recipe == recipe,
     ]
 
 
@@ -70,6 +73,7 @@ def list_page(
     *,
     family: str | None = None,
     method: str | None = None,
+    recipe: str | None = None,
     offset: int = 0,
     limit: int = 100,
 ) -> tuple[list[Fit], int]:
@@ -79,6 +83,8 @@ def list_page(
         conditions.append(Fit.family == family)
     if method is not None:
         conditions.append(Fit.method == method)
+    if recipe is not None:
+        conditions.append(Fit.recipe == recipe)
     total = session.scalar(select(func.count()).select_from(Fit).where(*conditions))
     page = session.scalars(
         select(Fit)
@@ -90,46 +96,58 @@ def list_page(
     return list(page), int(total or 0)
 
 
-def get_default(session: Session, family: str | None, method: str | None) -> Fit | None:
-    """The default fit of (family, method); None matches fits stored without one."""
+def get_default(
+    session: Session, family: str | None, method: str | None, recipe: str = "full"
+) -> Fit | None:
+    """The default fit of (family, method, recipe); None matches fits stored without a family
+    or method."""
     return session.scalars(
         select(Fit)
-        .where(*_same_group(family, method), Fit.is_default.is_(True))
+        .where(*_same_group(family, method, recipe), Fit.is_default.is_(True))
         .order_by(Fit.created_at.desc())
         .limit(1)
     ).first()
 
 
-def default_id(session: Session | None, family: str, method: str) -> str | None:
-    """The id of the default fit of (family, method), or None: `get_default` without loading
-    the row (the (family, method, is_default) index answers it)."""
-    found = _read(session, _DEFAULT_ID, {"family": family, "method": method})
+def default_id(
+    session: Session | None, family: str, method: str, recipe: str = "full"
+) -> str | None:
+    """The id of the default fit of (family, method, recipe), or None: `get_default` without
+    loading the row (the (family, method, is_default) index answers it)."""
+    params = {"family": family, "method": method, "recipe": recipe}
+    found = _read(session, _DEFAULT_ID, params)
     return None if found is None else str(found)
 
 
-def default_id_nowait(family: str, method: str) -> tuple[bool, str | None]:
+def default_id_nowait(family: str, method: str, recipe: str = "full") -> tuple[bool, str | None]:
     """`default_id` read without waiting (`read_scalar_nowait`): (answered, id)."""
-    answered, found = read_scalar_nowait(_DEFAULT_ID, {"family": family, "method": method})
+    params = {"family": family, "method": method, "recipe": recipe}
+    answered, found = read_scalar_nowait(_DEFAULT_ID, params)
     return answered, None if found is None else str(found)
 
 
-def default_ids(session: Session, family: str) -> list[tuple[str, str]]:
-    """(method, id) of the default fit of every method of ``family``, newest first (the rows
-    themselves come from the fit cache)."""
+def default_ids(session: Session, family: str) -> list[tuple[str, str, str]]:
+    """(method, recipe, id) of the default fit of every (method, recipe) of ``family``, newest
+    first (the rows themselves come from the fit cache)."""
     rows = session.execute(
-        select(Fit.method, Fit.id)
+        select(Fit.method, Fit.recipe, Fit.id)
         .where(Fit.family == family, Fit.method.is_not(None), Fit.is_default.is_(True))
         .order_by(Fit.created_at.desc(), Fit.id.desc())
     ).all()
-    return [(str(method), str(fit_id)) for method, fit_id in rows]
+    return [(str(method), str(recipe), str(fit_id)) for method, recipe, fit_id in rows]
 
 
 def set_default(session: Session, fit: Fit) -> None:
-    """Make ``fit`` the default of its (family, method), clearing the flag on the others."""
+    """Make ``fit`` the default of its (family, method, recipe), clearing the flag on the
+    others."""
     session.flush()
     session.execute(
         update(Fit)
-        .where(*_same_group(fit.family, fit.method), Fit.id != fit.id, Fit.is_default.is_(True))
+        .where(
+            *_same_group(fit.family, fit.method, fit.recipe),
+            Fit.id != fit.id,
+            Fit.is_default.is_(True),
+        )
         .values(is_default=False)
         .execution_options(synchronize_session="fetch")
     )
@@ -137,16 +155,16 @@ def set_default(session: Session, fit: Fit) -> None:
     session.flush()
 
 
-def defaults(session: Session) -> dict[tuple[str, str], tuple[str, str]]:
-    """(id, form) of the default fit of every (family, method) that has one."""
+def defaults(session: Session) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(id, form) of the default fit of every (family, method, recipe) that has one."""
     rows = session.execute(
-        select(Fit.family, Fit.method, Fit.id, Fit.form)
+        select(Fit.family, Fit.method, Fit.recipe, Fit.id, Fit.form)
         .where(Fit.family.is_not(None), Fit.method.is_not(None), Fit.is_default.is_(True))
         .order_by(Fit.created_at.desc(), Fit.id.desc())
     ).all()
-    found: dict[tuple[str, str], tuple[str, str]] = {}
-    for family, method, fit_id, form in rows:
-        found.setdefault((str(family), str(method)), (str(fit_id), str(form)))
+    found: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for family, method, recipe, fit_id, form in rows:
+        found.setdefault((str(family), str(method), str(recipe)), (str(fit_id), str(form)))
     return found
 
 

@@ -18,6 +18,7 @@ REQUIRED_COLUMNS = ("run_id", "family", "method", "n0", "rho", "l0", "tokens", "
 OPTIONAL_DEFAULTS: dict[str, Any] = {
     "protocol": "",
     "source": "api",
+    "recipe": "full",
     "excluded": False,
     "note": None,
 }
@@ -31,6 +32,7 @@ UPDATED_COLUMNS = (
     "loss",
     "protocol",
     "source",
+    "recipe",
     "excluded",
     "note",
 )
@@ -39,7 +41,7 @@ _TABLE: Table = Observation.__table__  # type: ignore[assignment]
 
 
 _FLOAT_COLUMNS = ("n0", "rho", "l0", "tokens", "loss")
-_STR_COLUMNS = ("run_id", "family", "method", "protocol", "source")
+_STR_COLUMNS = ("run_id", "family", "method", "protocol", "source", "recipe")
 #: Column order of a written row (everything but the generated id).
 _WRITTEN = (*REQUIRED_COLUMNS, *OPTIONAL_DEFAULTS)
 #: `source` of the observations shipped with the service (app/reference/).
@@ -174,12 +176,19 @@ def delete_after(session: Session, run_id: str, tokens: float) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
-def _filtered(family: str | None, method: str | None, run_ids: Sequence[str] | None) -> list[Any]:
+def _filtered(
+    family: str | None,
+    method: str | None,
+    run_ids: Sequence[str] | None,
+    recipe: str | None = None,
+) -> list[Any]:
     conditions: list[Any] = []
     if family is not None:
         conditions.append(Observation.family == family)
     if method is not None:
         conditions.append(Observation.method == method)
+    if recipe is not None:
+        conditions.append(Observation.recipe == recipe)
     if run_ids is not None:
         conditions.append(Observation.run_id.in_(list(run_ids)))
     return conditions
@@ -191,11 +200,12 @@ def list_page(
     family: str | None = None,
     method: str | None = None,
     run_id: str | None = None,
+    recipe: str | None = None,
     offset: int = 0,
     limit: int = 100,
 ) -> tuple[list[Observation], int]:
     """One page of observations ordered by (run_id, tokens), and the total matching count."""
-    conditions = _filtered(family, method, None if run_id is None else [run_id])
+    conditions = _filtered(family, method, None if run_id is None else [run_id], recipe)
     total = session.scalar(select(func.count()).select_from(Observation).where(*conditions))
     page = session.scalars(
         select(Observation)
@@ -214,9 +224,11 @@ def select_for_fit(
     method: str | None = None,
     run_ids: Sequence[str] | None = None,
     include_excluded: bool = False,
+    recipe: str | None = None,
 ) -> list[Observation]:
-    """The observations a fit uses, ordered by (run_id, tokens); excluded points only if asked."""
-    conditions = _filtered(family, method, run_ids)
+    """The observations a fit uses, ordered by (run_id, tokens); excluded points only if asked;
+    of one recipe when `recipe` is given."""
+    conditions = _filtered(family, method, run_ids, recipe)
     if not include_excluded:
         conditions.append(Observation.excluded.is_(False))
     return list(
@@ -235,10 +247,16 @@ def count_by_run(session: Session, run_id: str) -> int:
 
 
 def other_runs(
-    session: Session, *, family: str, method: str, protocol: str, run_id: str
+    session: Session,
+    *,
+    family: str,
+    method: str,
+    protocol: str,
+    run_id: str,
+    recipe: str = "full",
 ) -> list[Observation]:
-    """The kept observations of ``family``/``method`` under ``protocol`` from runs other than
-    ``run_id``, ordered by (run_id, tokens): what a job's early stop learns from."""
+    """The kept observations of ``family``/``method``/``recipe`` under ``protocol`` from runs
+    other than ``run_id``, ordered by (run_id, tokens): what a job's early stop learns from."""
     return list(
         session.scalars(
             select(Observation)
@@ -246,6 +264,7 @@ def other_runs(
                 Observation.family == family,
                 Observation.method == method,
                 Observation.protocol == protocol,
+                Observation.recipe == recipe,
                 Observation.run_id != run_id,
                 Observation.excluded.is_(False),
             )
@@ -255,10 +274,10 @@ def other_runs(
 
 
 def family_method_summaries(session: Session, family: str | None = None) -> list[dict[str, Any]]:
-    """Per (family, method) of the kept observations (of `family` only, when given): runs,
+    """Per (family, method, recipe) of the kept observations (of `family` only, when given): runs,
     points, the span of n0, rho, l0 and tokens, how many points came from the shipped reference
     data, and the protocols; ordered by family and method. Grouped queries, however many
-    observations there are."""
+    observations there are. Ordered by family, method and recipe."""
     kept = [*_filtered(family, None, None), Observation.excluded.is_(False)]
     spans = [func.min(column).label(f"{column.key}_lo") for column in _SPANNED] + [
         func.max(column).label(f"{column.key}_hi") for column in _SPANNED
@@ -267,6 +286,7 @@ def family_method_summaries(session: Session, family: str | None = None) -> list
         select(
             Observation.family,
             Observation.method,
+            Observation.recipe,
             func.count(func.distinct(Observation.run_id)).label("n_runs"),
             func.count().label("n_observations"),
             func.sum(case((Observation.source == REFERENCE_SOURCE, 1), else_=0)).label(
@@ -275,22 +295,22 @@ def family_method_summaries(session: Session, family: str | None = None) -> list
             *spans,
         )
         .where(*kept)
-        .group_by(Observation.family, Observation.method)
-        .order_by(Observation.family, Observation.method)
+        .group_by(Observation.family, Observation.method, Observation.recipe)
+        .order_by(Observation.family, Observation.method, Observation.recipe)
     ).all()
-    protocols: dict[tuple[str, str], list[str]] = {}
-    for name, method, protocol in session.execute(
-        select(Observation.family, Observation.method, Observation.protocol)
+    protocols: dict[tuple[str, str, str], list[str]] = {}
+    for name, method, recipe, protocol in session.execute(
+        select(Observation.family, Observation.method, Observation.recipe, Observation.protocol)
         .where(*kept)
         .distinct()
-        .order_by(Observation.family, Observation.method, Observation.protocol)
+        .order_by(Observation.family, Observation.method, Observation.recipe, Observation.protocol)
     ).all():
-        protocols.setdefault((name, method), []).append(protocol)
+        protocols.setdefault((name, method, recipe), []).append(protocol)
     return [
         {
             **row._asdict(),
             "n_reference": int(row.n_reference or 0),
-            "protocols": protocols.get((row.family, row.method), []),
+            "protocols": protocols.get((row.family, row.method, row.recipe), []),
         }
         for row in rows
     ]

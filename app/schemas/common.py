@@ -12,6 +12,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.recipes import RecipeName
+
 #: Text fields refuse NUL characters: PostgreSQL cannot store them (it would be a 500).
 NO_NUL = r"^[^\x00]*$"
 
@@ -49,6 +51,14 @@ Level = Annotated[
     ),
 ]
 Label = Annotated[str, Field(min_length=1, max_length=200, pattern=NO_NUL)]
+#: A recovery recipe by name (app.core.recipes): how the pruned model was post-trained.
+Recipe = Annotated[
+    RecipeName,
+    Field(
+        description="Recovery recipe: full (every weight trains), lora (adapters on frozen "
+        "weights) or distill (from the dense model); a fit never mixes recipes.",
+    ),
+]
 IntervalKind = Annotated[
     Literal["prediction", "confidence"],
     Field(

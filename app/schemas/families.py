@@ -10,6 +10,7 @@ Span = tuple[float, float]
 
 _EXAMPLE_METHOD: dict[str, Any] = {
     "method": "depth",
+    "recipe": "full",
     "n_runs": 12,
     "n_observations": 126,
     "n0": [25360, 211424],
@@ -23,6 +24,7 @@ EXAMPLE_FAMILY: dict[str, Any] = {
     "family": "wide-llama",
     "reference": True,
     "protocols": ["eval:2d54c8c059537bd3:seq128:n16384"],
+    "recipes": ["full"],
     "n_runs": 35,
     "n_observations": 368,
     "n0": [25360, 211424],
@@ -46,11 +48,16 @@ class _Coverage(BaseModel):
 
 
 class MethodSummary(_Coverage):
-    """One pruning method of a family, and the law that answers for it by default."""
+    """One pruning method of a family under one recovery recipe, and the law that answers for
+    them by default."""
 
     method: str
+    recipe: str = Field(
+        ..., description="The recovery recipe of these runs (one entry per method and recipe)."
+    )
     default_fit_id: str | None = Field(
-        None, description="The default fit of (family, method): what /predict uses by default."
+        None,
+        description="The default fit of (family, method, recipe): what /predict uses by default.",
     )
     default_form: str | None = Field(None, description="That fit's form.")
 
@@ -65,7 +72,12 @@ class FamilySummary(_Coverage):
         ..., description="Every point of this family came with the service (reference data)."
     )
     protocols: list[str] = Field(..., description="Evaluation protocols of its losses.")
-    methods: list[MethodSummary]
+    recipes: list[str] = Field(
+        ..., description="Recovery recipes of its runs (full, lora, distill; full first)."
+    )
+    methods: list[MethodSummary] = Field(
+        ..., description="One entry per (method, recipe), by method name then recipe."
+    )
 
 
 class FamiliesOut(BaseModel):

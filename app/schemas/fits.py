@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.schemas.common import NO_NUL, Page, form_enum, with_rules
+from app.schemas.common import NO_NUL, Page, Recipe, form_enum, with_rules
 
 #: The `form` value that chooses a form by cross-validated held-out error.
 AUTO_FORM = "auto"
@@ -100,14 +100,19 @@ class FitCreate(BaseModel):
     run_ids: list[Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)]] | None = (
         Field(None, min_length=1, max_length=10_000, description="Only these runs.")
     )
+    recipe: Recipe = Field(
+        "full",
+        description="Only observations of this recovery recipe (a fit never mixes recipes); "
+        "default: full.",
+    )
     bootstrap: int = Field(
         0, ge=0, le=1000, description="Refits on runs resampled with replacement."
     )
     holdout: Holdout | None = Field(None, description="Also report held-out metrics.")
     make_default: bool = Field(
         False,
-        description="Make this the default fit of its family and method (the first fit of a "
-        "pair becomes its default anyway).",
+        description="Make this the default fit of its family, method and recipe (the first fit "
+        "of one becomes its default anyway).",
     )
     include_excluded: bool = Field(False, description="Also use observations marked excluded.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the bootstrap resampling.")
@@ -161,6 +166,7 @@ EXAMPLE_FIT: dict[str, Any] = {
     "family": "llama-3",
     "method": "depth",
     "protocol": "eval-4f2a",
+    "recipe": "full",
     "run_ids": ["llama-1b-depth-0.25"],
     "params": {
         "N_C": 0.5,
@@ -291,6 +297,7 @@ class FitOut(BaseModel):
     family: str | None
     method: str | None
     protocol: str | None
+    recipe: str = Field(..., description="The recovery recipe of every observation fitted.")
     run_ids: list[str]
     params: dict[str, float]
     objective: float | None

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import L0, N0, NO_NUL, Loss, Page, Rho, Tokens
+from app.schemas.common import L0, N0, NO_NUL, Loss, Page, Recipe, Rho, Tokens
 
 EXAMPLE_OBSERVATION: dict[str, Any] = {
     "run_id": "llama-1b-depth-0.25",
@@ -22,9 +22,9 @@ EXAMPLE_OBSERVATION: dict[str, Any] = {
     "source": "synthetic",
 }
 
-#: The CSV header the upload accepts (protocol and source may be left out or empty).
+#: The CSV header the upload accepts (protocol, source and recipe may be left out or empty).
 CSV_COLUMNS = ("run_id", "family", "method", "n0", "rho", "l0", "tokens", "loss")
-CSV_OPTIONAL = ("protocol", "source")
+CSV_OPTIONAL = ("protocol", "source", "recipe")
 EXAMPLE_CSV = (
     "run_id,family,method,n0,rho,l0,tokens,loss,protocol,source\n"
     "llama-1b-depth-0.25,llama-3,depth,1e9,0.25,2.5,1e8,2.70,eval-4f2a,synthetic\n"
@@ -56,6 +56,9 @@ class ObservationIn(BaseModel):
     )
     source: str | None = Field(
         None, max_length=64, pattern=NO_NUL, description="Where the point came from."
+    )
+    recipe: Recipe = Field(
+        "full", description="How the pruned model was post-trained (full, lora, distill)."
     )
 
 
@@ -94,6 +97,7 @@ class ObservationOut(BaseModel):
     loss: float
     protocol: str
     source: str
+    recipe: str
     excluded: bool
     note: str | None
     created_at: datetime
@@ -109,6 +113,7 @@ class ObservationPage(Page[ObservationOut]):
                     "items": [
                         {
                             **EXAMPLE_OBSERVATION,
+                            "recipe": "full",
                             "id": 1,
                             "excluded": False,
                             "note": None,

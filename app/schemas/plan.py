@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import L0, N0, IntervalKind, Label, Level, Rho, Tokens
+from app.schemas.common import L0, N0, IntervalKind, Label, Level, Recipe, Rho, Tokens
 
 #: Plans on a family shipped with the service (docs/law.md §8): they answer on a fresh install.
 EXAMPLE_PLAN: dict[str, Any] = {
@@ -31,8 +31,8 @@ EXAMPLE_PLAN_GRIDS: dict[str, Any] = {
 
 
 class PlanRequest(BaseModel):
-    """Given a dense model, the methods with default fits, a size limit and a token budget,
-    rank (method, ρ, tokens) options by predicted loss."""
+    """Given a dense model, the methods and recipes with default fits, a size limit and a token
+    budget, rank (method, recipe, ρ, tokens) options by predicted loss."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -44,6 +44,13 @@ class PlanRequest(BaseModel):
         None,
         max_length=32,
         description="Methods to compare; default: every method with a default fit for the family.",
+    )
+    recipes: list[Recipe] | None = Field(
+        None,
+        min_length=1,
+        max_length=8,
+        description="Recovery recipes to compare (full, lora, distill); default: every recipe "
+        "with a default fit for the family.",
     )
     n0: N0
     l0: L0
@@ -71,9 +78,11 @@ class PlanRequest(BaseModel):
 
 
 class PlanOptionOut(BaseModel):
-    """One (method, ρ, tokens) choice and what the law predicts for it."""
+    """One (method, recipe, ρ, tokens) choice, what the law predicts for it and what its
+    post-training costs."""
 
     method: str
+    recipe: str = Field(..., description="The recovery recipe whose default fit predicted it.")
     fit_id: str | None = Field(None, description="The default fit that predicted this option.")
     rho: float
     tokens: float
@@ -81,6 +90,13 @@ class PlanOptionOut(BaseModel):
     lower: float | None
     upper: float | None
     n_after: float = Field(..., description="Parameters left after pruning: n0 · (1 − ρ).")
+    flops: float = Field(
+        ...,
+        description="Training FLOPs of the option's post-training: tokens × the recipe's FLOPs "
+        "per token from parameter counts (full 6·N, lora 4·N, distill 6·N + 2·n0; N = n_after "
+        "for depth and width, n0 for 2:4 and unstructured, which train masked weights densely; "
+        "docs/law.md §7).",
+    )
     beyond_observed: float | None = Field(
         None,
         description=(
@@ -102,6 +118,7 @@ class PlanResponse(BaseModel):
                     "options": [
                         {
                             "method": "width",
+                            "recipe": "full",
                             "fit_id": "3f2a9c0e6b1d4e7f8a9b0c1d2e3f4a5b",
                             "rho": 0.2,
                             "tokens": 5.0e9,
@@ -109,11 +126,13 @@ class PlanResponse(BaseModel):
                             "lower": 2.29,
                             "upper": 2.34,
                             "n_after": 6.424e9,
+                            "flops": 1.927e20,
                             "beyond_observed": 1.0,
                         }
                     ],
                     "best": {
                         "method": "width",
+                        "recipe": "full",
                         "fit_id": "3f2a9c0e6b1d4e7f8a9b0c1d2e3f4a5b",
                         "rho": 0.2,
                         "tokens": 5.0e9,
@@ -121,9 +140,11 @@ class PlanResponse(BaseModel):
                         "lower": 2.29,
                         "upper": 2.34,
                         "n_after": 6.424e9,
+                        "flops": 1.927e20,
                         "beyond_observed": 1.0,
                     },
                     "methods": ["depth", "width"],
+                    "recipes": ["full"],
                     "warnings": [],
                 }
             ]
@@ -133,4 +154,7 @@ class PlanResponse(BaseModel):
     options: list[PlanOptionOut]
     best: PlanOptionOut | None
     methods: list[str] = Field(..., description="Methods that had a default fit and were compared.")
+    recipes: list[str] = Field(
+        ..., description="Recovery recipes that had a default fit and were compared."
+    )
     warnings: list[str]

@@ -16,6 +16,7 @@ from app.schemas.common import (
     Label,
     LawSpec,
     Level,
+    Recipe,
     Rho,
     Tokens,
     null_or_absent,
@@ -89,6 +90,11 @@ class LawChoice(BaseModel):
         None, description="Model family; with `method` and no fit_id/law, picks the default fit."
     )
     method: Label | None = Field(None, description="Pruning method (depth, width, 2:4, ...).")
+    recipe: Recipe = Field(
+        "full",
+        description="Recovery recipe whose default fit answers with family and method (default "
+        "full); given with `fit_id`, a stored fit of another recipe is a 422.",
+    )
 
     @model_validator(mode="after")
     def _at_most_one_law(self) -> LawChoice:

@@ -135,6 +135,7 @@ def fit_out(fit: Fit) -> dict[str, Any]:
         "family": fit.family,
         "method": fit.method,
         "protocol": fit.protocol,
+        "recipe": fit.recipe,
         "run_ids": list(fit.run_ids or []),
         "params": {k: float(v) for k, v in fit.params.items() if finite_or_none(v) is not None},
         "objective": finite_or_none(fit.objective),

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.core.errors import NotFound, Unprocessable
+from app.core.recipes import DEFAULT_RECIPE
 from app.db.models.fit import Fit
 from app.db.models.observation import Observation
 from app.law.bootstrap import refit_runs
@@ -28,9 +29,12 @@ DEFAULT_SELECT_BY: SelectBy = "runs"
 DEFAULT_COVERAGE_LEVEL = 0.8
 
 
-def _describe(family: str | None, method: str | None, run_ids: Sequence[str] | None) -> str:
+def _describe(
+    family: str | None, method: str | None, run_ids: Sequence[str] | None, recipe: str
+) -> str:
     parts = [f"family={family!r}" if family else "any family"]
     parts.append(f"method={method!r}" if method else "any method")
+    parts.append(f"recipe={recipe!r}")
     if run_ids:
         shown = ", ".join(run_ids[:5]) + (" …" if len(run_ids) > 5 else "")
         parts.append(f"runs [{shown}]")
@@ -62,6 +66,7 @@ def create_fit(
     family: str | None = None,
     method: str | None = None,
     run_ids: Sequence[str] | None = None,
+    recipe: str = DEFAULT_RECIPE,
     bootstrap: int = 0,
     holdout: HoldOut | None = None,
     make_default: bool = False,
@@ -76,11 +81,12 @@ def create_fit(
     `form` ``"auto"`` first chooses the form by held-out error for the use `select_by`
     (``runs`` by default; docs/law.md §4) and keeps the comparison in ``fits.selection``.
 
-    The selection is the observations of `family`, `method` and `run_ids` (each optional);
-    it must hold one evaluation protocol. `bootstrap` refits on runs resampled with replacement
+    The selection is the observations of `recipe` (``full`` by default: a fit never mixes
+    recipes) and of `family`, `method` and `run_ids` (each optional); it must hold one
+    evaluation protocol. `bootstrap` refits on runs resampled with replacement
     are stored for intervals, with the calibration of its prediction intervals and their
     coverage measured at level `interval` on every protocol the data allow. The fit becomes
-    the default of its (family, method) when asked,
+    the default of its (family, method, recipe) when asked,
     or when that pair has no default yet. Raises Unprocessable when nothing or too little is
     selected (LawError from the law for too few points per parameter).
     """
@@ -90,6 +96,7 @@ def create_fit(
         family=family,
         method=method,
         run_ids=run_ids,
+        recipe=recipe,
         bootstrap=bootstrap,
         holdout=holdout,
         include_excluded=include_excluded,
@@ -110,6 +117,7 @@ def compute_fit(
     family: str | None,
     method: str | None,
     run_ids: Sequence[str] | None = None,
+    recipe: str = DEFAULT_RECIPE,
     bootstrap: int = 0,
     holdout: HoldOut | None = None,
     include_excluded: bool = False,
@@ -134,10 +142,11 @@ def compute_fit(
         method=method,
         run_ids=run_ids,
         include_excluded=include_excluded,
+        recipe=recipe,
     )
     if not rows:
         raise Unprocessable(
-            f"no observations match ({_describe(family, method, run_ids)}"
+            f"no observations match ({_describe(family, method, run_ids, recipe)}"
             f"{'' if include_excluded else ', excluded points left out'}): "
             "upload some with POST /observations first"
         )
@@ -161,6 +170,7 @@ def compute_fit(
         family=family if family is not None else _only(data.family),
         method=method if method is not None else _only(data.method),
         protocol=protocol or None,
+        recipe=recipe,
         run_ids=list(data.run_ids),
         params={k: float(v) for k, v in result.params.items()},
         objective=float(result.objective),
@@ -203,13 +213,13 @@ def calibration_of(
 
 
 def store_fit(session: Session, fit: Fit, *, make_default: bool) -> None:
-    """Add `fit`; it becomes its (family, method)'s default when asked or when there is none.
-    Flushes, never commits: the caller owns the transaction."""
+    """Add `fit`; it becomes its (family, method, recipe)'s default when asked or when there is
+    none. Flushes, never commits: the caller owns the transaction."""
     repo.add(session, fit)
     if make_default or (
         fit.family is not None
         and fit.method is not None
-        and repo.get_default(session, fit.family, fit.method) is None
+        and repo.get_default(session, fit.family, fit.method, fit.recipe) is None
     ):
         repo.set_default(session, fit)
 
@@ -223,10 +233,18 @@ def get_fit(session: Session, fit_id: str) -> Fit:
 
 
 def list_fits(
-    session: Session, *, family: str | None, method: str | None, offset: int, limit: int
+    session: Session,
+    *,
+    family: str | None,
+    method: str | None,
+    offset: int,
+    limit: int,
+    recipe: str | None = None,
 ) -> tuple[list[Fit], int]:
     """One page of fits (newest first) and the total matching the filters."""
-    return repo.list_page(session, family=family, method=method, offset=offset, limit=limit)
+    return repo.list_page(
+        session, family=family, method=method, recipe=recipe, offset=offset, limit=limit
+    )
 
 
 def plot_fit_png(session: Session, fit_id: str) -> bytes:
@@ -237,13 +255,13 @@ def plot_fit_png(session: Session, fit_id: str) -> bytes:
     rows = [
         row
         for row in observations_repo.select_for_fit(
-            session, run_ids=list(fit.run_ids), include_excluded=True
+            session, run_ids=list(fit.run_ids), include_excluded=True, recipe=fit.recipe
         )
         if (row.protocol or None) == fit.protocol
     ]
     if not rows:
         raise Unprocessable(f"the observations of fit {fit_id!r} are no longer stored")
-    scope = f"{fit.family or 'any family'}, {fit.method or 'any method'}"
+    scope = f"{fit.family or 'any family'}, {fit.method or 'any method'}, {fit.recipe}"
     title = f"{fit.form} fit {fit.id[:8]} — {scope}"
     png: bytes = plot_fit(fit.form, fit.params, Dataset.from_rows(rows), title=title)
     return png

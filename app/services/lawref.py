@@ -1,5 +1,5 @@
-"""Which law answers a prediction: a stored fit (by id or as a family/method default) or an
-inline law.
+"""Which law answers a prediction: a stored fit (by id or as a family/method/recipe default)
+or an inline law.
 
 Stored fits never change after they are written (only their default flag does) and their ids
 are random and never reused, so what a prediction needs from a fit is parsed once and kept in a
@@ -43,6 +43,7 @@ class LawRef:
     method: str | None = None
     protocol: str | None = None
     selection: Mapping[str, Any] | None = None
+    recipe: str | None = None
 
 
 class _FitCache:
@@ -93,6 +94,7 @@ def law_from_fit(fit: Fit) -> LawRef:
         method=fit.method,
         protocol=fit.protocol,
         selection=dict(fit.selection) if fit.selection else None,
+        recipe=fit.recipe,
     )
     fit_cache.put(ref)
     return ref
@@ -105,9 +107,26 @@ def _gone(fit_id: str) -> NotFound:
 
 def _no_default(choice: LawChoice) -> Unprocessable:
     return Unprocessable(
-        f"no default fit for family={choice.family!r}, method={choice.method!r}: "
-        "create one with POST /fits (make_default=true), or pass `fit_id` or `law`"
+        f"no default fit for family={choice.family!r}, method={choice.method!r}, "
+        f"recipe={choice.recipe!r}: create one with POST /fits (make_default=true), or pass "
+        "`fit_id` or `law`"
     )
+
+
+def _same_recipe(choice: LawChoice, ref: LawRef) -> LawRef:
+    """`ref`, or a 422 when the request names a recipe and `ref` is a stored fit of another:
+    a law fitted on one recipe's runs does not answer for another's."""
+    if (
+        ref.fit_id is not None
+        and "recipe" in choice.model_fields_set
+        and ref.recipe != choice.recipe
+    ):
+        raise Unprocessable(
+            f"fit {ref.fit_id!r} was fitted on recipe {ref.recipe!r} observations, not "
+            f"{choice.recipe!r}: a fit never answers for another recovery recipe; pass its "
+            f"recipe, or leave out fit_id to use the default fit of recipe {choice.recipe!r}"
+        )
+    return ref
 
 
 def _current_id(session: Session | None, choice: LawChoice) -> str:
@@ -117,7 +136,7 @@ def _current_id(session: Session | None, choice: LawChoice) -> str:
             raise _gone(choice.fit_id)
         return choice.fit_id
     assert choice.family is not None and choice.method is not None
-    fit_id = fits_repo.default_id(session, choice.family, choice.method)
+    fit_id = fits_repo.default_id(session, choice.family, choice.method, choice.recipe)
     if fit_id is None:
         raise _no_default(choice)
     return fit_id
@@ -156,7 +175,7 @@ def resolve_law(choice: LawChoice, session: Session | None = None) -> LawRef:
             "choose a law: give `fit_id` (a stored fit), `law` ({form, params} inline), or "
             "both `family` and `method` to use their default fit"
         )
-    return stored_law(_current_id(session, choice), session)
+    return _same_recipe(choice, stored_law(_current_id(session, choice), session))
 
 
 def resolve_cached(choice: LawChoice) -> LawRef | None:
@@ -174,10 +193,11 @@ def resolve_cached(choice: LawChoice) -> LawRef | None:
             return None
         if not present:
             raise _gone(choice.fit_id)
-        return fit_cache.get(choice.fit_id)
+        cached = fit_cache.get(choice.fit_id)
+        return None if cached is None else _same_recipe(choice, cached)
     if choice.family is None or choice.method is None:
         return None
-    answered, fit_id = fits_repo.default_id_nowait(choice.family, choice.method)
+    answered, fit_id = fits_repo.default_id_nowait(choice.family, choice.method, choice.recipe)
     if not answered:
         return None
     if fit_id is None:

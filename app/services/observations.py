@@ -32,8 +32,9 @@ def add_observations(session: Session, rows: Sequence[Mapping[str, Any]]) -> tup
 def parse_csv(text: str, *, max_rows: int) -> list[dict[str, Any]]:
     """Rows of a CSV upload, validated like the JSON form; a bad row is a 422 with its line.
 
-    The header is required and names the columns (any order); `protocol` and `source` may be
-    left out or empty. Non-finite numbers (nan, inf, 1e400) are refused.
+    The header is required and names the columns (any order); `protocol`, `source` and `recipe`
+    may be left out or empty (`recipe` then is ``full``). Non-finite numbers (nan, inf, 1e400)
+    are refused.
     """
     reader = csv.DictReader(io.StringIO(text))
     header = [h.strip() for h in (reader.fieldnames or [])]
@@ -87,8 +88,15 @@ def list_observations(
     run_id: str | None,
     offset: int,
     limit: int,
+    recipe: str | None = None,
 ) -> tuple[list[Observation], int]:
     """One page of observations and the total matching the filters."""
     return repo.list_page(
-        session, family=family, method=method, run_id=run_id, offset=offset, limit=limit
+        session,
+        family=family,
+        method=method,
+        run_id=run_id,
+        recipe=recipe,
+        offset=offset,
+        limit=limit,
     )

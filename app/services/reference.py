@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app.core.recipes import DEFAULT_RECIPE
 from app.db.models.fit import Fit
 from app.reference import FITS_JSON, OBSERVATIONS_CSV
 from app.repositories import fits as fits_repo
@@ -64,6 +65,8 @@ _FIT_FIELDS = (
     "selection",
     "calibration",
 )
+#: The optional column (observations) and key (fits) naming a recovery recipe; absent: full.
+RECIPE_COLUMN = "recipe"
 _ID_NAMESPACE = uuid.UUID("5f6a1d0e-7c1b-4f7e-9a53-2b8f0c6e4d21")
 
 
@@ -91,13 +94,17 @@ class LoadReport:
 
 
 def read_observations(path: Path = OBSERVATIONS_CSV) -> list[dict[str, Any]]:
-    """The shipped observations as rows for the observations table (source ``reference``)."""
+    """The shipped observations as rows for the observations table (source ``reference``).
+
+    A ``recipe`` column is read when the file has one (an empty cell is ``full``); without it
+    every row is a full post-training."""
     with path.open(newline="", encoding="utf-8") as handle:
         return [
             {
                 **{name: row[name] for name in _COLUMNS},
                 **{name: float(row[name]) for name in _FLOATS},
                 "source": REFERENCE_SOURCE,
+                "recipe": (row.get(RECIPE_COLUMN) or "").strip() or DEFAULT_RECIPE,
             }
             for row in csv.DictReader(handle)
         ]
@@ -131,11 +138,16 @@ def load_reference(session: Session, *, only_if_empty: bool = True) -> LoadRepor
         if fits_repo.get(session, str(values["id"])) is not None:
             report.fits_present += 1
             continue
-        fit = Fit(**{name: values[name] for name in _FIT_FIELDS}, is_default=False)
+        fit = Fit(
+            **{name: values[name] for name in _FIT_FIELDS},
+            recipe=values.get(RECIPE_COLUMN, DEFAULT_RECIPE),
+            is_default=False,
+        )
         store_fit(session, fit, make_default=False)
         report.fits += 1
         if fit.is_default:
-            report.defaults.append(f"{fit.family}/{fit.method}")
+            recipe = "" if fit.recipe == DEFAULT_RECIPE else f" ({fit.recipe})"
+            report.defaults.append(f"{fit.family}/{fit.method}{recipe}")
     session.commit()
     return report
 
@@ -159,9 +171,13 @@ def write_observations(rows: Iterable[Mapping[str, str]], path: Path = OBSERVATI
         writer.writerows(rows)
 
 
-def fit_id_of(family: str, method: str, run_ids: Sequence[str], form: str) -> str:
-    """A deterministic fit id: the same shipped data and recipe give the same id."""
-    digest = hashlib.sha256("\n".join([family, method, form, *run_ids]).encode()).hexdigest()
+def fit_id_of(
+    family: str, method: str, run_ids: Sequence[str], form: str, recipe: str = DEFAULT_RECIPE
+) -> str:
+    """A deterministic fit id: the same shipped data and way of fitting give the same id (a full
+    post-training's id is what it was before recipes existed)."""
+    parts = [family, method, form, *run_ids] + ([] if recipe == DEFAULT_RECIPE else [recipe])
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()
     return uuid.uuid5(_ID_NAMESPACE, digest).hex
 
 
@@ -171,12 +187,15 @@ def build_fits(
     pairs: Iterable[tuple[str, str]] | None = None,
     bootstrap: int = REFERENCE_BOOTSTRAP,
 ) -> list[dict[str, Any]]:
-    """The default fit of every (family, method) of `rows` (or of `pairs`), made exactly as
-    `POST /fits` makes one, on a scratch SQLite database."""
+    """The default fit of every (family, method, recipe) of `rows` (of the (family, method)
+    `pairs` only, when given), made exactly as `POST /fits` makes one, on a scratch SQLite
+    database; a shipped fit of another recipe than full carries its ``recipe``."""
     from app.db.migrate import upgrade
     from app.db.session import create_engine_for, make_sessionmaker
 
-    wanted = sorted(set(pairs) if pairs is not None else {(r["family"], r["method"]) for r in rows})
+    present = {(r["family"], r["method"], r.get("recipe") or DEFAULT_RECIPE) for r in rows}
+    chosen = set(pairs) if pairs is not None else {(f, m) for f, m, _ in present}
+    wanted = sorted((f, m, r) for f, m, r in present if (f, m) in chosen)
     with tempfile.TemporaryDirectory(prefix="p2law-reference-") as folder:
         url = f"sqlite:///{Path(folder) / 'reference.sqlite3'}"
         upgrade(url)
@@ -186,17 +205,21 @@ def build_fits(
                 observations_repo.insert_ignore(session, list(rows))
                 session.commit()
                 built = []
-                for family, method in wanted:
+                for family, method, recipe in wanted:
                     fit = compute_fit(
                         session,
                         form=REFERENCE_FORM,
                         family=family,
                         method=method,
+                        recipe=recipe,
                         bootstrap=bootstrap,
                         seed=REFERENCE_SEED,
                     )
-                    fit.id = fit_id_of(family, method, fit.run_ids, REFERENCE_FORM)
-                    built.append({name: getattr(fit, name) for name in _FIT_FIELDS})
+                    fit.id = fit_id_of(family, method, fit.run_ids, REFERENCE_FORM, recipe)
+                    values = {name: getattr(fit, name) for name in _FIT_FIELDS}
+                    if recipe != DEFAULT_RECIPE:
+                        values[RECIPE_COLUMN] = recipe
+                    built.append(values)
         finally:
             engine.dispose()
     return built

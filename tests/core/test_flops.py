@@ -8,7 +8,10 @@ from app.core.flops import (
     expected_throughput,
     flops_per_token,
     hardware_flops_per_token,
+    lora_adapter_params,
     peak_bf16_tflops,
+    recipe_flops_per_token,
+    recipe_flops_per_token_of_params,
 )
 from app.core.memory import ModelShape
 from benchmarks.memory_model import SHAPES
@@ -83,3 +86,55 @@ def test_an_untied_input_embedding_is_a_lookup_not_a_matmul() -> None:
 )
 def test_peak_is_looked_up_by_device_name(name: str, tflops: float | None) -> None:
     assert peak_bf16_tflops(name) == tflops
+
+
+SMALL = ModelShape(
+    "s", hidden=8, layers=2, heads=2, kv_heads=1, intermediate=16, vocab=10, tied=False
+)
+
+
+def test_lora_adapters_are_rank_times_in_plus_out_per_target_and_layer() -> None:
+    # q: 8 -> 8, v: 8 -> 4 (one KV head of width 4), down: 16 -> 8; two layers.
+    assert lora_adapter_params(SMALL, 4, ["q_proj"]) == 2 * 4 * (8 + 8)
+    assert lora_adapter_params(SMALL, 4, ["v_proj", "down_proj"]) == 2 * 4 * ((8 + 4) + (16 + 8))
+    with pytest.raises(ValueError, match="lm_head"):
+        lora_adapter_params(SMALL, 4, ["lm_head"])
+
+
+def test_the_recipes_flops_per_token_follow_their_formulas() -> None:
+    n, s = SMALL.matmul_params, 32
+    attention = 12 * 2 * 8 * s  # 12·L·d·s
+    assert recipe_flops_per_token("full", SMALL, s) == flops_per_token(SMALL, s)
+    # LoRA: forward 2N, backward through activations 2N, attention whole, adapters 6·N_a.
+    assert recipe_flops_per_token("lora", SMALL, s, adapter_params=100) == (
+        4 * n + attention + 6 * 100
+    )
+    dense = ModelShape(
+        "d", hidden=8, layers=4, heads=2, kv_heads=1, intermediate=32, vocab=10, tied=False
+    )
+    # Distill: the student's full training plus the teacher's forward (2·N0 + 4·L0·d0·s).
+    assert recipe_flops_per_token("distill", SMALL, s, teacher=dense) == (
+        6 * n + attention + 2 * dense.matmul_params + 4 * 4 * 8 * s
+    )
+    with pytest.raises(ValueError, match="teacher"):
+        recipe_flops_per_token("distill", SMALL, s)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        recipe_flops_per_token("qlora", SMALL, s)
+
+
+def test_on_an_8b_model_lora_costs_about_two_thirds_and_distill_more_than_full() -> None:
+    dense = ModelShape.from_config(LLAMA_31_8B)
+    full = recipe_flops_per_token("full", dense, 2048)
+    adapters = lora_adapter_params(dense, 16, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora = recipe_flops_per_token("lora", dense, 2048, adapter_params=adapters)
+    distill = recipe_flops_per_token("distill", dense, 2048, teacher=dense)
+    assert 0.6 < lora / full < 0.72
+    assert distill / full == pytest.approx(4 / 3, rel=0.01)
+
+
+def test_the_parameter_only_counts_of_a_plan() -> None:
+    assert recipe_flops_per_token_of_params("full", 750.0, 1000.0) == 4500.0
+    assert recipe_flops_per_token_of_params("lora", 750.0, 1000.0) == 3000.0
+    assert recipe_flops_per_token_of_params("distill", 750.0, 1000.0) == 4500.0 + 2000.0
+    with pytest.raises(ValueError):
+        recipe_flops_per_token_of_params("none", 1.0, 1.0)

@@ -91,5 +91,28 @@ def test_the_id_reads_agree_with_the_row_queries(session: Session) -> None:
     assert default is not None and fits.default_id(session, "tiny", "depth") == default.id
     assert fits.default_id(session, "tiny", "2:4") is None
     assert fits.exists(session, depth.id) and not fits.exists(session, "0" * 32)
-    assert fits.default_ids(session, "tiny") == [("width", width.id), ("depth", depth.id)]
+    assert fits.default_ids(session, "tiny") == [
+        ("width", "full", width.id),
+        ("depth", "full", depth.id),
+    ]
     assert fits.default_ids(session, "none") == []
+
+
+def test_each_recipe_has_its_own_default_and_filter(session: Session) -> None:
+    full = fits.add(session, _fit())
+    lora = fits.add(session, _fit(recipe="lora"))
+    fits.set_default(session, full)
+    fits.set_default(session, lora)
+    session.expire_all()
+    # Making the LoRA fit a default leaves the full one's in place: one default per recipe.
+    assert fits.get_default(session, "tiny", "depth") is full
+    assert fits.get_default(session, "tiny", "depth", "lora") is lora
+    assert fits.get_default(session, "tiny", "depth", "distill") is None
+    assert fits.default_id(session, "tiny", "depth", "lora") == lora.id
+    assert fits.default_id(session, "tiny", "depth") == full.id
+    assert sorted(fits.default_ids(session, "tiny")) == sorted(
+        [("depth", "full", full.id), ("depth", "lora", lora.id)]
+    )
+    assert fits.defaults(session)[("tiny", "depth", "lora")] == (lora.id, "p2")
+    page, total = fits.list_page(session, recipe="lora")
+    assert (total, [f.id for f in page]) == (1, [lora.id])

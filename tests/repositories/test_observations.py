@@ -125,3 +125,31 @@ def test_select_for_fit_leaves_out_excluded_points_unless_asked(session: Session
     assert [o.tokens for o in everything] == [1.0, 2.0]
     assert all(isinstance(o, Observation) for o in everything)
     assert observations.select_for_fit(session, run_ids=[]) == []
+
+
+def test_the_recipe_defaults_to_full_and_selects_filters_and_groups(session: Session) -> None:
+    observations.insert_ignore(
+        session,
+        [_row("f", 1.0), _row("l", 1.0, recipe="lora"), _row("l", 2.0, recipe="lora")],
+    )
+    assert observations.list_page(session, run_id="f")[0][0].recipe == "full"
+    lora = observations.select_for_fit(session, family="tiny", method="depth", recipe="lora")
+    assert [(o.run_id, o.tokens) for o in lora] == [("l", 1.0), ("l", 2.0)]
+    full = observations.select_for_fit(session, family="tiny", method="depth", recipe="full")
+    assert [o.run_id for o in full] == ["f"]
+    assert observations.list_page(session, recipe="lora")[1] == 2
+    groups = {
+        (row["method"], row["recipe"]): row["n_observations"]
+        for row in observations.family_method_summaries(session, "tiny")
+    }
+    assert groups == {("depth", "full"): 1, ("depth", "lora"): 2}
+    others = observations.other_runs(
+        session, family="tiny", method="depth", protocol="", run_id="x", recipe="lora"
+    )
+    assert {o.run_id for o in others} == {"l"}
+
+
+def test_an_upsert_rewrites_the_recipe_of_a_stored_point(session: Session) -> None:
+    observations.insert_ignore(session, [_row("u", 1.0)])
+    observations.upsert(session, [_row("u", 1.0, recipe="distill")])
+    assert observations.list_page(session, run_id="u")[0][0].recipe == "distill"

@@ -24,7 +24,21 @@ ROW = {
 def test_csv_columns_may_come_in_any_order_and_blank_lines_are_skipped() -> None:
     text = "loss,tokens,l0,rho,n0,method,family,run_id\n2.7,1e8,2.5,0.25,1e9,depth,f,r\n\n"
     rows = parse_csv(text, max_rows=10)
-    assert rows == [{**ROW, "protocol": None, "source": None}]
+    assert rows == [{**ROW, "protocol": None, "source": None, "recipe": "full"}]
+
+
+def test_a_csv_recipe_column_is_read_and_an_empty_cell_is_full() -> None:
+    text = (
+        HEADER + ",recipe\nr,f,depth,1e9,0.25,2.5,1e8,2.7,lora\nr,f,depth,1e9,0.25,2.5,2e8,2.6,\n"
+    )
+    rows = parse_csv(text, max_rows=10)
+    assert [row["recipe"] for row in rows] == ["lora", "full"]
+
+
+def test_a_csv_with_an_unknown_recipe_is_refused_with_its_line() -> None:
+    text = HEADER + ",recipe\nr,f,depth,1e9,0.25,2.5,1e8,2.7,qlora\n"
+    with pytest.raises(Unprocessable, match="CSV line 2: recipe"):
+        parse_csv(text, max_rows=10)
 
 
 def test_a_csv_over_the_row_limit_is_payload_too_large() -> None:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import Response
 
 from app.api.deps import SessionDep, require_api_key
+from app.core.recipes import RecipeName
 from app.schemas.common import ERRORS, NO_NUL, NOT_FOUND, UNAUTHORIZED, unprocessable
 from app.schemas.fits import FitCreate, FitOut, FitPage
 from app.services import fits as service
@@ -43,10 +44,10 @@ _EXAMPLES: dict[str, Any] = {
 #: What POST /fits refuses beyond its request schema (docs/api.md, POST /fits): all of it
 #: depends on the stored observations.
 FIT_422 = unprocessable(
-    "data: no observation matches the selection; the selection mixes evaluation protocols "
-    "(the message lists them); fewer observations than the form has parameters; a hold-out "
-    "protocol that leaves one side empty; with `auto`, a `select_by` that cannot form a fold, "
-    "or no form scored on every fold.",
+    "data: no observation matches the selection (of one `recipe`); the selection mixes "
+    "evaluation protocols (the message lists them); fewer observations than the form has "
+    "parameters; a hold-out protocol that leaves one side empty; with `auto`, a `select_by` "
+    "that cannot form a fold, or no form scored on every fold.",
 )
 
 
@@ -70,6 +71,7 @@ def create_fit(
         family=body.family,
         method=body.method,
         run_ids=body.run_ids,
+        recipe=body.recipe,
         bootstrap=body.bootstrap,
         holdout=body.holdout.protocol if body.holdout is not None else None,
         interval=body.interval,
@@ -85,14 +87,16 @@ def create_fit(
 @router.get("/fits", response_model=FitPage)
 def list_fits(
     session: SessionDep,
+    *,
     family: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     method: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
+    recipe: RecipeName | None = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     """List fits, newest first, filtered and paged."""
     fits, total = service.list_fits(
-        session, family=family, method=method, offset=offset, limit=limit
+        session, family=family, method=method, recipe=recipe, offset=offset, limit=limit
     )
     return {"items": [fit_out(f) for f in fits], "total": total, "offset": offset, "limit": limit}
 

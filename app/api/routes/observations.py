@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import SessionDep, require_api_key
 from app.core.config import get_settings
 from app.core.errors import AppError, Unprocessable
+from app.core.recipes import RecipeName
 from app.schemas.common import ERRORS, NO_NUL, UNAUTHORIZED, unprocessable
 from app.schemas.observations import (
     CSV_COLUMNS,
@@ -127,12 +128,19 @@ def list_observations(
     family: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     method: Annotated[str | None, Query(max_length=32, pattern=NO_NUL)] = None,
     run_id: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
+    recipe: RecipeName | None = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """List stored observations, filtered and paged (ordered by run and tokens)."""
     rows, total = service.list_observations(
-        session, family=family, method=method, run_id=run_id, offset=offset, limit=limit
+        session,
+        family=family,
+        method=method,
+        run_id=run_id,
+        recipe=recipe,
+        offset=offset,
+        limit=limit,
     )
     return {
         "items": [ObservationOut.model_validate(r) for r in rows],

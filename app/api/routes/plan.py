@@ -28,7 +28,7 @@ _EXAMPLES: dict[str, Any] = {
 #: What /plan refuses beyond its request schema (docs/api.md, POST /plan).
 PLAN_422 = unprocessable(
     "a `rho_grid` with no value ≥ `rho_min`, a `token_grid` with no value ≤ `token_budget`;",
-    "data: no requested method with a default fit for `family`.",
+    "data: no requested method with a default fit for `family` under a requested recipe.",
 )
 
 

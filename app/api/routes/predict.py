@@ -116,8 +116,9 @@ def _parse(raw: bytes, content_type: str) -> PredictRequest:
 PREDICT_422 = unprocessable(
     "`columns` of unequal lengths;",
     "a `curve` law whose `params` lack one of the six `key@run` entries of a run;",
-    "data: no default fit for `family` and `method`; a `curve` law with no run at a point's "
-    "n0, rho and l0; a law that overflows at these points.",
+    "data: no default fit for `family`, `method` and `recipe`; a `fit_id` fitted on another "
+    "recipe than the `recipe` given; a `curve` law with no run at a point's n0, rho and l0; a "
+    "law that overflows at these points.",
 )
 
 

@@ -46,7 +46,8 @@ _EXAMPLES: dict[str, Any] = {
 #: What /recommend refuses beyond its request schema (docs/api.md, POST /recommend).
 RECOMMEND_422 = unprocessable(
     "a `curve` law whose `params` lack one of the six `key@run` entries of a run;",
-    "data: no default fit for `family` and `method`; a target at or below the law's floor "
+    "data: no default fit for `family`, `method` and `recipe`; a `fit_id` fitted on another "
+    "recipe than the `recipe` given; a target at or below the law's floor "
     "(the body also carries `floor_loss` and `target_loss`); a rule not met below 1e15 tokens "
     "without `max_tokens`; a `curve` law with no run at this n0, rho and l0; a law that "
     "overflows here.",

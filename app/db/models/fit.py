@@ -22,7 +22,7 @@ class Fit(Base):
 
     ``params`` holds the law's constants by name; ``ranges`` the data ranges it was fitted on
     (predictions outside them carry warnings); ``bootstrap`` a list of refitted parameter dicts
-    used for intervals. At most one fit per (family, method) has ``is_default`` set.
+    used for intervals. At most one fit per (family, method, recipe) has ``is_default`` set.
     """
 
     __tablename__ = "fits"
@@ -33,6 +33,8 @@ class Fit(Base):
     family: Mapped[str | None] = mapped_column(String(64), nullable=True)
     method: Mapped[str | None] = mapped_column(String(32), nullable=True)
     protocol: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # The recovery recipe of every observation it was fitted on (app.core.recipes).
+    recipe: Mapped[str] = mapped_column(String(16), default="full", server_default="full")
     run_ids: Mapped[list[str]] = mapped_column(JSONType, default=list)
     params: Mapped[dict[str, float]] = mapped_column(JSONType)
     objective: Mapped[float] = mapped_column(Float)

@@ -17,7 +17,8 @@ class Observation(Base):
     by pruning, loss of the dense model before pruning; docs/law.md §1); (run_id, tokens) is
     unique so a repeated upload or a resumed job cannot store a point twice. ``excluded``
     marks points left out of fits unless asked for (for example a loss below ``l0`` beyond
-    the noise).
+    the noise). ``recipe`` is the recovery recipe the run was post-trained with (``full``,
+    ``lora``, ``distill``).
     """
 
     __tablename__ = "observations"
@@ -38,6 +39,8 @@ class Observation(Base):
     loss: Mapped[float] = mapped_column(Float)
     protocol: Mapped[str] = mapped_column(String(256), default="", server_default="")
     source: Mapped[str] = mapped_column(String(64), default="api", server_default="api")
+    # How the pruned model recovered (app.core.recipes): a fit never mixes recipes.
+    recipe: Mapped[str] = mapped_column(String(16), default="full", server_default="full")
     excluded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
