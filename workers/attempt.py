@@ -127,7 +127,7 @@ def _attempt_claimed(claimed: Claimed, beat: Heartbeat) -> str:
     last_tokens = outcome.points[-1].tokens if outcome.points else 0
     # Refit before the job reads "succeeded", so a client that sees it finished sees the fit.
     if claimed.request.refit:
-        job_lease.refit(lease, claimed.family, claimed.method)
+        job_lease.refit(lease, claimed.family, claimed.method, claimed.recipe)
     done = job_lease.finish(
         lease,
         "succeeded",

@@ -64,6 +64,12 @@ class Claimed:
     def resumed(self) -> bool:
         return self.attempts > 1
 
+    @property
+    def recipe(self) -> str:
+        """The job's recovery recipe (``full``, ``lora``, ``distill``): its observations' and
+        its refit's."""
+        return self.request.recipe.kind
+
 
 def claim(job_id: str, owner: str, lease_s: float) -> Claimed | None:
     """Claim ``job_id`` (one conditional UPDATE); None when another worker has it or it is done.
@@ -158,6 +164,7 @@ def observation_row(
         "loss": float(loss),
         "protocol": str(measured["protocol"]),
         "source": "job",
+        "recipe": claimed.recipe,
         "excluded": bool(below_l0),
         "note": note,
     }
@@ -208,7 +215,8 @@ def record_checkpoint(
 
 
 def earlier_runs(claimed: Claimed, protocol: str) -> list[RunPoint]:
-    """The kept points of other runs of the job's family and method under ``protocol``."""
+    """The kept points of other runs of the job's family, method and recipe under
+    ``protocol``."""
     with session_scope() as session:
         rows = observations_repo.other_runs(
             session,
@@ -216,6 +224,7 @@ def earlier_runs(claimed: Claimed, protocol: str) -> list[RunPoint]:
             method=claimed.method,
             protocol=protocol,
             run_id=claimed.id,
+            recipe=claimed.recipe,
         )
         return [RunPoint(r.run_id, r.n0, r.rho, r.l0, r.tokens, r.loss) for r in rows]
 
@@ -230,24 +239,30 @@ def _add_warning(session: Session, job_id: str, warning: str) -> bool:
     return job is not None and repo.add_warning(session, job, warning)
 
 
-def refit(lease: Lease, family: str, method: str) -> str | None:
-    """Refit the family/method's P² law and make it the job's family default.
+def refit(lease: Lease, family: str, method: str, recipe: str = "full") -> str | None:
+    """Refit the family/method/recipe's P² law (on that recipe's observations only) and make it
+    their default.
 
     The fit is computed without a lock and stored, with the warning that names it, only while the
     lease is held: a worker whose job was taken over changes no default. A failed fit becomes a
     warning (the job succeeded; a refit problem must not undo that). Returns the new fit's id.
     """
+    scope = f"{family}/{method}" + ("" if recipe == "full" else f" ({recipe})")
     try:
         with session_scope() as session:
-            fit = fits_service.compute_fit(session, form="p2", family=family, method=method)
+            fit = fits_service.compute_fit(
+                session, form="p2", family=family, method=method, recipe=recipe
+            )
     except Exception as exc:
-        add_warning(lease, f"refit of {family}/{method} failed: {exc}")
+        add_warning(lease, f"refit of {scope} failed: {exc}")
         return None
 
     def write(session: Session) -> str:
         fits_service.store_fit(session, fit, make_default=True)
         _add_warning(
-            session, lease.job_id, f"refit {fit.id} of {family}/{method} is now the default fit"
+            session,
+            lease.job_id,
+            f"refit {fit.id} of {scope} is now the default fit",
         )
         return fit.id
 

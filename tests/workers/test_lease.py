@@ -221,3 +221,58 @@ def test_a_worker_holding_its_lease_refits_and_names_the_new_default(sqlite_url:
         job = jobs_repo.get(session, job_id)
         assert job is not None
         assert job.warnings == [f"refit {fit_id} of fam/depth is now the default fit"]
+
+
+def test_a_jobs_observations_carry_its_recipe(sqlite_url: str) -> None:
+    hooks, job_id = claimed_hooks(sqlite_url, recipe={"kind": "lora", "rank": 4})
+    hooks.on_checkpoint(point(100, 2.5), [point(100, 2.5)])
+    with session_scope() as session:
+        rows, _ = observations_repo.list_page(session, run_id=job_id)
+        assert [r.recipe for r in rows] == ["lora"]
+
+
+def test_a_full_job_records_full(sqlite_url: str) -> None:
+    hooks, job_id = claimed_hooks(sqlite_url)
+    hooks.on_checkpoint(point(100, 2.5), [point(100, 2.5)])
+    with session_scope() as session:
+        rows, _ = observations_repo.list_page(session, run_id=job_id)
+        assert [r.recipe for r in rows] == ["full"]
+
+
+def test_the_early_stop_learns_from_earlier_runs_of_the_jobs_recipe_only(sqlite_url: str) -> None:
+    hooks, _ = claimed_hooks(sqlite_url, recipe={"kind": "distill"})
+    base = {"family": "fam", "method": "depth", "n0": 1e6, "rho": 0.25, "l0": 2.0}
+    protocol = str(MEASURED.protocol)
+    with session_scope() as session:
+        observations_repo.upsert(
+            session,
+            [
+                {**base, "run_id": "full-run", "tokens": 1.0, "loss": 3.0, "protocol": protocol},
+                {
+                    **base,
+                    "run_id": "distill-run",
+                    "tokens": 1.0,
+                    "loss": 2.9,
+                    "protocol": protocol,
+                    "recipe": "distill",
+                },
+            ],
+        )
+    earlier = job_lease.earlier_runs(hooks.claimed, protocol)
+    assert [p.run_id for p in earlier] == ["distill-run"]
+
+
+def test_a_refit_fits_and_sets_the_default_of_the_jobs_recipe_only(sqlite_url: str) -> None:
+    from app.repositories import fits as fits_repo
+
+    hooks, job_id = claimed_hooks(sqlite_url)
+    _seed_family_observations()
+    # No LoRA observations of fam/depth: a LoRA refit fails with a warning and stores nothing.
+    assert job_lease.refit(hooks.lease, "fam", "depth", "lora") is None
+    fit_id = job_lease.refit(hooks.lease, "fam", "depth", "full")
+    with session_scope() as session:
+        assert fits_repo.default_id(session, "fam", "depth", "full") == fit_id
+        assert fits_repo.default_id(session, "fam", "depth", "lora") is None
+        job = jobs_repo.get(session, job_id)
+        assert job is not None
+        assert job.warnings[0].startswith("refit of fam/depth (lora) failed")
