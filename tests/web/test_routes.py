@@ -18,7 +18,7 @@ from app.repositories import jobs as jobs_repo
 from app.schemas.common import EXAMPLE_LAW
 from app.services.observations import add_observations
 from app.web.routes import STATIC_DIR, STATIC_URL
-from tests.api.conftest import FAMILY
+from tests.api.conftest import FAMILY, LAW, synthetic_observations
 from tests.api.test_jobs import job_request
 from tests.web.conftest import ROOT, UNFITTED, LiveServer, WebPage
 
@@ -239,6 +239,171 @@ def test_a_plan_far_beyond_the_reference_familys_tokens_reads_as_an_extrapolatio
     web.assert_offline()
 
 
+#: A family whose depth runs were recovered by two recipes (uploaded by the recipes test).
+RECIPE_FAMILY = "llama-3-recipes"
+#: LoRA's synthetic law: it recovers more slowly than full post-training.
+LORA_LAW = {**LAW, "D_C": 0.06, "beta": 0.4}
+#: "3.2e15 FLOPs", as format.js writes training FLOPs.
+FLOPS = re.compile(r"\d(\.\d)?e\d+ FLOPs")
+
+
+def _upload_two_recipes(server: LiveServer) -> None:
+    """Upload the depth runs of RECIPE_FAMILY under full and lora through the API, and make a
+    default fit per recipe (each with bootstrap refits, so each curve has a band)."""
+    rows = [
+        {**row, "family": RECIPE_FAMILY, "run_id": f"{recipe}-{row['run_id']}", "recipe": recipe}
+        for recipe, law, seed in (("full", LAW, 3), ("lora", LORA_LAW, 4))
+        for row in synthetic_observations("depth", params=law, seed=seed)
+    ]
+    with server.client() as client:
+        response = client.post("/observations", json={"observations": rows})
+        assert response.status_code == 201, response.text
+        for recipe in ("full", "lora"):
+            body = {"family": RECIPE_FAMILY, "method": "depth", "recipe": recipe, "bootstrap": 8,
+                    "make_default": True, "measure_coverage": False}  # fmt: skip
+            response = client.post("/fits", json=body)
+            assert response.status_code == 201, response.text
+
+
+def _recipe_summary(options: list[dict[str, Any]], recipes: list[str]) -> dict[str, Any]:
+    """Per recipe, the options with the fewest tokens and the fewest FLOPs among those that
+    reach the highest of the recipes' best losses (options come best first; ties keep the
+    first)."""
+    mine = {r: [o for o in options if o["recipe"] == r] for r in recipes}
+    goal = max(found[0]["predicted_loss"] for found in mine.values())
+    reach = {r: [o for o in found if o["predicted_loss"] <= goal] for r, found in mine.items()}
+    return {
+        "goal": goal,
+        "tokens": {r: min(found, key=lambda o: o["tokens"]) for r, found in reach.items()},
+        "flops": {r: min(found, key=lambda o: o["flops"]) for r, found in reach.items()},
+    }
+
+
+def test_planner_compares_the_recovery_recipes_of_a_family(
+    live_server: LiveServer, web: WebPage
+) -> None:
+    _upload_two_recipes(live_server)
+    page = web.page
+    page.goto(f"{live_server.url}/")
+    count = _wait_for_update(web, 0)
+    # A family with one recipe looks as before: no recipe choice, no recipe or FLOPs column.
+    assert page.locator("#family").input_value() == FAMILY
+    assert page.locator("#recipe-row").is_hidden()
+    page.locator("#plan-table tbody tr").first.wait_for()
+    assert page.locator("#plan-table thead th", has_text="FLOPs").is_hidden()
+    assert page.locator("#plan-table td.flops").count() == 0
+    assert page.locator("#plan-recipes").is_hidden()
+
+    page.locator("#family").select_option(RECIPE_FAMILY)
+    count = _wait_for_update(web, count)
+    assert page.locator("#recipe-row").is_visible()
+    offered = page.locator("#recipe option").evaluate_all("os => os.map(o => o.value)")
+    assert offered == ["all", "full", "lora"]
+    assert page.locator("#recipe").input_value() == "all"
+
+    # One curve per recipe, each drawn in its own style and named in the legend, with a band.
+    lines = {r: page.locator(f"#curve-line-{r}") for r in ("full", "lora")}
+    assert all(line.count() == 1 for line in lines.values())
+    assert lines["full"].get_attribute("style") != lines["lora"].get_attribute("style")
+    assert page.locator(".chart .band").count() == 2
+    legend = page.locator(".legend li[data-recipe]")
+    assert legend.evaluate_all("items => items.map(i => i.dataset.recipe)") == ["full", "lora"]
+
+    # Each rule answers per recipe, and the numbers are what /recommend answers with `recipe`.
+    v = {n: float(page.locator(f"#{n}-value").get_attribute("data-value") or "nan")
+         for n in ("n0", "rho", "l0")}  # fmt: skip
+    common = {"family": RECIPE_FAMILY, "method": "depth", **v, "interval": 0.8,
+              "interval_kind": "prediction"}  # fmt: skip
+    with live_server.client() as client:
+        for recipe in ("full", "lora"):
+            for rule in RULES:
+                row = page.locator(f"#rule-{rule}-{recipe}")
+                body = {**common, "recipe": recipe, "rule": rule}
+                if rule == "target":
+                    body["target_loss"] = float(row.get_attribute("data-target") or "nan")
+                else:
+                    body["threshold"] = float(page.locator(f"#{rule}-threshold").input_value())
+                answer = client.post("/recommend", json=body).json()
+                shown = float(row.locator(".tokens").get_attribute("data-value") or "nan")
+                assert shown == answer["tokens"], (rule, recipe)
+        # Without a typed target, both recipes are asked for the same loss.
+        targets = page.locator("#rules-table tr[data-rule=target]").evaluate_all(
+            "rows => rows.map(r => r.dataset.target)"
+        )
+        assert len(targets) == 2 and len(set(targets)) == 1
+
+        # The plan: every option with its recipe and FLOPs, as /plan answers them.
+        page.locator("#plan-options").fill("400")
+        page.locator("#plan-button").click()
+        plan = client.post(
+            "/plan",
+            json={
+                "family": RECIPE_FAMILY,
+                "recipes": None,
+                "n0": v["n0"],
+                "l0": v["l0"],
+                "rho_min": float(page.locator("#rho-min").input_value()),
+                "token_budget": float(page.locator("#token-budget").input_value()),
+                "interval": 0.8,
+                "interval_kind": "prediction",
+                "max_options": 1000,
+            },
+        ).json()
+    assert plan["recipes"] == ["full", "lora"]
+    rows = page.locator("#plan-table tbody tr")
+    page.wait_for_function(
+        "n => document.querySelectorAll('#plan-table tbody tr').length === n",
+        arg=min(400, len(plan["options"])),
+    )
+    shown_rows = rows.evaluate_all(
+        """rows => rows.map(r => ({
+            method: r.dataset.method,
+            recipe: r.dataset.recipe,
+            tokens: Number(r.querySelector('td.tokens').dataset.value),
+            flops: Number(r.querySelector('td.flops').dataset.value),
+            flopsText: r.querySelector('td.flops').textContent,
+        }))"""
+    )
+    assert {r["recipe"] for r in shown_rows} == {"full", "lora"}
+    for row, option in zip(shown_rows, plan["options"], strict=False):
+        keys = ("method", "recipe", "tokens")
+        assert [row[k] for k in keys] == [option[k] for k in keys]
+        assert row["flops"] == pytest.approx(option["flops"], rel=1e-12)
+        assert FLOPS.fullmatch(row["flopsText"]), row["flopsText"]
+        assert float(row["flopsText"].split()[0]) == pytest.approx(option["flops"], rel=0.05)
+
+    # Side by side: the fewest tokens and FLOPs of each recipe to the loss both reach.
+    summary = page.locator("#plan-recipes")
+    assert summary.is_visible()
+    expected = _recipe_summary(plan["options"], plan["recipes"])
+    assert f"{expected['goal']:.4f}" in summary.locator("caption").inner_text()
+    for recipe in plan["recipes"]:
+        row = summary.locator(f'tr[data-recipe="{recipe}"]')
+        tokens = float(row.locator("td.tokens").get_attribute("data-value") or "nan")
+        flops = float(row.locator("td.flops").get_attribute("data-value") or "nan")
+        assert tokens == expected["tokens"][recipe]["tokens"], recipe
+        assert flops == pytest.approx(expected["flops"][recipe]["flops"], rel=1e-12), recipe
+        assert FLOPS.fullmatch(row.locator("td.flops").inner_text())
+    assert summary.locator("td.tokens.best").count() >= 1
+    assert summary.locator("td.flops.best").count() >= 1
+    web.screenshot("planner-recipes")
+    page.locator("#plan-heading").evaluate("heading => heading.scrollIntoView()")
+    web.screenshot("planner-recipes-plan")
+
+    # One recipe chosen: one curve, and only its options.
+    page.locator("#recipe").select_option("lora")
+    _wait_for_update(web, count)
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('#plan-table tbody tr')]
+                   .every(r => r.dataset.recipe === 'lora')"""
+    )
+    assert page.locator("#curve-line").count() == 1
+    assert page.locator("#curve-line-full").count() == 0
+    assert page.locator("#rule-marginal").count() == 1
+    assert page.locator("#plan-recipes").is_hidden()
+    web.assert_offline()
+
+
 def test_page_and_its_files_have_cache_headers_and_ship_as_package_data(sqlite_url: str) -> None:
     with TestClient(create_app()) as client:
         index = client.get("/")
@@ -389,7 +554,7 @@ def test_fits_view_lists_the_seeded_fits_with_their_coverage(
     assert page.get_by_role("tab", name="Fits").get_attribute("aria-selected") == "true"
     with live_server.client() as client:
         fits = client.get("/fits").json()["items"]
-    depth = next(f for f in fits if f["method"] == "depth")
+    depth = next(f for f in fits if f["family"] == FAMILY and f["method"] == "depth")
     row = page.locator(f'tr[data-fit-id="{depth["id"]}"]')
     row.wait_for()
     assert "p2" in row.inner_text() and "default" in row.inner_text()

@@ -8,6 +8,13 @@ const HEIGHT = 330;
 const MARGIN = { left: 62, right: 16, top: 14, bottom: 42 };
 const RUN_COLOURS = ["#b5532a", "#6d8f2e", "#7b4f9d"];
 const RULE_COLOURS = { marginal: "#1f6fb2", gap: "#a23b72", target: "#2e7d32" };
+/** Colour and dashes of each curve when several are drawn (one per recipe compared). */
+const CURVE_STYLES = [
+  { colour: "#234e70", dash: "none" },
+  { colour: "#c05621", dash: "8 4" },
+  { colour: "#6b46c1", dash: "2 3" },
+  { colour: "#2c7a7b", dash: "12 3 2 3" },
+];
 
 function s(tag, attrs = {}, text) {
   const node = document.createElementNS(SVG, tag);
@@ -41,19 +48,25 @@ function logTicks(lo, hi) {
 
 /**
  * Draw into `box`:
- * - curve: {tokens: [...], loss: [...], lower: [...]|null, upper: [...]|null}
- * - runs: [{run_id, points: [{tokens, loss, excluded}]}] (observed, nearest first)
+ * - curves: [{recipe, label, tokens: [...], loss: [...], lower: [...]|null, upper: [...]|null}],
+ *   all on the same tokens; several are told apart by colour and dashes, and named in the legend
+ * - runs: [{run_id, label, curve, points: [{tokens, loss, excluded}]}] (observed, nearest
+ *   first; a run with a `curve` index takes that curve's colour)
  * - markers: [{rule, tokens, loss, label}]
  * - data: [lo, hi] tokens of the observations (outside it is shaded: the law extrapolates), or null
  * - summary: text read by screen readers
  */
-export function drawChart(box, { curve, runs = [], markers = [], data = null, summary = "" }) {
-  const x0 = Math.log10(curve.tokens[0]);
-  const x1 = Math.log10(curve.tokens[curve.tokens.length - 1]);
-  const inRange = (t) => t >= curve.tokens[0] && t <= curve.tokens[curve.tokens.length - 1];
-  const ys = [...curve.loss];
-  if (curve.lower) ys.push(...curve.lower.filter(Number.isFinite));
-  if (curve.upper) ys.push(...curve.upper.filter(Number.isFinite));
+export function drawChart(box, { curves, runs = [], markers = [], data = null, summary = "" }) {
+  const { tokens } = curves[0];
+  const x0 = Math.log10(tokens[0]);
+  const x1 = Math.log10(tokens[tokens.length - 1]);
+  const inRange = (t) => t >= tokens[0] && t <= tokens[tokens.length - 1];
+  const ys = [];
+  for (const curve of curves) {
+    ys.push(...curve.loss);
+    if (curve.lower) ys.push(...curve.lower.filter(Number.isFinite));
+    if (curve.upper) ys.push(...curve.upper.filter(Number.isFinite));
+  }
   for (const run of runs) for (const p of run.points) if (inRange(p.tokens)) ys.push(p.loss);
   let y0 = Math.min(...ys);
   let y1 = Math.max(...ys);
@@ -100,16 +113,29 @@ export function drawChart(box, { curve, runs = [], markers = [], data = null, su
     if (right < WIDTH - MARGIN.right) plot.append(s("rect", { class: "outside", x: right, y: top, width: WIDTH - MARGIN.right - right, height }));
   }
 
-  if (curve.lower && curve.upper) {
-    const top = curve.tokens.map((t, i) => `${px(t).toFixed(1)},${py(curve.upper[i]).toFixed(1)}`);
-    const bottom = curve.tokens.map((t, i) => `${px(t).toFixed(1)},${py(curve.lower[i]).toFixed(1)}`).reverse();
-    plot.append(s("polygon", { id: "curve-band", class: "band", points: [...top, ...bottom].join(" ") }));
-  }
-  const d = curve.tokens.map((t, i) => `${i ? "L" : "M"}${px(t).toFixed(2)},${py(curve.loss[i]).toFixed(2)}`).join("");
-  plot.append(s("path", { id: "curve-line", class: "curve", d }));
+  // One curve keeps the page's colour and the ids curve-line and curve-band; several are
+  // curve-line-<recipe>, each in its own colour and dashes, with a lighter band.
+  const several = curves.length > 1;
+  const styleOf = (index) => CURVE_STYLES[index % CURVE_STYLES.length];
+  curves.forEach((curve, index) => {
+    const id = several ? `-${curve.recipe}` : "";
+    // Inline styles: the stylesheet's .curve and .band would win over SVG attributes.
+    const style = several ? { style: `stroke: ${styleOf(index).colour}; stroke-dasharray: ${styleOf(index).dash}` } : {};
+    const recipe = curve.recipe ? { "data-recipe": curve.recipe } : {};
+    if (curve.lower && curve.upper) {
+      const top = tokens.map((t, i) => `${px(t).toFixed(1)},${py(curve.upper[i]).toFixed(1)}`);
+      const bottom = tokens.map((t, i) => `${px(t).toFixed(1)},${py(curve.lower[i]).toFixed(1)}`).reverse();
+      const fill = several ? { style: `fill: ${styleOf(index).colour}; opacity: 0.1` } : {};
+      plot.append(s("polygon", { id: `curve-band${id}`, class: "band", points: [...top, ...bottom].join(" "), ...fill, ...recipe }));
+    }
+    const d = tokens.map((t, i) => `${i ? "L" : "M"}${px(t).toFixed(2)},${py(curve.loss[i]).toFixed(2)}`).join("");
+    plot.append(s("path", { id: `curve-line${id}`, class: "curve", d, ...style, ...recipe }));
+  });
 
+  const runColour = (run, index) =>
+    several && run.curve !== undefined ? styleOf(run.curve).colour : RUN_COLOURS[index % RUN_COLOURS.length];
   runs.forEach((run, index) => {
-    const colour = RUN_COLOURS[index % RUN_COLOURS.length];
+    const colour = runColour(run, index);
     for (const p of run.points) {
       if (!inRange(p.tokens)) continue;
       const dot = s("circle", {
@@ -146,12 +172,23 @@ export function drawChart(box, { curve, runs = [], markers = [], data = null, su
 
   const legend = document.createElement("ul");
   legend.className = "legend";
-  legend.setAttribute("aria-label", "Observed runs drawn");
+  legend.setAttribute("aria-label", several ? "Curves and observed runs drawn" : "Observed runs drawn");
+  if (several) {
+    curves.forEach((curve, index) => {
+      const item = document.createElement("li");
+      item.dataset.recipe = curve.recipe;
+      const line = document.createElement("span");
+      line.className = "line";
+      line.style.borderTop = `3px ${styleOf(index).dash === "none" ? "solid" : "dashed"} ${styleOf(index).colour}`;
+      item.append(line, curve.label);
+      legend.append(item);
+    });
+  }
   runs.forEach((run, index) => {
     const item = document.createElement("li");
     const dot = document.createElement("span");
     dot.className = "dot";
-    dot.style.background = RUN_COLOURS[index % RUN_COLOURS.length];
+    dot.style.background = runColour(run, index);
     item.append(dot, run.label);
     legend.append(item);
   });

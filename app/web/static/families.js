@@ -15,8 +15,13 @@ export async function families(maxAgeMs = Infinity) {
   return cache;
 }
 
-/** The method entry of (family, method), or null. */
-export function methodEntry(list, family, method) {
+/** The recovery recipe of a method entry ("full" from a service that lists none). */
+export function recipeOf(entry) {
+  return entry.recipe ?? "full";
+}
+
+/** The method entry of (family, method, recipe), or null. */
+export function methodEntry(list, family, method, recipe = "full") {
   const entry = (list || []).find((f) => f.family === family);
-  return entry ? entry.methods.find((m) => m.method === method) || null : null;
+  return entry ? entry.methods.find((m) => m.method === method && recipeOf(m) === recipe) || null : null;
 }

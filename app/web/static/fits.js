@@ -1,5 +1,5 @@
-// The fits view: stored fits grouped by family and method, so that forms fitted to the same
-// data can be compared on their metrics, held-out error and interval coverage per protocol.
+// The fits view: stored fits grouped by family, method and recipe, so that forms fitted to the
+// same data can be compared on their metrics, held-out error and interval coverage per protocol.
 
 import { api, showError } from "./api.js";
 import { count, h, num } from "./format.js";
@@ -85,7 +85,8 @@ export async function refreshFits() {
     const page = await api("fits?limit=200");
     const groups = new Map();
     for (const fit of page.items) {
-      const key = `${fit.family || "*"} · ${fit.method || "*"}`;
+      const recipe = fit.recipe && fit.recipe !== "full" ? ` · ${fit.recipe}` : "";
+      const key = `${fit.family || "*"} · ${fit.method || "*"}${recipe}`;
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(fit);
     }

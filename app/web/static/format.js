@@ -10,6 +10,13 @@ export function count(value) {
   return String(Number(value.toPrecision(3)));
 }
 
+/** Training FLOPs as "3.2e15 FLOPs" (2 significant digits). */
+export function flops(value) {
+  if (value === null || value === undefined || !Number.isFinite(value)) return "–";
+  const [mantissa, exponent] = value.toExponential(1).split("e");
+  return `${mantissa}e${Number(exponent)} FLOPs`;
+}
+
 /** A float with `digits` significant digits, "–" when missing. */
 export function num(value, digits = 4) {
   if (value === null || value === undefined || !Number.isFinite(value)) return "–";

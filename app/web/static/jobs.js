@@ -35,10 +35,16 @@ async function latestLoss(job) {
   return point;
 }
 
-/** The default fit's prediction (with an 80% interval) for the job's model at `tokens`. */
+/** The job's recovery recipe ("full" when its request names none). */
+function recipeOf(job) {
+  return job.request?.recipe?.kind ?? "full";
+}
+
+/** The default fit of the job's family, method and recipe: its prediction (with an 80%
+ * interval) for the job's model at `tokens`. */
 async function forecast(job, point, list) {
   if (!job.measured || !point) return null;
-  const method = methodEntry(list, job.family, job.method);
+  const method = methodEntry(list, job.family, job.method, recipeOf(job));
   if (!method || !method.default_fit_id) return { missing: true };
   const key = `${job.id}:${point.tokens}:${method.default_fit_id}`;
   if (!state.forecasts.has(key)) {
@@ -46,6 +52,7 @@ async function forecast(job, point, list) {
       fit_id: method.default_fit_id,
       family: job.family,
       method: job.method,
+      ...(recipeOf(job) === "full" ? {} : { recipe: recipeOf(job) }),
       points: [{ n0: job.measured.n0, rho: job.measured.rho, l0: job.measured.l0, tokens: point.tokens }],
       interval: 0.8,
     };
@@ -90,7 +97,7 @@ function row(job, point, predicted) {
   return h("tr", { "data-job-id": job.id, "data-status": job.status },
     h("td", { title: job.id }, h("code", {}, job.id.slice(0, 8))),
     h("td", { class: `status status-${job.status}` }, status, job.stopped_early ? " (stopped early)" : ""),
-    h("td", {}, `${job.family} · ${job.method} · ${rho}`),
+    h("td", {}, `${job.family} · ${job.method}${recipeOf(job) === "full" ? "" : ` · ${recipeOf(job)}`} · ${rho}`),
     progressCell(job),
     h("td", {}, duration(job.progress.eta_s)),
     h("td", { class: "latest" }, point ? `${fmtLoss(point.loss)} at ${count(point.tokens)}` : "–"),
