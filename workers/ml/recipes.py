@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -46,6 +46,8 @@ ADAPTER = "default"
 #: The teacher's DCP state in a distillation job's work directory (kept across attempts).
 TEACHER_DIR = "teacher"
 TEACHER_COMPLETE = "COMPLETE"
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 # --------------------------------------------------------------------------- LoRA
@@ -96,7 +98,7 @@ def adapted_model(config: Any, recipe: LoraRecipe) -> PreTrainedModel:
     return model
 
 
-def merge_lora(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+def merge_lora(model: ModuleT, masks: dict[str, torch.Tensor]) -> ModuleT:
     """Fold every adapter of ``model`` into its base weight and put the base layer back in its
     place: a plain model of the same class and names. The delta ``scale · B @ A`` is multiplied
     by the base weight's keep-mask (``masks``, keyed by the adapted names), so every weight that

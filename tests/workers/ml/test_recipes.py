@@ -14,7 +14,7 @@ from app.core.paths import JobPaths
 from app.schemas.jobs import JobRequest, LoraRecipe
 from tests.workers.ml.pipeline_helpers import CrashError, Recorder, write_model_and_corpus
 from workers.ml import recipes
-from workers.ml.checkpoint import latest_complete_state
+from workers.ml.checkpoint import SafeReader, latest_complete_state
 from workers.ml.evaluate import IGNORE, linear_cross_entropy
 from workers.ml.job import JobSpec
 from workers.ml.pipeline import prune_and_post_train
@@ -240,12 +240,20 @@ def test_a_recipe_job_killed_after_a_checkpoint_resumes_to_the_same_losses(
         prune_and_post_train(
             spec, workdir=work, artifact_dir=tmp_path / "art", hooks=Recorder(crash_at=1)
         )
-    assert latest_complete_state(work) is not None
+    saved = latest_complete_state(work)
+    assert saved is not None
+    keys = set(SafeReader(str(saved / "dcp")).read_metadata().state_dict_metadata)
+    moments = {k for k in keys if k.startswith("optim.state.") and k.endswith(".exp_avg")}
+    if recipe["kind"] == "lora":  # the adapters' moments, and only theirs
+        assert moments and all(".lora_" in k for k in moments)
+        assert any(k.startswith("masks.") and ".base_layer." in k for k in keys)
+    else:
+        assert any(".embed_tokens." in k for k in moments)
     teacher = work / recipes.TEACHER_DIR
     assert teacher.is_dir() == (recipe["kind"] == "distill")
     hooks = Recorder()
     out = prune_and_post_train(spec, workdir=work, artifact_dir=tmp_path / "art", hooks=hooks)
-    assert hooks.resumed and out.status == "succeeded"
+    assert hooks.resumed and out.status == "succeeded" and out.artifact is not None
     assert len(hooks.points) == len(reference.points) - 1
     for a, b in zip(out.points, reference.points, strict=True):
         assert a.tokens == b.tokens and a.loss == pytest.approx(b.loss, abs=1e-5)
