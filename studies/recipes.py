@@ -297,9 +297,9 @@ def compare(rows: Sequence[dict[str, Any]], flops: Any) -> list[dict[str, Any]]:
 def per_token_flops(recipe: str, n0: float, n_after: float) -> float:
     """Training FLOPs per token of a recipe from parameter counts (the matrix-product term of
     `app.core.flops`; the attention term is left out, the same for every recipe)."""
-    from app.core.flops import recipe_flops_per_token_params
+    from app.core.flops import recipe_flops_per_token_of_params
 
-    return recipe_flops_per_token_params(recipe, n0=n0, n_after=n_after)
+    return recipe_flops_per_token_of_params(recipe, n_after, n0)
 
 
 def fit_recipes(
