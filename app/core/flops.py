@@ -28,17 +28,6 @@ from dataclasses import dataclass
 
 from app.core.memory import ModelShape
 
-#: The seven projections of a decoder layer, in the order of :attr:`ModelShape.projections`.
-PROJECTION_NAMES: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
-
 #: Peak dense (no sparsity) bf16 tensor-core TFLOP/s by device name, from NVIDIA's datasheets;
 #: the first pattern that matches the device's name wins, so the more specific names come
 #: first.
@@ -127,14 +116,7 @@ def expected_throughput(
 def lora_adapter_params(shape: ModelShape, rank: int, targets: Iterable[str]) -> int:
     """Parameters of LoRA adapters of rank ``rank`` on the named projections of every layer:
     r·(in + out) each (A is r × in, B is out × r)."""
-    if rank < 1:
-        raise ValueError("rank must be >= 1")
-    sizes = dict(zip(PROJECTION_NAMES, shape.projections, strict=True))
-    unknown = [name for name in targets if name not in sizes]
-    if unknown:
-        raise ValueError(f"no projection named {', '.join(unknown)}")
-    per_layer = sum(rank * (sizes[name][0] + sizes[name][1]) for name in dict.fromkeys(targets))
-    return shape.layers * per_layer
+    return shape.lora_params(rank, targets)
 
 
 def _attention(shape: ModelShape, seq_len: int) -> float:

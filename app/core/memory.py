@@ -91,6 +91,15 @@ bytes a weight; for unstructured, the score and the sort order, 14 bytes a weigh
 rebuilds one layer at a time, its old projections freed as the next layer starts (one layer's kept
 weights, 4 bytes each).
 
+**Recovery recipes** (``app.core.recipes``; :func:`training_peak`). LoRA: the pruned weights
+stay (4 P / N) but have no gradients, no AdamW moments and no gradient masking; each adapter
+parameter (r·(in + out) per target projection per layer) holds its fp32 weight, gradient and two
+moments, 16 bytes, sharded 1/N; the activations are a full recipe's (each adapter saves the
+input its projection saves). Distillation: the full recipe plus the frozen teacher, the dense
+model: its fp32 weights sharded 1/N like the student's, under FSDP its gathered root and one
+gathered layer, and its forward without gradients (one layer's intermediates, or at the head its
+final hidden states and one chunk's float32 logits and log-softmax).
+
 **Margin.** Not modelled: the CUDA context, cuBLAS/NCCL workspaces and allocator fragmentation,
 FSDP's all-gather inputs (2 P_layer / N), RoPE's cos/sin beyond one copy per micro-batch, and
 what ``torch.compile`` changes (compiled blocks are counted as eager ones). A job fits when its
@@ -110,6 +119,7 @@ from typing import Any, Literal
 
 from app.core.pruning import ModelShape as PlanShape
 from app.core.pruning import PrunePlan
+from app.core.recipes import RecipeName
 
 GIB = 1024**3
 MIB = 1024**2
@@ -119,6 +129,7 @@ Compute = Literal["bf16", "fp32"]
 Loss = Literal["full", "chunked"]
 BF16By = Literal["policy", "autocast"]
 Phase = Literal["training", "preparation"]
+Recipe = RecipeName
 
 #: Bytes per logit at the loss's backward: fp32 log-probs (saved) + fp32 gradient of the
 #: log-probs + fp32 gradient of the logits.
@@ -133,6 +144,19 @@ USABLE_FRACTION = 1.0 - MARGIN_FRACTION
 
 #: Device counts the fewest-devices search tries: powers of two up to the request's bound.
 DEVICE_COUNTS: tuple[int, ...] = tuple(2**k for k in range(11))
+
+
+#: The seven projections of a decoder layer by name, in the order of
+#: :attr:`ModelShape.projections` (Llama, Qwen2, Qwen3, Mistral name them alike).
+PROJECTION_NAMES: tuple[str, ...] = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
 
 
 @dataclass(frozen=True)
@@ -226,6 +250,18 @@ class ModelShape:
         """``(out, in)`` of one layer's seven projections: q, k, v, o, gate, up, down."""
         h, q, k, f = self.hidden, self.q_dim, self.kv_dim, self.intermediate
         return ((q, h), (k, h), (k, h), (h, q), (f, h), (f, h), (h, f))
+
+    def lora_params(self, rank: int, targets: Iterable[str]) -> int:
+        """Parameters of LoRA adapters of rank ``rank`` on the named projections of every
+        layer: r·(in + out) each (A is r × in, B is out × r)."""
+        if rank < 1:
+            raise ValueError("rank must be >= 1")
+        sizes = dict(zip(PROJECTION_NAMES, self.projections, strict=True))
+        names = list(dict.fromkeys(targets))
+        unknown = [name for name in names if name not in sizes]
+        if unknown:
+            raise ValueError(f"no projection named {', '.join(unknown)}")
+        return self.layers * sum(rank * (sizes[n][0] + sizes[n][1]) for n in names)
 
     @property
     def layer_linear_params(self) -> int:
@@ -740,6 +776,10 @@ class Peak:
     activations: int = 0
     logits: int = 0
     workspace: int = 0
+    #: LoRA: the adapters' fp32 weights, gradients and two AdamW moments (16 bytes each).
+    adapters: int = 0
+    #: Distillation: the frozen teacher's weights, its FSDP-gathered layer and its forward.
+    teacher: int = 0
 
     @property
     def total(self) -> int:
@@ -751,27 +791,68 @@ class Peak:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "phase"}
 
 
+def teacher_bytes(teacher: ModelShape, setup: Setup) -> int:
+    """What distillation's frozen teacher (the dense model) holds on each device: its fp32
+    weights, sharded 1/N like the student's; under FSDP its gathered root and one gathered
+    layer; and its forward without gradients (no saved activations: one layer's intermediates,
+    or at the head its final hidden states and a chunk's float32 logits and log-softmax)."""
+    c = 2 if setup.fsdp_gathers_bf16 else 4
+    gathered = c * (teacher.root_params + teacher.layer_params) if setup.fsdp else 0
+    autocast = setup.compute == "bf16"
+    forward = forward_bytes(
+        teacher,
+        tokens=setup.tokens,
+        autocast=autocast,
+        compute_bytes=2 if autocast else 4,
+        loss="chunked",
+    )
+    return round(4 * teacher.n_params / setup.devices) + gathered + forward.total
+
+
 def training_peak(
-    shape: ModelShape, setup: Setup, *, masked: int = 0, largest_masked: int = 0
+    shape: ModelShape,
+    setup: Setup,
+    *,
+    masked: int = 0,
+    largest_masked: int = 0,
+    recipe: Recipe = "full",
+    adapter_params: int = 0,
+    teacher: ModelShape | None = None,
 ) -> Peak:
     """The peak of post-training on each device: the resident states plus the largest stage.
 
     ``masked`` weights carry a bool keep-mask, the largest mask ``largest_masked`` of them: the
     gradients are masked before clipping, one float copy of a mask at a time.
+
+    By recovery recipe: ``full`` as above; ``lora``: the pruned weights are frozen (no
+    gradients, no AdamW moments, nothing to mask) and ``adapter_params`` adapter weights hold
+    16 bytes each (fp32 weight, gradient and two moments), sharded 1/N; the activations are
+    counted as a full recipe's (each adapter saves the input its projection saves); ``distill``:
+    the full recipe plus :func:`teacher_bytes` of ``teacher``.
     """
     n, P = setup.devices, shape.n_params
-    mask_workspace = round(4 * largest_masked / (n if setup.fsdp else 1)) if masked else 0
-    held = stages(shape, setup, mask_workspace=mask_workspace).largest
+    frozen = recipe == "lora"
+    pr = Precision.of(shape, setup)
+    if frozen:
+        pr = replace(pr, grad_bytes=0.0, head_grad_bytes=0, end_extra=0)
+    mask_workspace = (
+        round(4 * largest_masked / (n if setup.fsdp else 1)) if masked and not frozen else 0
+    )
+    held = stages(shape, setup, pr, mask_workspace=mask_workspace).largest
+    if recipe == "distill" and teacher is None:
+        raise ValueError("distillation needs the teacher's shape")
     return Peak(
         phase="training",
         weights=round(4 * P / n),
-        optimizer=round(8 * P / n),
+        optimizer=0 if frozen else round(8 * P / n),
         gradients=held.gradients,
         masks=round(masked / n),
         fsdp_buffers=_buffers(shape, setup),
         activations=held.activations,
         logits=held.logits,
         workspace=held.workspace,
+        adapters=round(16 * adapter_params / n) if frozen else 0,
+        teacher=teacher_bytes(teacher, setup) if recipe == "distill" and teacher else 0,
     )
 
 
@@ -901,6 +982,17 @@ class JobRun:
     device: Literal["cuda", "cpu"] = "cuda"
     dtype: Literal["bfloat16", "float32"] = "bfloat16"
     attention: Attention = "sdpa"
+    #: The recovery recipe (app.core.recipes); LoRA's rank and target projections.
+    recipe: Recipe = "full"
+    lora_rank: int = 16
+    lora_targets: tuple[str, ...] = PROJECTION_NAMES
+
+    @property
+    def adapter_params(self) -> int:
+        """LoRA's adapter parameters on the pruned model (0 for another recipe)."""
+        if self.recipe != "lora":
+            return 0
+        return self.pruned.lora_params(self.lora_rank, self.lora_targets)
 
     @classmethod
     def planned(cls, dense: ModelShape, plan: PrunePlan, **training: Any) -> JobRun:
@@ -972,7 +1064,13 @@ def job_memory(run: JobRun, devices: int, device_bytes: float) -> JobMemory:
         devices=devices,
         device_bytes=device_bytes,
         training=training_peak(
-            run.pruned, setup, masked=run.masked, largest_masked=run.largest_masked
+            run.pruned,
+            setup,
+            masked=run.masked,
+            largest_masked=run.largest_masked,
+            recipe=run.recipe,
+            adapter_params=run.adapter_params,
+            teacher=run.dense,
         ),
         preparation=preparation_peak(
             run.dense,

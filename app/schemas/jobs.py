@@ -371,6 +371,8 @@ EXAMPLE_DRY_RUN: dict[str, Any] = {
             "activations": 15.7193,
             "logits": 0.7339,
             "workspace": 2.9512,
+            "adapters": 0.0,
+            "teacher": 0.0,
             "margin": 8.0,
         },
     },
@@ -408,6 +410,15 @@ class MemoryBreakdown(BaseModel):
         description="Temporaries: a layer's backward, the optimizer step, pruning's scores."
     )
     margin: float = Field(description="Kept free for CUDA, libraries and fragmentation.")
+    adapters: float = Field(
+        0.0,
+        description="LoRA: the adapters' fp32 weights, gradients and two AdamW moments (shards).",
+    )
+    teacher: float = Field(
+        0.0,
+        description="Distillation: the frozen dense teacher's weights (shard), its gathered "
+        "layer under FSDP and its forward (one layer's intermediates or a chunk's logits).",
+    )
 
 
 class MemoryOut(BaseModel):

@@ -22,7 +22,7 @@ from app.core import memory
 from app.core.config import get_settings
 from app.core.errors import Unprocessable
 from app.core.pruning import PlanError, PrunePlan, UnsupportedConfigError, plan_pruning
-from app.schemas.jobs import JobRequest
+from app.schemas.jobs import JobRequest, LoraRecipe
 
 #: Decimals of the GiB figures a dry run answers with (0.0001 GiB is about 100 KiB).
 DECIMALS = 4
@@ -67,9 +67,14 @@ def job_run(request: JobRequest, dense: memory.ModelShape, plan: PrunePlan) -> m
         dtype = "bfloat16" if device == "cuda" else "float32"
     else:
         dtype = request.dtype
+    recipe = request.recipe
+    lora = recipe if isinstance(recipe, LoraRecipe) else None
     return memory.JobRun.planned(
         dense,
         plan,
+        recipe=recipe.kind,
+        lora_rank=lora.rank if lora is not None else 16,
+        lora_targets=tuple(lora.target_modules) if lora is not None else memory.PROJECTION_NAMES,
         seq_len=request.seq_len,
         batch_size=request.batch_size,
         grad_accum=request.grad_accum,
@@ -77,6 +82,31 @@ def job_run(request: JobRequest, dense: memory.ModelShape, plan: PrunePlan) -> m
         device=device,
         dtype=dtype,
     )
+
+
+def lora_target_modules(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The Linear modules of a decoder layer that LoRA can adapt, for a config the pruning plan
+    reads: Llama, Qwen2, Qwen3 and Mistral layers all have the same seven projections (the plan
+    refuses every other architecture before this is asked)."""
+    del config  # one answer for every architecture the plan reads
+    return memory.PROJECTION_NAMES
+
+
+def check_lora_targets(request: JobRequest, config: Mapping[str, Any]) -> None:
+    """A LoRA job's ``target_modules`` must be projections of the model's decoder layers: a 422
+    naming those it does not have and those it has."""
+    recipe = request.recipe
+    if not isinstance(recipe, LoraRecipe):
+        return
+    have = lora_target_modules(config)
+    unknown = [name for name in recipe.target_modules if name not in have]
+    if unknown:
+        kind = str(config.get("model_type"))
+        raise Unprocessable(
+            f"recipe.target_modules: the model ({kind}) has no module "
+            f"{', '.join(repr(name) for name in unknown)} to adapt; its decoder layers' "
+            f"projections are {', '.join(have)}"
+        )
 
 
 def _gib(n: float) -> str:
@@ -129,10 +159,13 @@ def assess(request: JobRequest, config: Mapping[str, Any] | None) -> Assessment:
             f"no plan and no memory estimate: the model's config.json is not one the plan reads "
             f"({exc}); the worker checks the loaded model"
         )
+        if isinstance(request.recipe, LoraRecipe):
+            note += " (and the LoRA target_modules)"
         return Assessment(request, gib, warnings=[note])
     except PlanError as exc:
         raise Unprocessable(str(exc)) from None
     assert config is not None  # the plan read it
+    check_lora_targets(request, config)
     dense = memory.ModelShape.from_config(config, name=request.model)
     run = job_run(request, dense, plan)
     device_bytes = gib * memory.GIB

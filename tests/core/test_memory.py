@@ -213,3 +213,51 @@ def test_shapes_round_trip_through_a_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(shape.hf_config()))
     again = ModelShape.from_config(json.loads((tmp_path / "config.json").read_text()))
     assert again.n_params == shape.n_params and again.qkv_bias
+
+
+@pytest.mark.parametrize("devices", [1, 2, 8])
+def test_an_8b_distill_job_needs_more_than_full_and_lora_less(devices: int) -> None:
+    plan = plan_pruning(LLAMA_8B, "width", 0.25)
+    dense = ModelShape.from_config(LLAMA_8B)
+    settings: dict[str, Any] = {"seq_len": 2048, "batch_size": 2, "checkpointing": True}
+    full, lora, distill = (
+        job_memory(JobRun.planned(dense, plan, recipe=recipe, **settings), devices, DEVICE_80)
+        for recipe in ("full", "lora", "distill")
+    )
+    assert lora.training.total < full.training.total < distill.training.total
+    # LoRA: the frozen weights stay, their gradients and moments go, the adapters come.
+    assert lora.training.weights == full.training.weights
+    assert lora.training.optimizer == 0 and full.training.optimizer > 0
+    pruned = dense.pruned(plan)
+    adapters = pruned.lora_params(16, memory.PROJECTION_NAMES)
+    assert lora.training.adapters == round(16 * adapters / devices)
+    # Distill: the full recipe's parts, plus the dense teacher's weights (sharded), its gathered
+    # root and layer under FSDP, and its forward.
+    assert {**distill.training.parts(), "teacher": 0} == full.training.parts()
+    gathered = 4 * (dense.root_params + dense.layer_params) if devices > 1 else 0
+    assert distill.training.teacher > round(4 * dense.n_params / devices) + gathered
+    assert distill.training.teacher < round(4 * dense.n_params / devices) + gathered + 4 * GIB
+    # The preparation (the dense model pruned on device 0) is the same whatever the recipe.
+    assert lora.preparation == full.preparation == distill.preparation
+
+
+def test_lora_adapters_follow_their_rank_and_targets() -> None:
+    dense = ModelShape.from_config(LLAMA_8B)
+    plan = plan_pruning(LLAMA_8B, "depth", 0.25)
+    settings: dict[str, Any] = {"seq_len": 1024, "batch_size": 1, "recipe": "lora"}
+    small = JobRun.planned(dense, plan, lora_rank=8, lora_targets=("q_proj", "v_proj"), **settings)
+    large = JobRun.planned(dense, plan, lora_rank=64, **settings)
+    layers = dense.pruned(plan).layers
+    assert small.adapter_params == layers * 8 * ((4096 + 4096) + (4096 + 1024))
+    assert large.adapter_params > small.adapter_params
+    assert JobRun.planned(dense, plan, seq_len=1024, batch_size=1).adapter_params == 0
+    assert (
+        job_memory(large, 1, DEVICE_80).training.adapters
+        > job_memory(small, 1, DEVICE_80).training.adapters
+    )
+
+
+def test_distill_needs_the_teachers_shape() -> None:
+    shape = ModelShape.from_config(SMOLLM2_135M)
+    with pytest.raises(ValueError, match="teacher"):
+        training_peak(shape, job_setup(1, 128, 1, False), recipe="distill")

@@ -128,3 +128,29 @@ def test_the_dry_run_answer_has_the_schema_and_the_documented_example() -> None:
     assert out == EXAMPLE_DRY_RUN
     mem = out["memory"]
     assert sum(mem["breakdown"].values()) == pytest.approx(mem["per_device_gib"], abs=1e-3)
+
+
+def test_lora_targets_are_checked_against_the_models_projections() -> None:
+    lora = request(recipe={"kind": "lora", "target_modules": ["q_proj", "c_attn", "lm_head"]})
+    with pytest.raises(Unprocessable) as refused:
+        admission.assess(lora, QWEN_7B)
+    message = str(refused.value)
+    assert "'c_attn', 'lm_head'" in message and "(qwen2)" in message
+    assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj" in message
+    fine = request(recipe={"kind": "lora", "target_modules": ["gate_proj"]})
+    assert admission.assess(fine, QWEN_7B).memory is not None
+
+
+def test_lora_targets_of_a_config_the_plan_cannot_read_are_left_to_the_worker() -> None:
+    lora = request(recipe={"kind": "lora", "target_modules": ["c_attn"]})
+    unread = admission.assess(lora, {"model_type": "gpt2"})
+    assert unread.memory is None and "LoRA target_modules" in unread.warnings[0]
+
+
+def test_the_dry_run_breakdown_names_the_adapters_and_the_teacher() -> None:
+    for kind, part in (("lora", "adapters"), ("distill", "teacher")):
+        answer = admission.dry_run_out(
+            admission.assess(request(recipe={"kind": kind}), SMOLLM2_135M)
+        )
+        breakdown = JobDryRun.model_validate(answer).memory.breakdown  # type: ignore[union-attr]
+        assert getattr(breakdown, part) > 0, kind
