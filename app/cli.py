@@ -30,6 +30,7 @@ import numpy as np
 
 from app.cli_jobs import add_jobs_parser, run_jobs_command
 from app.core.errors import AppError
+from app.core.recipes import DEFAULT_RECIPE, RECIPES
 from app.law.bootstrap import refit_runs
 from app.law.calibration import Calibration
 from app.law.errors import LawError
@@ -45,18 +46,25 @@ from app.law.types import Dataset, FitResult, Rule
 RULES: tuple[Rule, ...] = ("marginal", "gap", "target")
 
 
-def _load_csv_dataset(path: Path, family: str | None, method: str | None) -> Dataset:
-    """Observations of a CSV (the upload format of POST /observations) as a law Dataset."""
+def _load_csv_dataset(
+    path: Path, family: str | None, method: str | None, recipe: str = DEFAULT_RECIPE
+) -> Dataset:
+    """Observations of a CSV (the upload format of POST /observations) of one recovery recipe
+    as a law Dataset (a fit never mixes recipes; rows without a recipe are ``full``)."""
     from app.services.observations import parse_csv
 
     rows = parse_csv(path.read_text(encoding="utf-8"), max_rows=10_000_000)
     rows = [
         r
         for r in rows
-        if (family is None or r["family"] == family) and (method is None or r["method"] == method)
+        if (family is None or r["family"] == family)
+        and (method is None or r["method"] == method)
+        and r["recipe"] == recipe
     ]
     if not rows:
-        raise LawError(f"no observations in {path} for family={family!r} method={method!r}")
+        raise LawError(
+            f"no observations in {path} for family={family!r} method={method!r} recipe={recipe!r}"
+        )
     return Dataset.from_rows(rows)
 
 
@@ -110,7 +118,7 @@ def _fit_command(args: argparse.Namespace) -> int:
     if args.select_by is not None and args.form != "auto":
         raise LawError(f"--select-by chooses among forms and needs --form auto (not {args.form})")
     csv_path = Path(args.csv)
-    data = _load_csv_dataset(csv_path, args.family, args.method)
+    data = _load_csv_dataset(csv_path, args.family, args.method, args.recipe)
     selection = None
     form = args.form
     if form == "auto":
@@ -130,6 +138,7 @@ def _fit_command(args: argparse.Namespace) -> int:
     save_path = Path(args.save) if args.save else csv_path.with_suffix(".fit.json")
     document = replace(result, bootstrap=refits).as_dict()
     document["holdout_protocol"] = args.holdout
+    document["recipe"] = args.recipe
     document["calibration"] = calibration.as_dict()
     if selection is not None:
         document["selection"] = selection.as_dict()
@@ -156,6 +165,12 @@ def _law_of(args: argparse.Namespace) -> FittedLaw:
 
     if args.fit:
         document = json.loads(Path(args.fit).read_text(encoding="utf-8"))
+        fitted_on = str(document.get("recipe") or DEFAULT_RECIPE)
+        if args.recipe is not None and fitted_on != args.recipe:
+            raise LawError(
+                f"{args.fit} was fitted on recipe {fitted_on!r} observations, not "
+                f"{args.recipe!r}: a fit never answers for another recovery recipe"
+            )
         refits = document.get("refits")
         raw = document.get("calibration")
         return fitted_law(
@@ -278,6 +293,11 @@ def _features_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--l0", type=float, required=True, help="dense loss (nats/token)")
     parser.add_argument("--interval", type=float, default=0.8, help="interval level with refits")
     parser.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        help="recovery recipe the answer is for: a --fit file of another recipe is refused",
+    )
+    parser.add_argument(
         "--interval-kind",
         choices=("prediction", "confidence"),
         default="prediction",
@@ -340,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit_p.add_argument("--family")
     fit_p.add_argument("--method")
+    fit_p.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default=DEFAULT_RECIPE,
+        help="fit the rows of this recovery recipe only (CSV column `recipe`; default full)",
+    )
     fit_p.add_argument("--holdout", choices=HOLD_OUTS, help="generalisation protocol (§6)")
     fit_p.add_argument("--bootstrap", type=int, default=0, help="refits (resampling runs)")
     fit_p.add_argument(

@@ -168,3 +168,39 @@ def test_fit_reports_interval_coverage_and_predict_gives_both_interval_kinds(
     prediction, confidence = band("prediction"), band("confidence")
     assert prediction != confidence
     assert prediction[1] - prediction[0] > confidence[1] - confidence[0]
+
+
+def test_fit_takes_one_recipes_rows_and_predict_refuses_a_fit_of_another(
+    observations_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    method = next(iter(SYNTHETIC_P2))
+    with observations_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    mixed = tmp_path / "mixed.csv"
+    with mixed.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[*rows[0], "recipe"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "recipe": ""})  # full
+            # A LoRA copy of every run, 10% worse: fitted with the full rows it would mix laws.
+            lora = {**row, "run_id": "lora-" + row["run_id"], "recipe": "lora"}
+            writer.writerow({**lora, "loss": float(row["loss"]) * 1.1})
+    assert main(["fit", str(mixed), "--method", method, "--recipe", "lora"]) == 0
+    n_rows = sum(row["method"] == method for row in rows)
+    document = json.loads(mixed.with_suffix(".fit.json").read_text())
+    assert document["recipe"] == "lora" and document["n_observations"] == n_rows
+    full_file = tmp_path / "full.fit.json"
+    argv = ["fit", str(mixed), "--method", method, "--save", str(full_file)]
+    assert main(argv) == 0
+    full = json.loads(full_file.read_text())
+    assert full["recipe"] == "full" and full["n_observations"] == n_rows
+    assert full["params"] != document["params"]  # two laws, each of its own rows
+    capsys.readouterr()
+    point = ["--n0", "2e9", "--rho", "0.2", "--l0", "2.6", "--tokens", "1e9"]
+    lora_file = str(mixed.with_suffix(".fit.json"))
+    assert main(["predict", "--fit", lora_file, *point, "--recipe", "full"]) == 2
+    assert "fitted on recipe 'lora'" in capsys.readouterr().err
+    assert main(["predict", "--fit", lora_file, *point, "--recipe", "lora"]) == 0
+    assert main(["predict", "--fit", lora_file, *point]) == 0
+    assert main(["fit", str(mixed), "--method", method, "--recipe", "distill"]) == 2
+    assert "recipe='distill'" in capsys.readouterr().err
