@@ -389,15 +389,19 @@ def job_spec(
 
 def run_job(spec: JobSpec, workdir: Path, label: str) -> JobOutcome:
     """The job's own pipeline on one device; the work folder is removed after (the results go
-    to the study's JSON, the weights are not kept)."""
+    to the study's JSON, the weights are not kept). The artifact is written beside the work
+    folder, never in it, as a worker lays them out: the last state's asynchronous publishing
+    cleans the work folder's temporary entries while the artifact is being written."""
     from workers.ml.pipeline import prune_and_post_train
 
+    artifact = workdir.with_name(f"{workdir.name}.artifact")
     try:
         return prune_and_post_train(
-            spec, workdir=workdir, artifact_dir=workdir / "artifact", hooks=Collector(label)
+            spec, workdir=workdir, artifact_dir=artifact, hooks=Collector(label)
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(artifact, ignore_errors=True)
 
 
 def write_result(path: Path, result: dict[str, Any]) -> dict[str, Any]:
