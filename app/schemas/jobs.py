@@ -95,7 +95,8 @@ class StopRuleIn(BaseModel):
 class FullRecipe(BaseModel):
     """Full post-training: every weight of the pruned model trains (the default)."""
 
-    model_config = ConfigDict(extra="forbid")
+    # `kind` is the union's tag: a recipe object names it (a request without `recipe` is full).
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"required": ["kind"]})
 
     kind: Literal["full"] = "full"
 
@@ -124,6 +125,11 @@ class LoraRecipe(BaseModel):
             "Linear modules that get adapters, by name (checked against the model's "
             "config.json at submission); default: every attention and MLP projection."
         ),
+        # What `_targets_named` checks, stated in the schema.
+        json_schema_extra={
+            "uniqueItems": True,
+            "items": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": r"^[^\x00]*$"},
+        },
     )
 
     @property

@@ -39,8 +39,10 @@ JOB_422 = unprocessable(
     "`tokens` below `checkpoints`;",
     "data: a `model` or `dataset` path outside its root or missing; a hub id without "
     "ALLOW_HUB_MODELS; a `rho` above what the method can reach on this model (the message names "
-    "the maximum); a dataset directory that is neither a saved dataset nor a valid tokenised "
-    "one, was tokenised with another tokenizer, or holds too few held-out blocks;",
+    "the maximum); a LoRA `recipe.target_modules` entry the model's layers do not have (the "
+    "message names it and the projections they have); a dataset directory that is neither a "
+    "saved dataset nor a valid tokenised one, was tokenised with another tokenizer, or holds "
+    "too few held-out blocks;",
     "memory (not for a dry run, which reports it): a job whose estimated peak per device, from "
     "the model's config.json, exceeds `device_memory_gib` (default DEVICE_MEMORY_GIB); the "
     "message names the need per device, the device's memory and the fewest devices that fit, "
