@@ -192,7 +192,7 @@ def plan(session: Session, request: PlanRequest) -> dict[str, Any]:
     return {
         "options": options,
         "best": best,
-        "methods": sorted({m for m, _ in chosen}),
+        "methods": [m for m in methods if any(key[0] == m for key in chosen)],
         "recipes": [r for r in recipes if any(key[1] == r for key in chosen)],
         "warnings": warnings,
     }

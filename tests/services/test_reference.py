@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,49 @@ def test_the_shipped_fit_is_what_the_recipe_makes(pair: tuple[str, str]) -> None
     )
     assert len(rebuilt["bootstrap"]) == len(shipped["bootstrap"])
     assert rebuilt["ranges"] == shipped["ranges"]
+
+
+def test_a_recipe_column_is_read_when_present_and_full_when_absent(tmp_path: Path) -> None:
+    header = "run_id,family,method,n0,rho,l0,tokens,loss,protocol"
+    without = tmp_path / "without.csv"
+    without.write_text(f"{header}\nr,f,depth,1e6,0.25,3.0,100,3.5,p\n", encoding="utf-8")
+    assert [row["recipe"] for row in reference.read_observations(without)] == ["full"]
+    with_column = tmp_path / "with.csv"
+    with_column.write_text(
+        f"{header},recipe\nr,f,depth,1e6,0.25,3.0,100,3.5,p,lora\ns,f,depth,1e6,0.25,3.0,100,3.4,p,\n",
+        encoding="utf-8",
+    )
+    assert [row["recipe"] for row in reference.read_observations(with_column)] == ["lora", "full"]
+
+
+def test_the_shipped_fits_and_observations_are_full_post_training(session: Session) -> None:
+    reference.load_reference(session)
+    assert set(session.scalars(select(Observation.recipe)).all()) == {"full"}
+    assert set(session.scalars(select(Fit.recipe)).all()) == {"full"}
+
+
+def test_a_fit_id_names_its_recipe_and_a_full_fits_id_is_unchanged() -> None:
+    full = reference.fit_id_of("f", "depth", ["a", "b"], "auto")
+    assert reference.fit_id_of("f", "depth", ["a", "b"], "auto", "full") == full
+    assert reference.fit_id_of("f", "depth", ["a", "b"], "auto", "lora") != full
+
+
+def test_building_the_shipped_fits_makes_one_per_recipe() -> None:
+    from dataclasses import asdict
+
+    from app.law.synthetic import make_rows
+
+    full = [
+        {**{k: v for k, v in asdict(r).items() if k != "true_loss"}, "protocol": "p"}
+        for r in make_rows(n_checkpoints=6, seed=2)
+        if r.method == "depth"
+    ]
+    lora = [{**r, "run_id": "lora-" + r["run_id"], "recipe": "lora"} for r in full]
+    built = reference.build_fits(full + lora, bootstrap=0)
+    by_recipe = {fit.get("recipe", "full"): fit for fit in built}
+    assert set(by_recipe) == {"full", "lora"} and "recipe" not in by_recipe["full"]
+    assert all(run.startswith("lora-") for run in by_recipe["lora"]["run_ids"])
+    family = full[0]["family"]
+    assert by_recipe["lora"]["id"] == reference.fit_id_of(
+        family, "depth", by_recipe["lora"]["run_ids"], reference.REFERENCE_FORM, "lora"
+    )
