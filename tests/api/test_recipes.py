@@ -144,6 +144,9 @@ def test_a_fit_id_of_another_recipe_than_the_one_given_is_a_422(
     assert right.status_code == 200, right.text
     # Without `recipe` a fit id answers as itself.
     assert seeded_client.post(route, json={**body, "fit_id": with_lora["id"]}).status_code == 200
+    # The fit is cached now (the route's no-wait path): still refused for another recipe.
+    again = seeded_client.post(route, json={**body, "fit_id": with_lora["id"], "recipe": "distill"})
+    assert "'distill'" in error_message(again, 422)
 
 
 def test_an_unknown_recipe_is_a_request_validation_422(seeded_client: TestClient) -> None:
