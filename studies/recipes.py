@@ -11,7 +11,7 @@ is measured here is what `POST /jobs/prune-finetune` does:
 - `recipe-llama` and `recipe-qwen2`: the wide pass's two smallest shapes (XS ~25k and S ~51k
   parameters, vocabulary 512; `studies/p2_wide.py`), pretrained here at 20 tokens per parameter;
   depth and 2:4 at rho 0.25 and width at rho 0.15, 0.25 and 0.35, each recovered by the three
-  recipes for 2 x N0 tokens (12 log-spaced checkpoints), and a dense control per recipe;
+  recipes for 1 x N0 tokens (12 log-spaced checkpoints), and a dense control per recipe;
 - `smollm2-135m`: the real pretrained SmolLM2-135M, depth, width and 2:4 at rho 0.25 recovered
   by LoRA and by distillation for 8,192 tokens (7 checkpoints), the wide pass's SmolLM2 setup,
   so its full post-training runs (`studies/results/wide/smollm2`, the same run ids, protocol and
@@ -75,7 +75,7 @@ _SMALL = StudyConfig(
     sizes={size: wide.WIDE_SIZES[size] for size in ("XS", "S")},
     vocab=512,
     pretrain_tpp=20.0,
-    post_tpp=2.0,
+    post_tpp=1.0,
 )
 _QUICK_SMALL = replace(wide.QUICK["llama"], sizes=dict(wide.QUICK["llama"].sizes))
 
