@@ -97,7 +97,8 @@ class ObservationOut(BaseModel):
     loss: float
     protocol: str
     source: str
-    recipe: str
+    # Defaulted so that a client reads the answer of a service from before recipes (all full).
+    recipe: str = "full"
     excluded: bool
     note: str | None
     created_at: datetime
