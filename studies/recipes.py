@@ -346,7 +346,7 @@ def analyse(fams: dict[str, Family], var_root: Path, out: Path, workers: int) ->
     ]
     comparison = compare(rows, per_token_flops)
     (out / "comparison.json").write_text(json.dumps(comparison, indent=1))
-    report = {
+    report: dict[str, Any] = {
         "recipes": {"lr_factor": LR_FACTOR, "distill": DISTILL},
         "families": {k: base.config_summary(f.cfg) for k, f in fams.items()},
         "runs": [
