@@ -109,9 +109,34 @@ def test_each_recipe_on_two_processes_matches_one_and_keeps_the_2_4_zeros(
     job = job_row(two)
     weights = dict(AutoModelForCausalLM.from_pretrained(job.artifact).named_parameters())
     assert not any("lora" in name for name in weights)
+    if recipe["kind"] == "lora":
+        # The adapters trained with their masked update (each rank gathering a layer's masks
+        # in its forward and backward): the merged artifact is the model last measured.
+        for job_id, points in ((one, single), (two, sharded)):
+            assert artifact_loss(job_id) == pytest.approx(points[-1][1], abs=2e-6)
     for name in job.measured["details"]["sparsified_layers"]:
         groups = weights[f"{name}.weight"].detach().reshape(-1, 4)
         assert int((groups == 0).sum(dim=1).min()) >= 2
+
+
+def artifact_loss(job_id: str) -> float:
+    """The held-out loss of the job's saved artifact, reloaded, measured on the job's held-out
+    blocks as the pipeline measures a checkpoint."""
+    from transformers import AutoModelForCausalLM
+
+    from app.core.paths import resolve_job_paths
+    from workers.ml.job import JobSpec
+    from workers.ml.models import load_tokenizer
+    from workers.ml.pipeline import job_splits
+    from workers.ml.strategy import OneDevice
+
+    job = job_row(job_id)
+    request = JobRequest.model_validate(job.request)
+    spec = JobSpec.build(request, resolve_job_paths(request), cuda=False)
+    blocks = job_splits(spec, load_tokenizer(Path(job.artifact))).eval
+    model = AutoModelForCausalLM.from_pretrained(job.artifact)
+    loss, _ = OneDevice(spec).held_out_loss(model, blocks, request.batch_size)
+    return loss
 
 
 def test_a_job_asking_for_more_devices_than_the_worker_has_fails_with_the_reason(

@@ -7,8 +7,9 @@ strategy (``workers.ml.strategy``: one device, or FSDP2 over a process group), l
 weights, optimizer moments and masks, then post-train, and at each log-spaced checkpoint:
 evaluate, save the whole training state (``workers.ml.checkpoint``), ask the hooks whether to go
 on; at the end (or an early stop) save the model as a normal HF directory. The job's recipe
-(``workers.ml.recipes``) adds LoRA adapters in prepare and restore and merges them at the
-export, or a frozen teacher saved in prepare and the distillation loss of the Trainer.
+(``workers.ml.recipes``) adds LoRA adapters in prepare and restore (on a 2:4 or unstructured
+model they train and are measured with the masked update the export merges), or a frozen
+teacher saved in prepare and the distillation loss of the Trainer.
 
 A later attempt with the same ``workdir`` resumes from the last complete state, whatever number
 of processes wrote it, and reproduces the same data order; the step-0 state keeps the (possibly
@@ -234,6 +235,10 @@ def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
         template.pop("rng")  # a state of step 0 keeps no RNG: the trainer starts as a fresh one
     loaded = checkpoint.load_tensors(state, template, no_dist=strategy.world == 1)
     checkpoint.apply_tensors(model, trainer.optimizer, loaded)
+    if recipe.kind == "lora":
+        # On a masked model the adapters train and are measured with the update the export
+        # merges, scale · (B @ A) ⊙ mask: what is measured is what is shipped.
+        recipes.mask_adapters(model, masks)
     if started:
         assert record.stream is not None and record.rng_python is not None
         trainer.step = record.step

@@ -3,8 +3,11 @@
 - LoRA: :func:`inject_lora` puts peft's adapters on the target projections of a model (on the
   meta device or not; the model keeps its class and module names, a target's weight becomes
   ``….q_proj.base_layer.weight``), every other weight frozen; :func:`adapted_masks` renames the
-  pruning masks after the base weights; :func:`merge_lora` folds the adapters into a plain model,
-  ``W' = W + scale · (B @ A) ⊙ mask``, so every pruned zero stays zero.
+  pruning masks after the base weights; on a masked model (2:4, unstructured)
+  :func:`mask_adapters` makes each adapted projection compute with the masked update,
+  ``y = x (W + scale · (B @ A) ⊙ mask)ᵀ``, in training and evaluation alike, and
+  :func:`merge_lora` folds the adapters into a plain model by the same formula, so the artifact
+  is the model that was trained and measured and every pruned zero stays zero.
 - Distillation: :func:`save_teacher` writes the dense model, before pruning, as a DCP state of
   its own in the work directory; :func:`load_teacher` builds it on the meta device, places it by
   the job's strategy (each rank its shard) and loads it, frozen; :class:`Distillation` is the
@@ -14,6 +17,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -98,6 +102,130 @@ def adapted_model(config: Any, recipe: LoraRecipe) -> PreTrainedModel:
     return model
 
 
+def masked_delta(
+    lora_a: torch.Tensor, lora_b: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """``scale · (B @ A) ⊙ mask`` in the adapters' dtype: the update of a masked weight, the
+    same operations in training (:func:`mask_adapters`) and in the merge (:func:`merge_lora`)."""
+    return (lora_b @ lora_a) * scale * mask
+
+
+def _whole(mask: torch.Tensor) -> torch.Tensor:
+    """A keep-mask usable beside a layer's gathered weights: a sharded one gathered (a
+    collective every rank runs: they run the same forwards and backwards)."""
+    return mask.full_tensor() if isinstance(mask, DTensor) else mask
+
+
+class _MaskedLoraLinear(torch.autograd.Function):
+    """``x (W + scale · (B @ A) ⊙ M)ᵀ + bias``, or without ``W`` the adapter term alone, its
+    matmul in ``dtype`` (autocast's, as the merged model's ``nn.Linear`` runs it), the update in
+    the adapters' float32.
+
+    Nothing weight-sized is kept for the backward: it forms ``W + update`` again from the saved
+    parameters (on FSDP2 the layer's gathered ones) and the mask (a sharded mask is gathered
+    again: no rank holds the whole mask of more than the projection it runs). The gradients
+    are those of autograd through the formula: ``x`` gets ``g (W + update)``, ``A`` and ``B``
+    get theirs from the dense weight-shaped ``scale · (gᵀ x) ⊙ M``; ``W`` and the bias none
+    (frozen).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]  # noqa: PLR0917
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        mask: torch.Tensor,
+        scale: float,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        whole = _whole(mask)
+        with torch.autocast(x.device.type, enabled=False):
+            update = masked_delta(lora_a, lora_b, whole, scale)
+            w = update if weight is None else weight + update
+            b = None if bias is None else bias.to(dtype)
+            out = functional.linear(x.to(dtype), w.to(dtype), b)
+        ctx.save_for_backward(x, weight, lora_a, lora_b)
+        # A local mask is kept (it lives beside the model anyway); a sharded one is not.
+        ctx.mask, ctx.kept = mask, whole if whole is mask else None
+        ctx.scale, ctx.dtype = scale, dtype
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, lora_a, lora_b = ctx.saved_tensors
+        want_x, want_w, want_bias, want_a, want_b = ctx.needs_input_grad[:5]
+        if want_w or want_bias:
+            raise RuntimeError("a masked adapter's base weight and bias are frozen")
+        mask = ctx.kept if ctx.kept is not None else _whole(ctx.mask)
+        dtype, scale = ctx.dtype, ctx.scale
+        grad_x = grad_a = grad_b = None
+        with torch.autocast(grad_out.device.type, enabled=False):
+            g = grad_out.to(dtype).reshape(-1, grad_out.shape[-1])
+            if want_x:
+                update = masked_delta(lora_a, lora_b, mask, scale)
+                w = update if weight is None else weight + update
+                grad_x = (g @ w.to(dtype)).reshape(x.shape).to(x.dtype)
+                del update, w
+            if want_a or want_b:
+                # The dense weight-shaped gradient, as full training forms it, then masked.
+                grad_update = (g.t() @ x.to(dtype).reshape(-1, x.shape[-1])).float()
+                grad_update = grad_update.mul_(mask).mul_(scale).to(lora_a.dtype)
+                if want_a:
+                    grad_a = lora_b.t() @ grad_update
+                if want_b:
+                    grad_b = grad_update @ lora_a.t()
+        return grad_x, None, None, grad_a, grad_b, None, None, None
+
+
+def lora_parts(module: LoraLinear) -> tuple[nn.Linear, torch.Tensor, torch.Tensor, float]:
+    """An adapted projection's base layer, A, B and scale."""
+    base, lora_a, lora_b = module.base_layer, module.lora_A[ADAPTER], module.lora_B[ADAPTER]
+    assert isinstance(base, nn.Linear)
+    assert isinstance(lora_a, nn.Linear) and isinstance(lora_b, nn.Linear)
+    return base, lora_a.weight, lora_b.weight, float(module.scaling[ADAPTER])
+
+
+@torch.compiler.disable  # type: ignore[untyped-decorator]  # a graph break: runs eagerly
+def _masked_forward(
+    module: LoraLinear, mask: torch.Tensor, x: torch.Tensor, *args: Any, **kwargs: Any
+) -> torch.Tensor:
+    """The forward of an adapted projection whose base weight has a keep-mask (installed by
+    :func:`mask_adapters` in place of peft's)."""
+    base, lora_a, lora_b, scale = lora_parts(module)
+    if module.disable_adapters or ADAPTER not in module.active_adapters:
+        return base(x, *args, **kwargs)  # type: ignore[no-any-return]
+    dropout = module.lora_dropout[ADAPTER]
+    dtype = compute_dtype(x.device.type, base.weight)
+    if isinstance(dropout, nn.Identity) or not dropout.training:
+        # One matmul with the merged weight: what the artifact's projection computes.
+        return _MaskedLoraLinear.apply(  # type: ignore[no-any-return, no-untyped-call]
+            x, base.weight, base.bias, lora_a, lora_b, mask, scale, dtype
+        )
+    term = _MaskedLoraLinear.apply(  # type: ignore[no-untyped-call]
+        dropout(x), None, None, lora_a, lora_b, mask, scale, dtype
+    )
+    return base(x, *args, **kwargs) + term  # type: ignore[no-any-return]
+
+
+def mask_adapters(model: nn.Module, masks: dict[str, torch.Tensor]) -> int:
+    """Make every adapted projection of ``model`` whose base weight has a keep-mask in
+    ``masks`` (keyed by the adapted names, laid out like the weights: DTensors when sharded)
+    compute with the masked update ``scale · (B @ A) ⊙ mask`` instead of peft's dense one;
+    return how many. Call it once the model is placed and the masks hold their values; the
+    model's parameters, names and state are unchanged (only the forward of those modules)."""
+    count = 0
+    for name, module in model.named_modules():
+        mask = masks.get(f"{name}.base_layer.weight")
+        if isinstance(module, LoraLinear) and mask is not None:
+            module.forward = partial(_masked_forward, module, mask)  # type: ignore[method-assign]
+            count += 1
+    return count
+
+
 def merge_lora(model: ModuleT, masks: dict[str, torch.Tensor]) -> ModuleT:
     """Fold every adapter of ``model`` into its base weight and put the base layer back in its
     place: a plain model of the same class and names. The delta ``scale · B @ A`` is multiplied
@@ -106,13 +234,13 @@ def merge_lora(model: ModuleT, masks: dict[str, torch.Tensor]) -> ModuleT:
     wrapped = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLinear)]
     with torch.no_grad():
         for name, module in wrapped:
-            base = module.base_layer
-            assert isinstance(base, nn.Linear)
-            delta = module.get_delta_weight(ADAPTER).to(base.weight.dtype)
+            base, lora_a, lora_b, scale = lora_parts(module)
             mask = masks.get(f"{name}.base_layer.weight")
-            if mask is not None:
-                delta = delta * mask.to(delta.device)
-            base.weight.add_(delta)
+            if mask is None:
+                delta = module.get_delta_weight(ADAPTER)
+            else:  # as the masked forward forms it (mask_adapters)
+                delta = masked_delta(lora_a, lora_b, mask.to(base.weight.device), scale)
+            base.weight.add_(delta.to(base.weight.dtype))
             owner, _, attr = name.rpartition(".")
             setattr(model.get_submodule(owner) if owner else model, attr, base)
     for param in model.parameters():

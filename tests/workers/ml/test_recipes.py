@@ -1,12 +1,16 @@
-"""The recovery recipes on the torch side: LoRA's masked merge, the chunked distillation loss,
-LoRA training only its adapters, and each recipe's job resuming where it was killed."""
+"""The recovery recipes on the torch side: LoRA's masked merge and masked training (the model
+trained and measured is the merged artifact), the chunked distillation loss, LoRA training only
+its adapters, and each recipe's job resuming where it was killed."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from types import MethodType
 
 import pytest
 import torch
+from peft.tuners.lora import Linear as LoraLinear
 from torch.nn import functional
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -15,10 +19,12 @@ from app.schemas.jobs import JobRequest, LoraRecipe
 from tests.workers.ml.pipeline_helpers import CrashError, Recorder, write_model_and_corpus
 from workers.ml import recipes
 from workers.ml.checkpoint import SafeReader, latest_complete_state
-from workers.ml.evaluate import IGNORE, linear_cross_entropy
+from workers.ml.evaluate import IGNORE, causal_lm_loss, linear_cross_entropy
 from workers.ml.job import JobSpec
-from workers.ml.pipeline import prune_and_post_train
+from workers.ml.models import load_tokenizer
+from workers.ml.pipeline import job_splits, prune_and_post_train
 from workers.ml.prune import apply_masks
+from workers.ml.strategy import OneDevice
 from workers.ml.train import TrainConfig, Trainer
 
 torch.set_num_threads(1)
@@ -84,6 +90,65 @@ def test_merging_keeps_every_pruned_zero_and_a_naive_merge_would_not(
     adapted_with_trained_adapters(naive, masks)
     recipes.merge_lora(naive, {})
     assert max_nonzeros_per_group(naive.model.layers[0].self_attn.q_proj.weight) == 4
+
+
+def formula_forward(module: LoraLinear, mask: torch.Tensor) -> None:
+    """Give an adapted projection the masked forward written in plain autograd (the reference)."""
+    base, a, b, scale = recipes.lora_parts(module)
+    drop = module.lora_dropout["default"]
+
+    def forward(self: LoraLinear, x: torch.Tensor) -> torch.Tensor:
+        update = recipes.masked_delta(a, b, mask, scale)
+        if isinstance(drop, torch.nn.Identity) or not drop.training:
+            return functional.linear(x, base.weight + update, base.bias)
+        out: torch.Tensor = base(x) + functional.linear(drop(x), update)
+        return out
+
+    module.forward = MethodType(forward, module)  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_masked_adapters_compute_the_merged_model_and_train_only_a_and_b(
+    tiny_llama: PreTrainedModel, dropout: float
+) -> None:
+    masks = two_four_masks(tiny_llama)
+    apply_masks(tiny_llama, masks)
+    recipes.inject_lora(tiny_llama, LoraRecipe(kind="lora", rank=2, dropout=dropout))
+    with torch.no_grad():
+        for name, param in tiny_llama.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(std=0.5)
+    adapted = recipes.adapted_masks(tiny_llama, masks)
+    dense, reference = copy.deepcopy(tiny_llama), copy.deepcopy(tiny_llama)
+    merged = recipes.merge_lora(copy.deepcopy(tiny_llama), adapted)
+    assert recipes.mask_adapters(tiny_llama, adapted) == len(masks)
+    for name, module in reference.named_modules():
+        if isinstance(module, LoraLinear):
+            formula_forward(module, adapted[f"{name}.base_layer.weight"])
+    ids = torch.randint(3, 256, (2, 16), generator=torch.Generator().manual_seed(4))
+
+    # Evaluated, the adapted model is the merged one, in float32 and under bf16 autocast.
+    for model in (tiny_llama, merged, dense):
+        torch.nn.Module.eval(model)
+    with torch.no_grad():
+        got = tiny_llama(ids).logits
+        torch.testing.assert_close(got, merged(ids).logits, atol=1e-6, rtol=1e-6)
+        assert (got - dense(ids).logits).abs().max() > 1e-2  # peft's dense update is another model
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(tiny_llama(ids).logits, merged(ids).logits)
+
+    # Trained, the gradients reach A and B alone, and are autograd's through the formula.
+    grads = []
+    for model in (tiny_llama, reference):
+        model.train()
+        torch.manual_seed(5)  # the same dropout draws
+        causal_lm_loss(model, ids).backward()  # type: ignore[no-untyped-call]
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    got_grads, expected = grads
+    assert got_grads and all(".lora_A." in n or ".lora_B." in n for n in got_grads)
+    assert set(got_grads) == set(expected)
+    for name, grad in got_grads.items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-5)
 
 
 def build_like(model: PreTrainedModel) -> PreTrainedModel:
@@ -258,6 +323,13 @@ def test_a_recipe_job_killed_after_a_checkpoint_resumes_to_the_same_losses(
     for a, b in zip(out.points, reference.points, strict=True):
         assert a.tokens == b.tokens and a.loss == pytest.approx(b.loss, abs=1e-5)
     assert out.points[-1].loss < reference.measured.loss_after_prune
+    if recipe["kind"] == "lora":
+        # What is measured is what is shipped: the merged artifact's held-out loss, measured
+        # as the pipeline measures a checkpoint, is the last checkpoint's.
+        shipped = AutoModelForCausalLM.from_pretrained(reference.artifact)
+        blocks = job_splits(spec, load_tokenizer(reference.artifact)).eval
+        loss, _ = OneDevice(spec).held_out_loss(shipped, blocks, BATCH)
+        assert loss == pytest.approx(reference.points[-1].loss, abs=1e-6)
 
     # The artifact is a plain model of the pruned size, every 2:4 zero kept.
     art = AutoModelForCausalLM.from_pretrained(out.artifact)
