@@ -255,7 +255,7 @@ def tokens_to_reach(points: Sequence[tuple[float, float]], target: float) -> flo
 def compare(rows: Sequence[dict[str, Any]], flops: Any) -> list[dict[str, Any]]:
     """Per pruned model (family, n0, method, rho level): each recipe's final loss, and the tokens
     and training FLOPs it needed to reach the highest of the recipes' final losses (the loss every
-    recipe reached). `flops(recipe, n0, n_after) -> FLOPs per token`."""
+    recipe reached). `flops(recipe, method, n0, rho) -> FLOPs per token`."""
     curves: dict[tuple[str, int, str, float], dict[str, list[tuple[float, float]]]] = {}
     for r in rows:
         key = (r["family"], int(r["n0"]), r["method"], round(float(r["rho"]), 2))
@@ -277,8 +277,7 @@ def compare(rows: Sequence[dict[str, Any]], flops: Any) -> list[dict[str, Any]]:
         }
         for recipe, pts in sorted(by_recipe.items()):
             reach = tokens_to_reach(pts, target)
-            n_after = n0 * (1 - rho)
-            per_token = flops(recipe, n0, n_after)
+            per_token = flops(recipe, method, n0, rho)
             last = max(pts)
             entry["recipes"][recipe] = {
                 "final_tokens": last[0],
@@ -294,12 +293,12 @@ def compare(rows: Sequence[dict[str, Any]], flops: Any) -> list[dict[str, Any]]:
     return table
 
 
-def per_token_flops(recipe: str, n0: float, n_after: float) -> float:
-    """Training FLOPs per token of a recipe from parameter counts (the matrix-product term of
-    `app.core.flops`; the attention term is left out, the same for every recipe)."""
-    from app.core.flops import recipe_flops_per_token_of_params
+def per_token_flops(recipe: str, method: str, n0: float, rho: float) -> float:
+    """Training FLOPs per token of a recipe, as `POST /plan` counts them
+    (`app.services.plan.option_flops`: parameter counts, the attention term left out)."""
+    from app.services.plan import option_flops
 
-    return recipe_flops_per_token_of_params(recipe, n_after, n0)
+    return option_flops(method, recipe, n0=n0, rho=rho, tokens=1.0)
 
 
 def fit_recipes(

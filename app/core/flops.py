@@ -109,8 +109,16 @@ def expected_throughput(
 #   distill  6·N + 12·L·d·s + 2·N0 + 4·L0·d0·s    the student's full training, plus the frozen
 #                                                 teacher's forward (its attention included)
 #
+# LoRA on a masked model (2:4, unstructured) trains what it ships: each adapted projection
+# computes with W + scale·(B@A)⊙M (workers/ml/recipes.py, ``mask_adapters``), whose backward
+# forms the weight-shaped gradient of the masked update, 2·n more per adapted weight n:
+#
+#   lora, masked  4·N + 2·N_adapted + 12·L·d·s    (dropout 0; with dropout the adapter term is
+#                                                 a second product: 4·N + 6·N_adapted + ...)
+#
 # Where only parameter counts are known (``POST /plan``), the attention terms and the adapters
-# are left out: full 6·N, lora 4·N, distill 6·N + 2·N0.
+# are left out: full 6·N, lora 4·N (6·N on a masked model, every projection adapted), distill
+# 6·N + 2·N0.
 
 
 def lora_adapter_params(shape: ModelShape, rank: int, targets: Iterable[str]) -> int:
@@ -131,9 +139,13 @@ def recipe_flops_per_token(
     *,
     teacher: ModelShape | None = None,
     adapter_params: int = 0,
+    masked_adapted: int | None = None,
+    dropout: bool = False,
 ) -> float:
     """Model FLOPs of post-training one token of the pruned ``shape`` by ``recipe`` (the table
-    above): ``teacher`` is the dense model (distill), ``adapter_params`` the adapters' (lora)."""
+    above): ``teacher`` is the dense model (distill), ``adapter_params`` the adapters' (lora);
+    ``masked_adapted``, on a masked model, the weights of the adapted projections (their masked
+    update is formed whole: 2 FLOPs a weight more, 6 with ``dropout``)."""
     if seq_len < 1:
         raise ValueError("seq_len must be >= 1")
     n = float(shape.matmul_params)
@@ -141,6 +153,8 @@ def recipe_flops_per_token(
     if recipe == "full":
         return 6.0 * n + attention
     if recipe == "lora":
+        if masked_adapted is not None:
+            return 4.0 * n + attention + (6.0 if dropout else 2.0) * masked_adapted
         return 4.0 * n + attention + 6.0 * adapter_params
     if recipe == "distill":
         if teacher is None:
@@ -149,14 +163,18 @@ def recipe_flops_per_token(
     raise ValueError(f"unknown recipe {recipe!r}")
 
 
-def recipe_flops_per_token_of_params(recipe: str, n_trained: float, n0: float) -> float:
+def recipe_flops_per_token_of_params(
+    recipe: str, n_trained: float, n0: float, *, masked: bool = False
+) -> float:
     """FLOPs per token by ``recipe`` from parameter counts alone: ``n_trained`` the pruned
-    model's (those its matrix products use), ``n0`` the dense teacher's. Attention and the
-    adapters need the model's shape and are left out: full 6·N, lora 4·N, distill 6·N + 2·N0."""
+    model's (those its matrix products use), ``n0`` the dense teacher's, ``masked`` whether the
+    pruning left keep-masks (2:4, unstructured: LoRA then forms its masked update whole).
+    Attention and the adapters need the model's shape and are left out: full 6·N, lora 4·N
+    (masked 6·N), distill 6·N + 2·N0."""
     if recipe == "full":
         return 6.0 * n_trained
     if recipe == "lora":
-        return 4.0 * n_trained
+        return (6.0 if masked else 4.0) * n_trained
     if recipe == "distill":
         return 6.0 * n_trained + 2.0 * n0
     raise ValueError(f"unknown recipe {recipe!r}")

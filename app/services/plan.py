@@ -42,9 +42,11 @@ def _default_laws(session: Session, family: str) -> dict[Key, LawRef]:
 def option_flops(method: str, recipe: str, *, n0: float, rho: float, tokens: float) -> float:
     """Training FLOPs of an option: tokens × the recipe's FLOPs per token from parameter counts
     (`app.core.flops.recipe_flops_per_token_of_params`); depth and width train n0·(1 − ρ)
-    parameters, 2:4 and unstructured the dense n0 (their masked weights train densely)."""
-    trained = n0 if method in _DENSE_TRAINED else n0 * (1.0 - rho)
-    return tokens * recipe_flops_per_token_of_params(recipe, trained, n0)
+    parameters, 2:4 and unstructured the dense n0 (their masked weights train densely, and
+    LoRA forms their masked update whole)."""
+    masked = method in _DENSE_TRAINED
+    trained = n0 if masked else n0 * (1.0 - rho)
+    return tokens * recipe_flops_per_token_of_params(recipe, trained, n0, masked=masked)
 
 
 def _option(option: PlanOption, fit_id: str | None, n0: float) -> dict[str, Any] | None:

@@ -116,6 +116,14 @@ def test_the_recipes_flops_per_token_follow_their_formulas() -> None:
     assert recipe_flops_per_token("distill", SMALL, s, teacher=dense) == (
         6 * n + attention + 2 * dense.matmul_params + 4 * 4 * 8 * s
     )
+    # LoRA on a masked model forms its masked update whole: 2 FLOPs a weight (6 with dropout).
+    adapted = SMALL.projection_weights
+    assert recipe_flops_per_token("lora", SMALL, s, masked_adapted=adapted) == (
+        4 * n + attention + 2 * adapted
+    )
+    assert recipe_flops_per_token("lora", SMALL, s, masked_adapted=adapted, dropout=True) == (
+        4 * n + attention + 6 * adapted
+    )
     with pytest.raises(ValueError, match="teacher"):
         recipe_flops_per_token("distill", SMALL, s)
     with pytest.raises(ValueError, match="unknown recipe"):
@@ -135,6 +143,7 @@ def test_on_an_8b_model_lora_costs_about_two_thirds_and_distill_more_than_full()
 def test_the_parameter_only_counts_of_a_plan() -> None:
     assert recipe_flops_per_token_of_params("full", 750.0, 1000.0) == 4500.0
     assert recipe_flops_per_token_of_params("lora", 750.0, 1000.0) == 3000.0
+    assert recipe_flops_per_token_of_params("lora", 1000.0, 1000.0, masked=True) == 6000.0
     assert recipe_flops_per_token_of_params("distill", 750.0, 1000.0) == 4500.0 + 2000.0
     with pytest.raises(ValueError):
         recipe_flops_per_token_of_params("none", 1.0, 1.0)

@@ -72,16 +72,21 @@ def test_compare_names_the_recipe_that_reaches_the_common_loss_first() -> None:
     rows = _rows("full", [4.0, 3.0, 2.0]) + _rows("lora", [4.0, 3.5, 2.5])
     rows += _rows("distill", [3.0, 2.5, 2.2])
 
-    def flops(recipe: str, n0: float, n_after: float) -> float:
-        return {"full": 6.0, "lora": 4.0, "distill": 8.0}[recipe] * n_after
+    def flops(recipe: str, method: str, n0: float, rho: float) -> float:
+        return {"full": 6.0, "lora": 4.0, "distill": 8.0}[recipe] * n0 * (1 - rho)
 
     (entry,) = recipes.compare(rows, flops)
     assert entry["target_loss"] == 2.5  # the highest final loss: every recipe reached it
     reach = {k: v["tokens_to_target"] for k, v in entry["recipes"].items()}
     assert reach["lora"] == 10_000.0 and reach["distill"] == 1000.0
     assert entry["fewest_tokens"] == "distill"
-    assert entry["recipes"]["full"]["flops_to_target"] == pytest.approx(
-        reach["full"] * 6.0 * 750
-    )
+    assert entry["recipes"]["full"]["flops_to_target"] == pytest.approx(reach["full"] * 6.0 * 750)
     # One recipe alone is no comparison.
     assert recipes.compare(_rows("full", [4.0, 3.0]), flops) == []
+
+
+def test_the_study_counts_flops_as_the_plan_does() -> None:
+    # LoRA on a 2:4 model forms its masked update whole: 6 FLOPs a weight, as full training.
+    assert recipes.per_token_flops("lora", "2:4", 1000.0, 0.25) == 6000.0
+    assert recipes.per_token_flops("lora", "width", 1000.0, 0.25) == 3000.0
+    assert recipes.per_token_flops("distill", "depth", 1000.0, 0.25) == 4500.0 + 2000.0
