@@ -151,13 +151,32 @@ def test_a_job_asking_for_more_devices_than_the_worker_has_fails_with_the_reason
     assert job.attempts == 1 and checkpoints(job_id) == []
 
 
+@pytest.mark.parametrize(
+    ("method", "recipe"),
+    [
+        ("depth", {"kind": "full"}),
+        # The adapters and their moments come back from the state; the teacher from its own.
+        ("2:4", {"kind": "lora", "rank": 4}),
+        ("width", {"kind": "distill"}),
+    ],
+    ids=["full", "lora", "distill"],
+)
 def test_killing_one_rank_mid_job_resumes_from_the_sharded_checkpoint(
-    job_roots: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    job_roots: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    recipe: dict[str, Any],
 ) -> None:
     # A short collective timeout: the dead rank is still told apart from a slow phase.
     monkeypatch.setenv("DIST_TIMEOUT_S", "5")
     job_id = submit(
-        devices=2, batch_size=4, method="depth", rho=0.25, tokens=400 * 8 * SEQ, checkpoints=4
+        devices=2,
+        batch_size=4,
+        method=method,
+        rho=0.25,
+        tokens=400 * 8 * SEQ,
+        checkpoints=4,
+        recipe=recipe,
     )
     result: list[str] = []
     runner = threading.Thread(target=lambda: result.append(attempt_job(job_id)))
