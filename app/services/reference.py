@@ -34,11 +34,16 @@ from app.services.fits import AUTO_FORM, compute_fit, store_fit
 REFERENCE_FORM = AUTO_FORM
 REFERENCE_BOOTSTRAP = 50
 REFERENCE_SEED = 0
-#: The study results the shipped observations are gathered from (relative to the repository).
+#: The study results the shipped observations are gathered from (relative to the repository),
+#: in order: a run in a later file replaces the rows of the same run id in earlier ones (the
+#: longer SmolLM2 pass continues runs of the wide pass's setup under their ids); a file not
+#: there yet is skipped.
 STUDY_CSVS = (
     "studies/results/observations.csv",
     "studies/results/wide/observations.csv",
     "studies/results/wide/smollm2/observations.csv",
+    "studies/results/smollm2-long/observations.csv",
+    "studies/results/recipes/observations.csv",
 )
 _FLOATS = ("n0", "rho", "l0", "tokens", "loss")
 _COLUMNS = ("run_id", "family", "method", "n0", "rho", "l0", "tokens", "loss", "protocol")
@@ -153,20 +158,30 @@ def load_reference(session: Session, *, only_if_empty: bool = True) -> LoadRepor
 
 
 def gather_study_observations(root: Path) -> list[dict[str, str]]:
-    """The study's observations (STUDY_CSVS under `root`), in file then row order."""
-    rows: list[dict[str, str]] = []
+    """The study's observations (STUDY_CSVS under `root`), in file then row order, each with its
+    recipe (full where a file has no recipe column); a run id in a later file replaces the
+    earlier files' rows of that run."""
+    by_run: dict[str, list[dict[str, str]]] = {}
     for name in STUDY_CSVS:
-        with (root / name).open(newline="", encoding="utf-8") as handle:
-            rows.extend(
-                {column: row[column] for column in _COLUMNS} for row in csv.DictReader(handle)
-            )
-    return rows
+        path = root / name
+        if not path.is_file():
+            continue
+        in_file: dict[str, list[dict[str, str]]] = {}
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                kept = {column: row[column] for column in _COLUMNS}
+                kept[RECIPE_COLUMN] = (row.get(RECIPE_COLUMN) or "").strip() or DEFAULT_RECIPE
+                in_file.setdefault(row["run_id"], []).append(kept)
+        for run_id in in_file:
+            by_run.pop(run_id, None)  # re-inserted last, in this file's order
+        by_run.update(in_file)
+    return [row for rows in by_run.values() for row in rows]
 
 
 def write_observations(rows: Iterable[Mapping[str, str]], path: Path = OBSERVATIONS_CSV) -> None:
-    """Write the shipped observations file."""
+    """Write the shipped observations file (with its recipe column)."""
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(_COLUMNS), lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=[*_COLUMNS, RECIPE_COLUMN], lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 

@@ -38,6 +38,30 @@ def test_the_shipped_observations_are_the_study_results() -> None:
     assert len({(row["run_id"], row["tokens"]) for row in shipped}) == len(shipped)
 
 
+def test_a_later_study_file_replaces_the_runs_it_continues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = "run_id,family,method,n0,rho,l0,tokens,loss,protocol"
+
+    def write(name: str, lines: list[str], recipe: bool = False) -> str:
+        path = tmp_path / name
+        path.write_text("\n".join([header + (",recipe" if recipe else ""), *lines]) + "\n")
+        return name
+
+    first = write("a.csv", ["r1,f,depth,1,0.2,3,10,4,p", "r2,f,depth,1,0.3,3,10,5,p"])
+    longer = write("b.csv", ["r1,f,depth,1,0.2,3,10,3.9,p", "r1,f,depth,1,0.2,3,80,3.5,p"])
+    other = write("c.csv", ["r3,f,depth,1,0.2,3,10,4.1,p,lora"], recipe=True)
+    monkeypatch.setattr(reference, "STUDY_CSVS", (first, longer, "missing.csv", other))
+    rows = reference.gather_study_observations(tmp_path)
+    assert [(r["run_id"], r["tokens"], r["recipe"]) for r in rows] == [
+        ("r2", "10", "full"),
+        ("r1", "10", "full"),
+        ("r1", "80", "full"),
+        ("r3", "10", "lora"),
+    ]
+    assert rows[1]["loss"] == "3.9"  # the continued run's own rows, none of the first file's
+
+
 def test_every_family_and_method_ships_one_fit_with_bootstrap_and_coverage() -> None:
     rows = reference.read_observations()
     fits = reference.read_fits()
