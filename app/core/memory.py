@@ -119,7 +119,7 @@ from typing import Any, Literal
 
 from app.core.pruning import ModelShape as PlanShape
 from app.core.pruning import PrunePlan
-from app.core.recipes import RecipeName
+from app.core.recipes import LORA_TARGETS, RecipeName
 
 GIB = 1024**3
 MIB = 1024**2
@@ -147,16 +147,9 @@ DEVICE_COUNTS: tuple[int, ...] = tuple(2**k for k in range(11))
 
 
 #: The seven projections of a decoder layer by name, in the order of
-#: :attr:`ModelShape.projections` (Llama, Qwen2, Qwen3, Mistral name them alike).
-PROJECTION_NAMES: tuple[str, ...] = (
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-)
+#: :attr:`ModelShape.projections` (Llama, Qwen2, Qwen3, Mistral name them alike); LoRA's
+#: default targets are all of them.
+PROJECTION_NAMES: tuple[str, ...] = LORA_TARGETS
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ RecipeName = Literal["full", "lora", "distill"]
 RECIPES: Final[tuple[str, ...]] = get_args(RecipeName)
 DEFAULT_RECIPE: Final = "full"
 
-#: LoRA's default targets: every attention and MLP projection of a Llama or Qwen2 decoder layer.
+#: LoRA's default targets: every attention and MLP projection of a Llama or Qwen2 decoder layer,
+#: in the order of ``app.core.memory.ModelShape.projections`` (``PROJECTION_NAMES`` is this).
 LORA_TARGETS: Final[tuple[str, ...]] = (
     "q_proj",
     "k_proj",

@@ -130,6 +130,45 @@ def _chunk_logits(
     return functional.linear(hidden.to(dtype), weight, bias).float()
 
 
+class HeadGrads:
+    """The gradients a chunked head loss takes in its forward (of the hidden states, the head's
+    weight and its bias, each only where autograd wants it), filled chunk by chunk from the
+    chunk's gradient of the logits; the backward only scales them (:meth:`backward`)."""
+
+    def __init__(
+        self, ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> None:
+        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        self.h = torch.zeros_like(hidden) if want_h else None
+        self.w = torch.zeros_like(weight) if want_w else None
+        self.b = torch.zeros_like(bias) if want_b and bias is not None else None
+
+    @property
+    def wanted(self) -> bool:
+        return self.h is not None or self.w is not None or self.b is not None
+
+    def add(self, rows: slice, grad: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> None:
+        """Take one chunk's gradient of the logits (``rows`` of the hidden states, whose values
+        ``h`` met the head weight ``w``, both in the compute dtype)."""
+        if self.h is not None:
+            self.h[rows] = grad @ w
+        if self.w is not None:
+            self.w += grad.t() @ h
+        if self.b is not None:
+            self.b += grad.sum(0)
+
+    def save(self, ctx: Any) -> None:
+        ctx.save_for_backward(self.h, self.w, self.b)
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, others: int) -> tuple[torch.Tensor | None, ...]:
+        """The saved gradients times the incoming one, then None for the ``others`` inputs. In
+        place: the buffers belong to this graph alone, and it is differentiated once."""
+        saved = ctx.saved_tensors
+        out = [g.mul_(grad_loss) if g is not None else None for g in saved]
+        return (*out, *([None] * others))
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``labels``, chunk by chunk.
 
@@ -150,7 +189,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         chunk: int,
         dtype: torch.dtype,
     ) -> torch.Tensor:
-        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        grads = HeadGrads(ctx, hidden, weight, bias)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
             b = bias.to(dtype) if bias is not None else None
@@ -158,9 +197,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
             count = valid.sum().clamp(min=1).to(torch.float32)
             scale = count.reciprocal()
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_h = torch.zeros_like(hidden) if want_h else None
-            grad_w = torch.zeros_like(weight) if want_w else None
-            grad_b = torch.zeros_like(bias) if want_b and bias is not None else None
             for start in range(0, hidden.shape[0], chunk):
                 stop = start + chunk
                 h = hidden[start:stop].to(dtype)
@@ -170,29 +206,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 lse = torch.logsumexp(logits, dim=-1)
                 picked = logits.gather(1, target[:, None]).squeeze(1)
                 total += ((lse - picked) * keep).sum()
-                if grad_h is None and grad_w is None and grad_b is None:
+                if not grads.wanted:
                     continue
                 # d loss / d logits = (softmax - one-hot) / tokens, zero where ignored; in place.
                 grad = logits.sub_(lse[:, None]).exp_()
                 grad.scatter_add_(1, target[:, None], -torch.ones_like(lse)[:, None])
                 grad.mul_((keep.to(torch.float32) * scale)[:, None])
-                grad_c = grad.to(dtype)
-                if grad_h is not None:
-                    grad_h[start:stop] = grad_c @ w
-                if grad_w is not None:
-                    grad_w += grad_c.t() @ h
-                if grad_b is not None:
-                    grad_b += grad_c.sum(0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
+                grads.add(slice(start, stop), grad.to(dtype), h, w)
+        grads.save(ctx)
         return total * scale
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        # In place: the buffers belong to this graph alone, and it is differentiated once.
-        out = [g.mul_(grad_loss) if g is not None else None for g in (grad_h, grad_w, grad_b)]
-        return out[0], out[1], out[2], None, None, None
+        return HeadGrads.backward(ctx, grad_loss, others=3)
 
 
 def linear_cross_entropy(

@@ -35,6 +35,7 @@ from app.schemas.jobs import LoraRecipe
 from workers.ml import checkpoint, models
 from workers.ml.evaluate import (
     IGNORE,
+    HeadGrads,
     LMParts,
     compute_dtype,
     final_hidden_states,
@@ -318,7 +319,7 @@ class _LinearDistill(torch.autograd.Function):
         temperature: float,
         alpha: float,
     ) -> torch.Tensor:
-        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        grads = HeadGrads(ctx, hidden, weight, bias)
         temp = float(temperature)
         with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(dtype)
@@ -328,9 +329,6 @@ class _LinearDistill(torch.autograd.Function):
             valid = labels != IGNORE
             scale = valid.sum().clamp(min=1).to(torch.float32).reciprocal()
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_h = torch.zeros_like(hidden) if want_h else None
-            grad_w = torch.zeros_like(weight) if want_w else None
-            grad_b = torch.zeros_like(bias) if want_b and bias is not None else None
             for start in range(0, hidden.shape[0], chunk):
                 stop = start + chunk
                 h = hidden[start:stop].to(dtype)
@@ -347,28 +345,20 @@ class _LinearDistill(torch.autograd.Function):
                 lse = torch.logsumexp(logits, dim=-1)
                 ce = lse - logits.gather(1, target[:, None]).squeeze(1)
                 total += ((alpha * temp * temp * kl + (1.0 - alpha) * ce) * keep).sum()
-                if grad_h is None and grad_w is None and grad_b is None:
+                if not grads.wanted:
                     continue
                 grad = logits.sub_(lse[:, None]).exp_().mul_(1.0 - alpha)
                 grad.scatter_add_(1, target[:, None], torch.full_like(lse, alpha - 1.0)[:, None])
                 grad.add_(log_q.exp_().sub_(p).mul_(alpha * temp))
                 grad.mul_((keep * scale)[:, None])
-                grad_c = grad.to(dtype)
-                if grad_h is not None:
-                    grad_h[start:stop] = grad_c @ w
-                if grad_w is not None:
-                    grad_w += grad_c.t() @ h
-                if grad_b is not None:
-                    grad_b += grad_c.sum(0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
+                grads.add(slice(start, stop), grad.to(dtype), h, w)
+        grads.save(ctx)
         return total * scale
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        out = [g.mul_(grad_loss) if g is not None else None for g in (grad_h, grad_w, grad_b)]
-        return out[0], out[1], out[2], *([None] * 8)
+        return HeadGrads.backward(ctx, grad_loss, others=8)
 
 
 def linear_distill_loss(
