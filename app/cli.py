@@ -332,9 +332,12 @@ def _reference_command(action: str) -> int:
             print(reference.load_reference(session, only_if_empty=False).summary())
         return 0
     reference.write_observations(reference.gather_study_observations(PROJECT_ROOT))
-    fits = reference.build_fits(reference.read_observations())
+    skipped: list[str] = []
+    fits = reference.build_fits(reference.read_observations(), skipped=skipped)
     reference.write_fits(fits)
     print(f"wrote {OBSERVATIONS_CSV} and {FITS_JSON} ({len(fits)} fits)")
+    for line in skipped:
+        print(f"no fit for {line}")
     return 0
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from app.core.recipes import DEFAULT_RECIPE
 from app.db.models.fit import Fit
+from app.law.errors import NotEnoughData
 from app.reference import FITS_JSON, OBSERVATIONS_CSV
 from app.repositories import fits as fits_repo
 from app.repositories import observations as observations_repo
@@ -201,10 +202,13 @@ def build_fits(
     *,
     pairs: Iterable[tuple[str, str]] | None = None,
     bootstrap: int = REFERENCE_BOOTSTRAP,
+    skipped: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The default fit of every (family, method, recipe) of `rows` (of the (family, method)
     `pairs` only, when given), made exactly as `POST /fits` makes one, on a scratch SQLite
-    database; a shipped fit of another recipe than full carries its ``recipe``."""
+    database; a shipped fit of another recipe than full carries its ``recipe``. A triple whose
+    data cannot make that fit (one run: `auto` selects on whole runs) ships its observations
+    without a fit; `skipped` gets one line per such triple, with the reason."""
     from app.db.migrate import upgrade
     from app.db.session import create_engine_for, make_sessionmaker
 
@@ -221,15 +225,20 @@ def build_fits(
                 session.commit()
                 built = []
                 for family, method, recipe in wanted:
-                    fit = compute_fit(
-                        session,
-                        form=REFERENCE_FORM,
-                        family=family,
-                        method=method,
-                        recipe=recipe,
-                        bootstrap=bootstrap,
-                        seed=REFERENCE_SEED,
-                    )
+                    try:
+                        fit = compute_fit(
+                            session,
+                            form=REFERENCE_FORM,
+                            family=family,
+                            method=method,
+                            recipe=recipe,
+                            bootstrap=bootstrap,
+                            seed=REFERENCE_SEED,
+                        )
+                    except NotEnoughData as exc:
+                        if skipped is not None:
+                            skipped.append(f"{family}/{method} ({recipe}): {exc}")
+                        continue
                     fit.id = fit_id_of(family, method, fit.run_ids, REFERENCE_FORM, recipe)
                     values = {name: getattr(fit, name) for name in _FIT_FIELDS}
                     if recipe != DEFAULT_RECIPE:
