@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from workers.ml import checkpoint, faults, host_memory, models, recipes
@@ -222,7 +221,8 @@ def restore(spec: JobSpec, state: Path, strategy: OneDevice) -> Restored:
         cfg,
         device=strategy.device,
         autocast_dtype=strategy.autocast_dtype,
-        masks=masks,
+        # LoRA's masked base weights are frozen and never move: nothing to re-apply each step.
+        masks=None if recipe.kind == "lora" else masks,
         apply_masks=apply_masks,
         shard=strategy.data_shard,
         loss_fn=loss_fn,
@@ -258,9 +258,9 @@ def export(spec: JobSpec, job: Restored, strategy: OneDevice) -> nn.Module | Non
         return strategy.exported(job.model, lambda: models.model_from_config(config))
     masks: dict[str, torch.Tensor] = {}
     for name, mask in job.masks.items():  # one at a time; only the main process keeps them
-        whole_mask = mask.full_tensor() if isinstance(mask, DTensor) else mask
+        gathered = recipes.whole(mask)
         if strategy.is_main:
-            masks[name] = whole_mask.cpu()
+            masks[name] = gathered.cpu()
     whole = strategy.exported(job.model, lambda: recipes.adapted_model(config, recipe))
     return None if whole is None else recipes.merge_lora(whole, masks)
 

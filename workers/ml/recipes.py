@@ -111,10 +111,10 @@ def masked_delta(
     return (lora_b @ lora_a) * scale * mask
 
 
-def _whole(mask: torch.Tensor) -> torch.Tensor:
-    """A keep-mask usable beside a layer's gathered weights: a sharded one gathered (a
-    collective every rank runs: they run the same forwards and backwards)."""
-    return mask.full_tensor() if isinstance(mask, DTensor) else mask
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor usable in a plain matmul beside a layer's gathered weights: a sharded one
+    (DTensor) gathered whole, a collective every rank runs; a local one as it is."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 class _MaskedLoraLinear(torch.autograd.Function):
@@ -142,15 +142,15 @@ class _MaskedLoraLinear(torch.autograd.Function):
         scale: float,
         dtype: torch.dtype,
     ) -> torch.Tensor:
-        whole = _whole(mask)
+        gathered = whole(mask)
         with torch.autocast(x.device.type, enabled=False):
-            update = masked_delta(lora_a, lora_b, whole, scale)
+            update = masked_delta(lora_a, lora_b, gathered, scale)
             w = update if weight is None else weight + update
             b = None if bias is None else bias.to(dtype)
             out = functional.linear(x.to(dtype), w.to(dtype), b)
         ctx.save_for_backward(x, weight, lora_a, lora_b)
         # A local mask is kept (it lives beside the model anyway); a sharded one is not.
-        ctx.mask, ctx.kept = mask, whole if whole is mask else None
+        ctx.mask, ctx.kept = mask, gathered if gathered is mask else None
         ctx.scale, ctx.dtype = scale, dtype
         return out
 
@@ -161,7 +161,7 @@ class _MaskedLoraLinear(torch.autograd.Function):
         want_x, want_w, want_bias, want_a, want_b = ctx.needs_input_grad[:5]
         if want_w or want_bias:
             raise RuntimeError("a masked adapter's base weight and bias are frozen")
-        mask = ctx.kept if ctx.kept is not None else _whole(ctx.mask)
+        mask = ctx.kept if ctx.kept is not None else whole(ctx.mask)
         dtype, scale = ctx.dtype, ctx.scale
         grad_x = grad_a = grad_b = None
         with torch.autocast(grad_out.device.type, enabled=False):
@@ -289,11 +289,6 @@ def load_teacher(workdir: Path, strategy: OneDevice) -> PreTrainedModel:
 # --------------------------------------------------------------------------- the distillation loss
 
 
-def _full(weight: torch.Tensor) -> torch.Tensor:
-    """A head weight usable in a plain matmul (a sharded one gathered, on every rank)."""
-    return weight.full_tensor() if isinstance(weight, DTensor) else weight
-
-
 class _LinearDistill(torch.autograd.Function):
     """``alpha · T² · KL(p_t ‖ q_s) + (1 − alpha) · CE`` per token, its mean over the labelled
     positions, from the student's and the teacher's final hidden states chunk by chunk.
@@ -383,8 +378,8 @@ def linear_distill_loss(
         head.weight,
         head.bias,
         teacher_hidden.detach(),
-        _full(teacher_head.weight).detach(),
-        None if teacher_head.bias is None else _full(teacher_head.bias).detach(),
+        whole(teacher_head.weight).detach(),
+        None if teacher_head.bias is None else whole(teacher_head.bias).detach(),
         labels,
         chunk,
         dtype,
