@@ -301,9 +301,7 @@ def per_token_flops(recipe: str, method: str, n0: float, rho: float) -> float:
     return option_flops(method, recipe, n0=n0, rho=rho, tokens=1.0)
 
 
-def fit_recipes(
-    rows: Sequence[dict[str, Any]], fams: dict[str, Family], workers: int
-) -> dict[str, Any]:
+def fit_recipes(rows: Sequence[dict[str, Any]], fams: dict[str, Family]) -> dict[str, Any]:
     """P² per family, recipe and method on every protocol the data allow (held-out MAPE and the
     calibrated 80% interval's coverage; `studies.p2_wide_analysis.fit_family_method`)."""
     from studies.p2_wide_analysis import fit_family_method
@@ -328,7 +326,7 @@ def fit_recipes(
     return report
 
 
-def analyse(fams: dict[str, Family], var_root: Path, out: Path, workers: int) -> dict[str, Any]:
+def analyse(fams: dict[str, Family], var_root: Path, out: Path) -> dict[str, Any]:
     """Every output of the pass (the module docstring) from the cached runs."""
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
@@ -353,7 +351,7 @@ def analyse(fams: dict[str, Family], var_root: Path, out: Path, workers: int) ->
             for r in results
         ],
         "controls": controls,
-        "fits": fit_recipes(rows, fams, workers),
+        "fits": fit_recipes(rows, fams),
         "versions": base.versions(),
     }
     report["analyse_wall_s"] = round(time.monotonic() - started, 1)
@@ -459,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"collection done in {time.monotonic() - started:.0f} s")
         if a.no_analyse:
             return 0
-    analyse(fams, var_root, a.out, a.workers)
+    analyse(fams, var_root, a.out)
     return 0
 
 
